@@ -1,0 +1,31 @@
+//! # switchyard
+//!
+//! A low-latency message broker for request/reply and broadcast between services on one box.
+//!
+//! ## Architecture
+//! One thread runs one `mio` poll loop ([`server`]). Bytes read from each connection are decoded
+//! by the sans-IO [`protocol`] decoder into frames, which feed the sans-IO routing core
+//! ([`router`]) together with the time of the wakeup. The router keeps per-channel queues of
+//! pending requests and ready receivers, assigns each request to exactly one receiver, tracks
+//! broadcasts and their acks, and appends outgoing frames to per-connection outbound queues that
+//! the server flushes with vectored writes. Every timeout lives in one hierarchical timer wheel
+//! ([`wheel`]) owned by the router; no thread or task exists per request.
+//!
+//! ## Module map
+//! - [`ids`]: identifier newtypes (wire UUIDs and the generation-checked connection handle).
+//! - [`protocol`]: frame header, streaming decoder, encoder, control payloads.
+//! - [`router`]: channels, request assignment, broadcasts, presence, flow control.
+//! - [`wheel`]: the hierarchical timer wheel.
+//! - [`server`]: the mio glue — listener, connections, the poll loop; embeddable.
+//! - [`client`]: a blocking, multiplexing client library.
+//!
+//! ## Promise
+//! [`protocol`], [`router`] and [`wheel`] never touch a socket and never read a clock: they are
+//! driven by the events and the `Instant`s they are given, which is what makes them testable with
+//! a fake clock and embeddable in another program's event loop.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs, unreachable_pub)]
+
+pub mod ids;
+pub mod protocol;
