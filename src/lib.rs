@@ -29,3 +29,6 @@
 
 pub mod ids;
 pub mod protocol;
+pub mod router;
+pub mod server;
+pub mod wheel;

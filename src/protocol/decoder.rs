@@ -57,7 +57,10 @@ impl fmt::Display for DecodeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
             DecodeError::UnsupportedVersion { got } => {
-                write!(f, "unsupported protocol version {got}; this broker speaks version {VERSION}")
+                write!(
+                    f,
+                    "unsupported protocol version {got}; this broker speaks version {VERSION}"
+                )
             }
             DecodeError::UnknownFrameType { got } => write!(f, "unknown frame type 0x{got:02x}"),
             DecodeError::UndefinedFlags { got } => write!(f, "undefined flag bits in 0x{got:04x}"),
@@ -88,7 +91,10 @@ pub struct Decoder {
 impl Decoder {
     /// A decoder that rejects payloads longer than `max_payload` bytes.
     pub fn new(max_payload: u32) -> Decoder {
-        Decoder { state: State::Head, max_payload }
+        Decoder {
+            state: State::Head,
+            max_payload,
+        }
     }
 
     /// The payload limit in force.

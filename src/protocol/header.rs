@@ -100,7 +100,8 @@ impl Header {
         let frame_type = FrameType::try_from(bytes[field::FRAME_TYPE])
             .map_err(|got| DecodeError::UnknownFrameType { got })?;
         let flag_bits = u16::from_be_bytes(array(bytes, field::FLAGS));
-        let flags = Flags::from_bits(flag_bits).ok_or(DecodeError::UndefinedFlags { got: flag_bits })?;
+        let flags =
+            Flags::from_bits(flag_bits).ok_or(DecodeError::UndefinedFlags { got: flag_bits })?;
         let sequence_field = u32::from_be_bytes(array(bytes, field::SEQUENCE));
         Ok(Header {
             frame_type,

@@ -13,6 +13,8 @@ mod decoder;
 mod encoder;
 mod header;
 mod payload;
+#[cfg(test)]
+mod tests;
 
 pub use decoder::{DecodeError, Decoder};
 pub use encoder::{encode_frame, encode_header};

@@ -70,7 +70,9 @@ fn read_peers(mut rest: &[u8]) -> Result<Vec<ClientId>, PayloadError> {
 }
 
 fn take_u32(input: &mut &[u8]) -> Result<u32, PayloadError> {
-    let (bytes, rest) = input.split_first_chunk::<4>().ok_or(PayloadError::Truncated)?;
+    let (bytes, rest) = input
+        .split_first_chunk::<4>()
+        .ok_or(PayloadError::Truncated)?;
     *input = rest;
     Ok(u32::from_be_bytes(*bytes))
 }
@@ -122,7 +124,13 @@ impl WelcomeBody {
         if peers.len() != count {
             return Err(PayloadError::TrailingBytes);
         }
-        Ok(WelcomeBody { max_payload, default_timeout_ms, max_timeout_ms, heartbeat_ms, peers })
+        Ok(WelcomeBody {
+            max_payload,
+            default_timeout_ms,
+            max_timeout_ms,
+            heartbeat_ms,
+            peers,
+        })
     }
 }
 
@@ -141,7 +149,11 @@ pub struct ErrorBody {
 impl ErrorBody {
     /// An error body with no peer list.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> ErrorBody {
-        ErrorBody { code: code as u16, message: message.into(), peers: Vec::new() }
+        ErrorBody {
+            code: code as u16,
+            message: message.into(),
+            peers: Vec::new(),
+        }
     }
 
     /// The code as an [`ErrorCode`], when this version knows it.
@@ -159,10 +171,16 @@ impl ErrorBody {
     /// # Errors
     /// A [`PayloadError`] when the layout does not match or the text is not UTF-8.
     pub fn decode(payload: &[u8]) -> Result<ErrorBody, PayloadError> {
-        let (code, rest) = payload.split_first_chunk::<2>().ok_or(PayloadError::Truncated)?;
-        let (text_len, rest) = rest.split_first_chunk::<2>().ok_or(PayloadError::Truncated)?;
+        let (code, rest) = payload
+            .split_first_chunk::<2>()
+            .ok_or(PayloadError::Truncated)?;
+        let (text_len, rest) = rest
+            .split_first_chunk::<2>()
+            .ok_or(PayloadError::Truncated)?;
         let text_len = u16::from_be_bytes(*text_len) as usize;
-        let (text, rest) = rest.split_at_checked(text_len).ok_or(PayloadError::Truncated)?;
+        let (text, rest) = rest
+            .split_at_checked(text_len)
+            .ok_or(PayloadError::Truncated)?;
         let message = std::str::from_utf8(text).map_err(|_| PayloadError::InvalidUtf8)?;
         Ok(ErrorBody {
             code: u16::from_be_bytes(*code),

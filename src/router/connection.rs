@@ -1,0 +1,90 @@
+//! The router's view of one connection.
+//!
+//! ```text
+//!   AwaitingHello ──hello ok──▶ Open { channel, client } ──protocol error──▶ Closing
+//!        │                            │                                       │
+//!        └──protocol error──▶ Closing  └──────────── disconnect ──────────────┴──▶ (removed)
+//! ```
+//! `Closing` means a fatal error frame is queued and the I/O layer was asked to close; all the
+//! connection's requests, credit and presence were already released, only its outbound queue is
+//! kept until the I/O layer reports the disconnect. Removal is the terminal state: the
+//! connection's key is never valid again (generation check), so closing twice is a no-op.
+
+use super::outbound::OutboundQueue;
+use super::StreamKey;
+use crate::ids::{ChannelId, ClientId, ConnId};
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(super) enum ConnState {
+    /// Connected; waiting for its hello.
+    AwaitingHello,
+    /// Handshake done: a member of `channel` as `client`.
+    Open {
+        channel: ChannelId,
+        client: ClientId,
+    },
+    /// A fatal error is queued; waiting for the I/O layer to close it.
+    Closing,
+}
+
+pub(super) struct Connection {
+    pub(super) id: ConnId,
+    pub(super) state: ConnState,
+    pub(super) outbound: OutboundQueue,
+    /// The receive window: how many requests it is ready to hold at once.
+    pub(super) window: u32,
+    /// Requests it holds as receiver.
+    pub(super) in_flight: u32,
+    /// True while it is in its channel's FIFO of ready receivers.
+    pub(super) in_ready_queue: bool,
+    /// Every request and broadcast it takes part in (as sender, receiver or broadcast peer).
+    /// Small in practice (bounded by the window and the requests it has outstanding); linear
+    /// removal is cheaper than a map at these sizes.
+    pub(super) streams: Vec<StreamKey>,
+    /// Connections paused because this one's outbound queue went over the high watermark.
+    pub(super) waiters: Vec<ConnId>,
+    /// Bytes of its requests' frames held while they wait for a receiver.
+    pub(super) held_bytes: usize,
+    pub(super) paused_by_consumer: bool,
+    pub(super) paused_by_held: bool,
+}
+
+impl Connection {
+    pub(super) fn new(id: ConnId) -> Connection {
+        Connection {
+            id,
+            state: ConnState::AwaitingHello,
+            outbound: OutboundQueue::default(),
+            window: 0,
+            in_flight: 0,
+            in_ready_queue: false,
+            streams: Vec::new(),
+            waiters: Vec::new(),
+            held_bytes: 0,
+            paused_by_consumer: false,
+            paused_by_held: false,
+        }
+    }
+
+    pub(super) fn set_state(&mut self, state: ConnState) {
+        log::trace!("{}: {:?} => {:?}", self.id, self.state, state);
+        self.state = state;
+    }
+
+    pub(super) fn is_read_paused(&self) -> bool {
+        self.paused_by_consumer || self.paused_by_held || matches!(self.state, ConnState::Closing)
+    }
+
+    /// True when it can take one more request.
+    pub(super) fn has_free_slot(&self) -> bool {
+        matches!(self.state, ConnState::Open { .. }) && self.in_flight < self.window
+    }
+
+    /// The channel it joined (nil before the handshake).
+    pub(super) fn channel(&self) -> ChannelId {
+        match self.state {
+            ConnState::Open { channel, .. } => channel,
+            _ => ChannelId::NIL,
+        }
+    }
+}

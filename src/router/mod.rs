@@ -1,0 +1,777 @@
+//! The routing core, sans-IO.
+//!
+//! [`Router`] holds every piece of broker state that is not a socket: connections' protocol
+//! state, channels (members, the FIFO of waiting requests, the FIFO of ready receivers), requests
+//! and their receiver assignments, broadcasts and their acks, flow control, and every timer (one
+//! [`TimerWheel`]). It is driven only by the calls below and never reads a clock.
+//!
+//! # Driving it
+//! ```text
+//!   handle_connect(now) -> ConnId        a connection was accepted
+//!   handle_frame(conn, frame, now)       a frame was decoded from it (only while !is_read_paused)
+//!   handle_decode_error(conn, err, now)  its bytes were malformed (the connection will be closed)
+//!   handle_disconnect(conn, now)         it closed (EOF, I/O error, or after Output::Close)
+//!   handle_timeout(now)                  the deadline from poll_timeout() passed (early is harmless)
+//! ```
+//! After each input the caller MUST drain [`Router::poll_output`] until `None`, then read
+//! [`Router::poll_timeout`] and wake up no later than the instant it returns. For every
+//! [`Output::Transmit`] it writes the connection's queued bytes with [`Router::write_to`].
+//!
+//! # Invariants (checked by [`Router::check_invariants`] in tests)
+//! - A request is in exactly one state — Queued (in its channel's waiting FIFO), Assigned or
+//!   Responding (held by exactly one receiver) — and its frames reach that receiver only.
+//! - Every live request and broadcast has exactly one armed timer; when it ends, the timer is
+//!   removed, its id is forgotten and every connection's list of streams forgets it.
+//! - A receiver never holds more requests than its window.
+//! - When every connection has been disconnected, every count in [`RouterStats`] is zero.
+
+mod broadcast;
+mod channel;
+mod connection;
+mod outbound;
+mod request;
+mod store;
+
+#[cfg(test)]
+mod tests;
+
+pub use outbound::WriteStatus;
+
+use bytes::Bytes;
+use hashbrown::HashMap;
+use std::collections::VecDeque;
+use std::io;
+use std::time::{Duration, Instant};
+
+use crate::ids::{ChannelId, ClientId, ConnId, RequestId};
+use crate::protocol::{
+    encode_error, DecodeError, ErrorCode, Flags, Frame, FrameType, Header, DEFAULT_MAX_PAYLOAD,
+};
+use crate::wheel::{Elapsed, TimerKey, TimerWheel};
+use broadcast::Broadcast;
+use channel::Channel;
+use connection::{ConnState, Connection};
+use request::Request;
+use store::{Key, Store};
+
+/// Limits and timeouts of the routing core. `Default` gives the documented defaults.
+#[derive(Clone, Debug)]
+pub struct RouterConfig {
+    /// Largest payload of one frame (advertised in the welcome; enforced by the decoder).
+    pub max_payload: u32,
+    /// Timeout of a request or broadcast whose start says `timeout_ms = 0`.
+    pub default_timeout: Duration,
+    /// Longer requested timeouts are clamped to this.
+    pub max_timeout: Duration,
+    /// When a connection's outbound queue holds more than this, producers feeding it are paused
+    /// and broadcast copies to it are dropped.
+    pub high_watermark: usize,
+    /// Paused producers resume when the queue drains below this.
+    pub low_watermark: usize,
+    /// Bytes of request frames one connection may have held by the broker while its requests
+    /// wait for a receiver; beyond it the connection is not read until they are assigned.
+    pub max_held_bytes: usize,
+    /// Requests that may wait for a receiver on one channel; more get `LimitExceeded`.
+    pub max_waiting_per_channel: usize,
+}
+
+impl Default for RouterConfig {
+    fn default() -> Self {
+        RouterConfig {
+            max_payload: DEFAULT_MAX_PAYLOAD,
+            default_timeout: Duration::from_secs(30),
+            max_timeout: Duration::from_secs(3600),
+            high_watermark: 4 << 20,
+            low_watermark: 1 << 20,
+            max_held_bytes: 4 << 20,
+            max_waiting_per_channel: 4096,
+        }
+    }
+}
+
+/// What the router asks of the I/O layer. Drain with [`Router::poll_output`] after every input.
+#[must_use]
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Output {
+    /// The connection has bytes queued: write them with [`Router::write_to`].
+    Transmit(ConnId),
+    /// The connection must be closed once its queued bytes (an error frame) are written; then
+    /// call [`Router::handle_disconnect`]. The router ignores its input from now on.
+    Close(ConnId),
+    /// Reading from the connection was paused and may resume: process its buffered input and
+    /// read its socket again (readiness will not be re-signalled for data already there).
+    Resume(ConnId),
+}
+
+/// Live state counts and cumulative counters. After every client has disconnected, every live
+/// count is zero.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct RouterStats {
+    /// Connections known to the router (any state).
+    pub connections: usize,
+    /// Channels with at least one member.
+    pub channels: usize,
+    /// Requests waiting for a receiver.
+    pub pending_requests: usize,
+    /// Requests held by a receiver.
+    pub assignments: usize,
+    /// Broadcasts in flight.
+    pub broadcasts: usize,
+    /// Armed timers.
+    pub armed_timers: usize,
+    /// Bytes held: outbound queues plus frames of waiting requests.
+    pub buffered_bytes: usize,
+    /// Connections whose reading is paused by flow control.
+    pub paused_connections: usize,
+    /// Cumulative: frames dropped because their request had ended or never existed.
+    pub late_frames_dropped: u64,
+    /// Cumulative: requests that timed out (no receiver, or no complete response).
+    pub timeouts: u64,
+    /// Cumulative: times a producer was paused by flow control.
+    pub backpressure_pauses: u64,
+}
+
+/// A request or a broadcast, as named by a request id.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+enum StreamKey {
+    Request(Key),
+    Broadcast(Key),
+}
+
+/// What a timer in the wheel is for.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum TimerTarget {
+    Request(Key),
+    Broadcast(Key),
+}
+
+/// The routing core. See the module docs for the calling contract.
+pub struct Router {
+    config: RouterConfig,
+    /// Instant of tick 0 of the wheel: ticks are milliseconds since it.
+    epoch: Instant,
+    conns: Store<Connection>,
+    channels: HashMap<ChannelId, Channel>,
+    requests: Store<Request>,
+    broadcasts: Store<Broadcast>,
+    /// Every request and broadcast in flight, by its wire id.
+    streams: HashMap<RequestId, StreamKey>,
+    wheel: TimerWheel<TimerTarget>,
+    outputs: VecDeque<Output>,
+    /// Sum of every outbound queue's length, kept incrementally.
+    outbound_bytes: usize,
+    /// Sum of every waiting request's held bytes.
+    held_bytes: usize,
+    counters: RouterStats,
+    /// The time given with the latest input: what internal cleanups that have no `now` of their
+    /// own (a protocol error's release) take as the present.
+    now: Instant,
+}
+
+impl Router {
+    /// A router with the given configuration; `now` becomes its epoch.
+    pub fn new(config: RouterConfig, now: Instant) -> Router {
+        Router {
+            config,
+            epoch: now,
+            conns: Store::with_capacity(1024),
+            channels: HashMap::with_capacity(64),
+            requests: Store::with_capacity(1024),
+            broadcasts: Store::with_capacity(64),
+            streams: HashMap::with_capacity(1024),
+            wheel: TimerWheel::with_capacity(1024),
+            outputs: VecDeque::with_capacity(256),
+            outbound_bytes: 0,
+            held_bytes: 0,
+            counters: RouterStats::default(),
+            now,
+        }
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &RouterConfig {
+        &self.config
+    }
+
+    /// Registers a new connection (awaiting its hello).
+    pub fn handle_connect(&mut self, now: Instant) -> ConnId {
+        self.now = self.now.max(now);
+        let key = self.conns.insert_with(|key| Connection::new(conn_id(key)));
+        conn_id(key)
+    }
+
+    /// The next thing the I/O layer must do, if any.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
+    /// When [`Router::handle_timeout`] must next be called, if any timer is armed.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.wheel
+            .next_deadline()
+            .map(|tick| self.epoch + Duration::from_millis(tick))
+    }
+
+    /// Fires every timer due at `now`. Calling it early, or twice, does nothing harmful.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.now = self.now.max(now);
+        let tick = self.tick(now);
+        while let Some(target) = self.wheel.poll_expired(tick) {
+            match target {
+                TimerTarget::Request(key) => self.expire_request(key, now),
+                TimerTarget::Broadcast(key) => self.expire_broadcast(key),
+            }
+        }
+    }
+
+    /// True when the I/O layer must not feed frames from `conn` now (flow control, or the
+    /// connection is closing). Frames already decoded stay buffered in the I/O layer; an
+    /// [`Output::Resume`] says when to continue.
+    pub fn is_read_paused(&self, conn: ConnId) -> bool {
+        match self.conns.get(conn_key(conn)) {
+            Some(c) => c.is_read_paused(),
+            None => true,
+        }
+    }
+
+    /// "channel C client X" for a connection that completed its handshake, for log lines.
+    pub fn describe(&self, conn: ConnId) -> String {
+        match self.conns.get(conn_key(conn)).map(|c| c.state) {
+            Some(ConnState::Open { channel, client }) => {
+                format!("channel {channel} client {client}")
+            }
+            _ => String::from("(no handshake)"),
+        }
+    }
+
+    /// Bytes queued for `conn`.
+    pub fn queued_bytes(&self, conn: ConnId) -> usize {
+        self.conns
+            .get(conn_key(conn))
+            .map_or(0, |c| c.outbound.len())
+    }
+
+    /// Writes `conn`'s queued bytes to `writer` (vectored), at most about `budget` bytes.
+    ///
+    /// # Errors
+    /// The writer's error (other than `WouldBlock`): the caller should close the connection.
+    pub fn write_to(
+        &mut self,
+        conn: ConnId,
+        writer: &mut dyn io::Write,
+        budget: usize,
+    ) -> io::Result<WriteStatus> {
+        let Some(c) = self.conns.get_mut(conn_key(conn)) else {
+            return Ok(WriteStatus::Drained);
+        };
+        let result = c.outbound.write_to(writer, budget);
+        let written = match &result {
+            Ok((written, _)) => *written,
+            Err(_) => 0,
+        };
+        self.outbound_bytes -= written;
+        let drained_below_low = c.outbound.len() <= self.config.low_watermark;
+        if drained_below_low && !c.waiters.is_empty() {
+            let waiters = std::mem::take(&mut c.waiters);
+            for waiter in &waiters {
+                self.unpause(*waiter, PauseCause::Consumer);
+            }
+            // Give the (emptied) vector back to keep its capacity.
+            let mut waiters = waiters;
+            waiters.clear();
+            if let Some(c) = self.conns.get_mut(conn_key(conn)) {
+                c.waiters = waiters;
+            }
+        }
+        result.map(|(_, status)| status)
+    }
+
+    /// A malformed byte stream on `conn`: queue the matching error frame and close it.
+    pub fn handle_decode_error(&mut self, conn: ConnId, error: DecodeError, now: Instant) {
+        self.now = self.now.max(now);
+        log::debug!("{conn}: malformed input: {error}");
+        self.fail_connection(conn, error.code(), &error.to_string());
+    }
+
+    /// `conn` closed. Frees everything it owned and tells whoever waited on it. Idempotent:
+    /// unknown (already closed) connections are ignored.
+    pub fn handle_disconnect(&mut self, conn: ConnId, now: Instant) {
+        self.now = self.now.max(now);
+        let key = conn_key(conn);
+        if !self.conns.contains(key) {
+            return;
+        }
+        self.release_connection(conn);
+        if let Some(mut c) = self.conns.remove(key) {
+            self.outbound_bytes -= c.outbound.len();
+            c.outbound.clear();
+            for waiter in c.waiters.drain(..) {
+                self.unpause(waiter, PauseCause::Consumer);
+            }
+        }
+    }
+
+    /// Feeds one decoded frame from `conn`.
+    pub fn handle_frame(&mut self, conn: ConnId, frame: Frame, now: Instant) {
+        self.now = self.now.max(now);
+        let Some(c) = self.conns.get(conn_key(conn)) else {
+            return;
+        };
+        let header = &frame.header;
+        log::trace!(
+            "{conn}: recv {:?} {:?} {}",
+            header.frame_type,
+            header.flags,
+            header.request_id
+        );
+        let (channel, client) = match c.state {
+            ConnState::Closing => return,
+            ConnState::AwaitingHello => {
+                match header.frame_type {
+                    FrameType::Hello => self.recv_hello(conn, &frame),
+                    FrameType::Ping => self.send_pong(conn, header),
+                    _ => self.fail_connection(
+                        conn,
+                        ErrorCode::HandshakeRequired,
+                        "the first frame must be a hello",
+                    ),
+                }
+                return;
+            }
+            ConnState::Open { channel, client } => (channel, client),
+        };
+        if header.channel_id != channel {
+            return self.fail_connection(
+                conn,
+                ErrorCode::ChannelMismatch,
+                &format!(
+                    "frame for channel {} on a connection joined to {}",
+                    header.channel_id, channel
+                ),
+            );
+        }
+        let from = Peer {
+            conn,
+            client,
+            channel,
+        };
+        match header.frame_type {
+            FrameType::Hello => self.fail_connection(
+                conn,
+                ErrorCode::DuplicateHello,
+                "second hello on this connection",
+            ),
+            FrameType::Welcome | FrameType::Error | FrameType::PeerJoined | FrameType::PeerLeft => {
+                self.fail_connection(
+                    conn,
+                    ErrorCode::UnexpectedFrame,
+                    &format!("clients may not send {:?} frames", header.frame_type),
+                )
+            }
+            FrameType::Ping => self.send_pong(conn, header),
+            FrameType::Pong => {}
+            FrameType::Receive => self.recv_receive(from, &frame.payload, now),
+            FrameType::Ack => {
+                if header.flags != Flags::BROADCAST {
+                    return self.fail_connection(
+                        conn,
+                        ErrorCode::MalformedFrame,
+                        "an ack carries exactly the BROADCAST flag",
+                    );
+                }
+                self.recv_broadcast_ack(from, header.request_id)
+            }
+            FrameType::Start | FrameType::Chunk | FrameType::End | FrameType::Cancel => {
+                self.recv_stream_frame(from, frame, now)
+            }
+        }
+    }
+
+    /// Routes a START, CHUNK, END or CANCEL by its direction flags.
+    fn recv_stream_frame(&mut self, from: Peer, frame: Frame, now: Instant) {
+        let flags = frame.header.flags;
+        let request = flags.contains(Flags::REQUEST);
+        let response = flags.contains(Flags::RESPONSE);
+        if request == response {
+            return self.fail_connection(
+                from.conn,
+                ErrorCode::MalformedFrame,
+                "a stream frame carries exactly one of REQUEST and RESPONSE",
+            );
+        }
+        if frame.header.request_id.is_nil() {
+            return self.fail_connection(
+                from.conn,
+                ErrorCode::MalformedFrame,
+                "a stream frame needs a non-nil request id",
+            );
+        }
+        let broadcast = flags.contains(Flags::BROADCAST);
+        if response && broadcast {
+            return self.fail_connection(
+                from.conn,
+                ErrorCode::MalformedFrame,
+                "a broadcast has no response stream",
+            );
+        }
+        match (frame.header.frame_type, broadcast, request) {
+            (FrameType::Cancel, true, _) => {
+                self.recv_broadcast_cancel(from, frame.header.request_id)
+            }
+            (FrameType::Cancel, false, true) => {
+                self.recv_request_cancel(from, frame.header.request_id, now)
+            }
+            (FrameType::Cancel, false, false) => {
+                self.recv_response_cancel(from, frame.header.request_id, now)
+            }
+            (_, true, _) => self.recv_broadcast_frame(from, frame, now),
+            (_, false, true) => self.recv_request_frame(from, frame, now),
+            (_, false, false) => self.recv_response_frame(from, frame, now),
+        }
+    }
+
+    /// Live counts and cumulative counters.
+    pub fn stats(&self) -> RouterStats {
+        let mut stats = self.counters;
+        stats.connections = self.conns.len();
+        stats.channels = self.channels.len();
+        stats.pending_requests = self.requests.iter().filter(|(_, r)| r.is_queued()).count();
+        stats.assignments = self.requests.len() - stats.pending_requests;
+        stats.broadcasts = self.broadcasts.len();
+        stats.armed_timers = self.wheel.len();
+        stats.buffered_bytes = self.outbound_bytes + self.held_bytes;
+        stats.paused_connections = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.is_read_paused())
+            .count();
+        stats
+    }
+
+    // ----- helpers shared by the concern modules -----
+
+    /// Milliseconds since the epoch, rounded down (the wheel's notion of "now").
+    fn tick(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.epoch).as_millis() as u64
+    }
+
+    /// The wheel tick of `now + timeout`, rounded up so a timer never fires early.
+    fn deadline_tick(&self, now: Instant, timeout: Duration) -> u64 {
+        let at = now.saturating_duration_since(self.epoch) + timeout;
+        let ms = at.as_millis() as u64;
+        if Duration::from_millis(ms) < at {
+            ms + 1
+        } else {
+            ms
+        }
+    }
+
+    /// The effective timeout of a stream whose start carried `timeout_ms`.
+    fn effective_timeout(&self, timeout_ms: u32) -> Duration {
+        if timeout_ms == 0 {
+            self.config.default_timeout
+        } else {
+            Duration::from_millis(u64::from(timeout_ms)).min(self.config.max_timeout)
+        }
+    }
+
+    /// Queues one frame to `to`. `producer` is the connection whose input caused it, paused when
+    /// `to` is over the high watermark (flow control); `None` for broker-originated frames.
+    fn send(&mut self, to: ConnId, header: &Header, payload: &Bytes, producer: Option<ConnId>) {
+        let Some(c) = self.conns.get_mut(conn_key(to)) else {
+            return;
+        };
+        if matches!(c.state, ConnState::Closing) && header.frame_type != FrameType::Error {
+            return;
+        }
+        let was_empty = c.outbound.is_empty();
+        let mut wire = *header;
+        wire.payload_len = payload.len() as u32;
+        c.outbound.push(&wire.encode(), payload);
+        self.outbound_bytes += crate::protocol::HEADER_LEN + payload.len();
+        let over_high = c.outbound.len() > self.config.high_watermark;
+        if was_empty {
+            self.outputs.push_back(Output::Transmit(to));
+        }
+        if over_high {
+            if let Some(producer) = producer.filter(|p| *p != to) {
+                if self.pause(producer, PauseCause::Consumer) {
+                    if let Some(c) = self.conns.get_mut(conn_key(to)) {
+                        c.waiters.push(producer);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Queues an error frame about `request_id` (nil for connection-level errors).
+    fn send_error(&mut self, to: ConnId, code: ErrorCode, request_id: RequestId, text: &str) {
+        self.send_error_with_peers(to, code, request_id, text, &[]);
+    }
+
+    fn send_error_with_peers(
+        &mut self,
+        to: ConnId,
+        code: ErrorCode,
+        request_id: RequestId,
+        text: &str,
+        peers: &[ClientId],
+    ) {
+        let Some(channel) = self.conns.get(conn_key(to)).map(|c| c.channel()) else {
+            return;
+        };
+        let header = Header {
+            channel_id: channel,
+            request_id,
+            is_final: true,
+            ..Header::new(FrameType::Error)
+        };
+        log::debug!("{to}: error {code:?} for {request_id}: {text}");
+        self.send(to, &header, &encode_error(code as u16, text, peers), None);
+    }
+
+    /// Queues a payload-less control frame (CANCEL, PEER_JOINED, ...).
+    fn send_control(
+        &mut self,
+        to: ConnId,
+        frame_type: FrameType,
+        flags: Flags,
+        about: ClientId,
+        request_id: RequestId,
+    ) {
+        let Some(channel) = self.conns.get(conn_key(to)).map(|c| c.channel()) else {
+            return;
+        };
+        let header = Header {
+            flags,
+            client_id: about,
+            channel_id: channel,
+            request_id,
+            is_final: frame_type == FrameType::Cancel,
+            ..Header::new(frame_type)
+        };
+        self.send(to, &header, &Bytes::new(), None);
+    }
+
+    fn send_pong(&mut self, conn: ConnId, ping: &Header) {
+        let header = Header {
+            channel_id: ping.channel_id,
+            sequence: ping.sequence,
+            ..Header::new(FrameType::Pong)
+        };
+        self.send(conn, &header, &Bytes::new(), None);
+    }
+
+    /// A frame named a request this connection has no part in: drop it, count it, say so.
+    fn reject_unknown_request(&mut self, conn: ConnId, request_id: RequestId, what: &str) {
+        self.counters.late_frames_dropped += 1;
+        self.send_error(
+            conn,
+            ErrorCode::UnknownRequest,
+            request_id,
+            &format!("{what}: no request {request_id} of yours is in flight"),
+        );
+    }
+
+    /// Sends a connection-fatal error, frees the connection's state and asks the I/O layer to
+    /// close it. Idempotent.
+    fn fail_connection(&mut self, conn: ConnId, code: ErrorCode, text: &str) {
+        let Some(c) = self.conns.get(conn_key(conn)) else {
+            return;
+        };
+        if matches!(c.state, ConnState::Closing) {
+            return;
+        }
+        log::debug!("{conn}: closing on protocol error {code:?}: {text}");
+        self.send_error(conn, code, RequestId::NIL, text);
+        self.release_connection(conn);
+        if let Some(c) = self.conns.get_mut(conn_key(conn)) {
+            c.set_state(ConnState::Closing);
+        }
+        self.outputs.push_back(Output::Close(conn));
+    }
+
+    /// Frees every request, broadcast, credit and presence the connection holds, as if it had
+    /// gone away. Leaves its outbound queue (an error frame may still be in it).
+    fn release_connection(&mut self, conn: ConnId) {
+        let Some(c) = self.conns.get_mut(conn_key(conn)) else {
+            return;
+        };
+        let mut streams = std::mem::take(&mut c.streams);
+        c.window = 0;
+        let state = c.state;
+        // Its waiting requests go first, so that slots freed by ending its assigned ones are not
+        // handed one of its own doomed requests.
+        let requests = &self.requests;
+        streams.sort_by_key(|s| match s {
+            StreamKey::Request(k) => !requests.get(*k).is_some_and(|r| r.is_queued()),
+            StreamKey::Broadcast(_) => true,
+        });
+        let now = self.now;
+        for stream in streams {
+            match stream {
+                StreamKey::Request(key) => self.end_request_for_departed(key, conn, now),
+                StreamKey::Broadcast(key) => self.end_broadcast_for_departed(key, conn),
+            }
+        }
+        if let ConnState::Open { channel, client } = state {
+            self.leave_channel(conn, channel, client);
+        }
+        self.unpause(conn, PauseCause::Consumer);
+        self.unpause(conn, PauseCause::Held);
+    }
+
+    /// Pauses reading from `conn`. Returns true when this cause was not already in force.
+    fn pause(&mut self, conn: ConnId, cause: PauseCause) -> bool {
+        let Some(c) = self.conns.get_mut(conn_key(conn)) else {
+            return false;
+        };
+        let newly = match cause {
+            PauseCause::Consumer => !std::mem::replace(&mut c.paused_by_consumer, true),
+            PauseCause::Held => !std::mem::replace(&mut c.paused_by_held, true),
+        };
+        if newly {
+            self.counters.backpressure_pauses += 1;
+            log::debug!("{conn}: reading paused ({cause:?})");
+        }
+        newly
+    }
+
+    /// Lifts one cause of pause; emits `Resume` when no cause remains.
+    fn unpause(&mut self, conn: ConnId, cause: PauseCause) {
+        let Some(c) = self.conns.get_mut(conn_key(conn)) else {
+            return;
+        };
+        let was_paused = c.is_read_paused();
+        match cause {
+            PauseCause::Consumer => c.paused_by_consumer = false,
+            PauseCause::Held => c.paused_by_held = false,
+        }
+        if was_paused && !c.is_read_paused() {
+            log::debug!("{conn}: reading resumed");
+            self.outputs.push_back(Output::Resume(conn));
+        }
+    }
+
+    /// Removes `stream` from the stream list of `conn`.
+    fn forget_stream(&mut self, conn: ConnId, stream: StreamKey) {
+        if let Some(c) = self.conns.get_mut(conn_key(conn)) {
+            if let Some(pos) = c.streams.iter().position(|s| *s == stream) {
+                c.streams.swap_remove(pos);
+            }
+        }
+    }
+
+    /// Verifies the cross-structure invariants; panics with a description when one is broken.
+    /// For tests (cost is linear in the state).
+    #[doc(hidden)]
+    pub fn check_invariants(&self) {
+        let mut held = 0;
+        for (key, request) in self.requests.iter() {
+            assert_eq!(
+                self.streams.get(&request.id),
+                Some(&StreamKey::Request(key))
+            );
+            assert!(
+                self.wheel.deadline(request.timer).is_some(),
+                "request without a timer"
+            );
+            held += request.held_bytes();
+            if let Some(receiver) = request.receiver() {
+                let c = self.conns.get(conn_key(receiver)).expect("receiver alive");
+                assert!(c.streams.contains(&StreamKey::Request(key)));
+            }
+            let s = self
+                .conns
+                .get(conn_key(request.sender))
+                .expect("sender alive");
+            assert!(s.streams.contains(&StreamKey::Request(key)));
+        }
+        for (key, broadcast) in self.broadcasts.iter() {
+            assert_eq!(
+                self.streams.get(&broadcast.id),
+                Some(&StreamKey::Broadcast(key))
+            );
+            assert!(
+                self.wheel.deadline(broadcast.timer).is_some(),
+                "broadcast without a timer"
+            );
+        }
+        assert_eq!(held, self.held_bytes, "held bytes");
+        assert_eq!(
+            self.streams.len(),
+            self.requests.len() + self.broadcasts.len()
+        );
+        assert_eq!(
+            self.wheel.len(),
+            self.requests.len() + self.broadcasts.len(),
+            "timers"
+        );
+        let mut outbound = 0;
+        for (_, c) in self.conns.iter() {
+            outbound += c.outbound.len();
+            // A request a client sends to itself is listed twice (sender and receiver).
+            let held: hashbrown::HashSet<&StreamKey> = c
+                .streams
+                .iter()
+                .filter(|s| match s {
+                    StreamKey::Request(k) => self
+                        .requests
+                        .get(*k)
+                        .is_some_and(|r| r.receiver() == Some(c.id)),
+                    StreamKey::Broadcast(_) => false,
+                })
+                .collect();
+            let in_flight = held.len() as u32;
+            assert_eq!(in_flight, c.in_flight, "{}: in-flight count", c.id);
+        }
+        assert_eq!(outbound, self.outbound_bytes, "outbound bytes");
+    }
+}
+
+/// Who sent a frame: the connection and what its handshake established.
+#[derive(Clone, Copy, Debug)]
+struct Peer {
+    conn: ConnId,
+    client: ClientId,
+    channel: ChannelId,
+}
+
+/// Why reading from a connection is paused.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum PauseCause {
+    /// A connection it feeds has more than the high watermark queued.
+    Consumer,
+    /// Its requests waiting for a receiver hold more than `max_held_bytes`.
+    Held,
+}
+
+/// Arms a timer at `tick`, or at the next tick when `tick` is not in the wheel's future (a
+/// request is never created with an already elapsed deadline, so that is only a safety net).
+fn insert_timer(wheel: &mut TimerWheel<TimerTarget>, tick: u64, target: TimerTarget) -> TimerKey {
+    let mut tick = tick.max(wheel.elapsed() + 1);
+    let mut target = target;
+    loop {
+        match wheel.insert(tick, target) {
+            Ok(key) => return key,
+            Err(Elapsed(back)) => {
+                target = back;
+                tick = wheel.elapsed() + 1;
+            }
+        }
+    }
+}
+
+fn conn_key(conn: ConnId) -> Key {
+    Key {
+        index: conn.slot,
+        generation: conn.generation,
+    }
+}
+
+fn conn_id(key: Key) -> ConnId {
+    ConnId {
+        slot: key.index,
+        generation: key.generation,
+    }
+}

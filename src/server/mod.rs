@@ -1,0 +1,579 @@
+//! The mio glue: the only code that touches sockets or reads the clock.
+//!
+//! [`Server`] owns a listener, the I/O half of every connection (socket, read buffer, decoder)
+//! and the [`Router`]. It can run its own loop ([`Server::run`], [`Server::spawn`]) or be
+//! embedded in a host's `mio::Poll`:
+//!
+//! ```text
+//!   server.register(poll.registry(), token_base)?;      // tokens token_base .. +TOKEN_SPAN
+//!   loop {
+//!       let timeout = server.poll_timeout().map(|at| at.saturating_duration_since(Instant::now()));
+//!       poll.poll(&mut events, timeout)?;
+//!       let now = Instant::now();
+//!       for event in &events {
+//!           if server.owns(event.token()) { server.handle_event(event, now); }
+//!       }
+//!       server.handle_timeout(now);                     // MUST follow every batch
+//!   }
+//! ```
+//!
+//! # Loop-turn discipline
+//! - Sockets are registered once for READABLE | WRITABLE (edge-triggered): no `epoll_ctl` per
+//!   write. Reads go until `WouldBlock`, the per-connection read budget, or a router pause;
+//!   connections stopped by the budget are re-queued and served next turn (fairness: one
+//!   firehose cannot starve the others).
+//! - Frames are handed to the router as they are decoded; the router's outputs are collected and
+//!   every connection with bytes queued is flushed once at the end of the turn with vectored
+//!   writes, up to a byte budget.
+//! - A connection the router closes gets its queued error frame written first, best effort.
+
+mod connection;
+
+pub use connection::CloseReason;
+
+use mio::event::Event;
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Registry, Token, Waker};
+use std::collections::VecDeque;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::ids::ConnId;
+use crate::router::{Output, Router, RouterConfig, RouterStats, WriteStatus};
+use connection::{Fill, IoConnection};
+
+/// Configuration of the server. `Default` listens on 127.0.0.1:7878 with the documented limits.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// The routing core's limits and timeouts.
+    pub router: RouterConfig,
+    /// Bytes read from one connection per loop turn before the others get their turn.
+    pub read_budget: usize,
+    /// Bytes written to one connection per loop turn.
+    pub write_budget: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7878)),
+            router: RouterConfig::default(),
+            read_budget: 256 * 1024,
+            write_budget: 1024 * 1024,
+        }
+    }
+}
+
+/// State counts of the whole broker: the router's plus the I/O layer's.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct ServerStats {
+    /// The routing core's counts.
+    pub router: RouterStats,
+    /// Open sockets.
+    pub sockets: usize,
+    /// Bytes received but not yet decoded into frames.
+    pub read_buffered_bytes: usize,
+    /// Cumulative: connections accepted.
+    pub accepted: u64,
+    /// Cumulative: connections closed.
+    pub closed: u64,
+    /// Cumulative: frames decoded.
+    pub frames_in: u64,
+    /// Cumulative: bytes read from sockets.
+    pub bytes_in: u64,
+}
+
+impl ServerStats {
+    /// Every byte the broker holds for its clients: read buffers, outbound queues, held frames.
+    pub fn buffered_bytes(&self) -> usize {
+        self.router.buffered_bytes + self.read_buffered_bytes
+    }
+
+    /// True when no connection, channel, request, broadcast, timer or buffered byte remains.
+    pub fn is_idle(&self) -> bool {
+        let r = &self.router;
+        self.sockets == 0
+            && r.connections == 0
+            && r.channels == 0
+            && r.pending_requests == 0
+            && r.assignments == 0
+            && r.broadcasts == 0
+            && r.armed_timers == 0
+            && self.buffered_bytes() == 0
+    }
+}
+
+/// Offsets inside the server's token range: listener, then connections by slot.
+const LISTENER_OFFSET: usize = 0;
+const CONN_OFFSET: usize = 1;
+
+/// The broker's I/O layer. See the module docs.
+pub struct Server {
+    config: ServerConfig,
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    registry: Option<Registry>,
+    token_base: usize,
+    /// I/O halves of connections, indexed by `ConnId::slot` (the router's slab slot).
+    conns: Vec<Option<IoConnection>>,
+    sockets: usize,
+    router: Router,
+    to_read: VecDeque<ConnId>,
+    to_flush: Vec<ConnId>,
+    to_close: Vec<(ConnId, CloseReason)>,
+    /// Time of the latest input; what `poll_timeout` returns when work is already pending.
+    now: Instant,
+    stats: ServerStats,
+}
+
+impl Server {
+    /// Number of tokens a server uses from its base: the listener plus one per connection slot.
+    pub const TOKEN_SPAN: usize = 1 << 30;
+
+    /// Binds the listener (not yet registered with any poll).
+    ///
+    /// # Errors
+    /// The bind error (address in use, permission denied...).
+    pub fn bind(config: ServerConfig) -> io::Result<Server> {
+        let listener = TcpListener::bind(config.listen)?;
+        let local_addr = listener.local_addr()?;
+        // The only clock read at construction: the router's epoch.
+        #[allow(clippy::disallowed_methods)]
+        let now = Instant::now();
+        let router = Router::new(config.router.clone(), now);
+        Ok(Server {
+            config,
+            listener,
+            local_addr,
+            registry: None,
+            token_base: 0,
+            conns: Vec::new(),
+            sockets: 0,
+            router,
+            to_read: VecDeque::new(),
+            to_flush: Vec::new(),
+            to_close: Vec::new(),
+            now,
+            stats: ServerStats::default(),
+        })
+    }
+
+    /// The address the listener is bound to (the real port when bound to port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Registers the listener with `registry`; the server will use tokens
+    /// `token_base ..= token_base + TOKEN_SPAN - 1` for itself and its connections.
+    ///
+    /// # Errors
+    /// Registration or registry-clone failure.
+    pub fn register(&mut self, registry: &Registry, token_base: Token) -> io::Result<()> {
+        self.token_base = token_base.0;
+        registry.register(
+            &mut self.listener,
+            Token(self.token_base + LISTENER_OFFSET),
+            Interest::READABLE,
+        )?;
+        self.registry = Some(registry.try_clone()?);
+        Ok(())
+    }
+
+    /// True when `token` belongs to this server.
+    pub fn owns(&self, token: Token) -> bool {
+        token.0 >= self.token_base && token.0 - self.token_base < Self::TOKEN_SPAN
+    }
+
+    /// The routing core's view of the broker and the I/O layer's counts.
+    pub fn stats(&self) -> ServerStats {
+        let mut stats = self.stats;
+        stats.router = self.router.stats();
+        stats.sockets = self.sockets;
+        stats.read_buffered_bytes = self.conns.iter().flatten().map(|c| c.read_buf.len()).sum();
+        stats
+    }
+
+    /// The earliest instant at which [`Server::handle_timeout`] has work; an instant in the past
+    /// (poll without blocking) when work is already pending.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if !self.to_read.is_empty() || !self.to_flush.is_empty() || !self.to_close.is_empty() {
+            return Some(self.now);
+        }
+        self.router.poll_timeout()
+    }
+
+    /// Handles one readiness event for a token this server [`owns`](Server::owns).
+    pub fn handle_event(&mut self, event: &Event, now: Instant) {
+        self.now = self.now.max(now);
+        let offset = event.token().0.wrapping_sub(self.token_base);
+        if offset == LISTENER_OFFSET {
+            return self.accept_all(now);
+        }
+        let Some(slot) = offset.checked_sub(CONN_OFFSET) else {
+            return;
+        };
+        let Some(id) = self.conns.get(slot).and_then(|c| c.as_ref()).map(|c| c.id) else {
+            // A stale event for a connection closed earlier in this batch.
+            return;
+        };
+        if event.is_readable() || event.is_read_closed() || event.is_error() {
+            self.drive_input(id, now);
+        }
+        if event.is_writable() {
+            self.queue_flush(id);
+        }
+    }
+
+    /// Fires due timers and finishes the turn: re-queued reads, flushes, closes. Call after every
+    /// batch of events and whenever [`Server::poll_timeout`] has passed.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.now = self.now.max(now);
+        self.router.handle_timeout(now);
+        self.drain_outputs();
+        // Connections re-queued by their budget or a resume: one pass over those queued now, so a
+        // firehose re-queued during the pass waits for the next turn.
+        for _ in 0..self.to_read.len() {
+            let Some(id) = self.to_read.pop_front() else {
+                break;
+            };
+            if let Some(c) = self.conn_mut(id) {
+                c.queued_for_read = false;
+                self.drive_input(id, now);
+            }
+        }
+        self.flush_all();
+        while !self.to_close.is_empty() {
+            for (id, reason) in std::mem::take(&mut self.to_close) {
+                self.close(id, reason, now);
+            }
+            self.flush_all();
+        }
+    }
+
+    /// Runs the server's own poll loop until an I/O error of the poll itself.
+    ///
+    /// # Errors
+    /// Failure to create or wait on the poll.
+    pub fn run(mut self) -> io::Result<()> {
+        let mut poll = Poll::new()?;
+        self.register(poll.registry(), Token(0))?;
+        let mut events = Events::with_capacity(1024);
+        loop {
+            self.turn(&mut poll, &mut events)?;
+        }
+    }
+
+    /// Runs the server on its own thread; the handle reads its stats and stops it.
+    ///
+    /// # Errors
+    /// Bind or poll creation failure.
+    pub fn spawn(config: ServerConfig) -> io::Result<ServerHandle> {
+        let mut server = Server::bind(config)?;
+        let addr = server.local_addr();
+        let mut poll = Poll::new()?;
+        server.register(poll.registry(), Token(0))?;
+        let waker = Waker::new(poll.registry(), CONTROL_TOKEN)?;
+        let (control_tx, control_rx) = mpsc::channel::<Control>();
+        let thread = thread::Builder::new()
+            .name("switchyard".into())
+            .spawn(move || {
+                let mut events = Events::with_capacity(1024);
+                loop {
+                    if let Err(e) = server.turn(&mut poll, &mut events) {
+                        log::error!("poll failed: {e}");
+                        return;
+                    }
+                    while let Ok(control) = control_rx.try_recv() {
+                        match control {
+                            Control::Stats(reply) => {
+                                let _ = reply.send(server.stats());
+                            }
+                            Control::Shutdown => {
+                                server.close_all();
+                                return;
+                            }
+                        }
+                    }
+                }
+            })?;
+        Ok(ServerHandle {
+            addr,
+            waker,
+            control: control_tx,
+            thread: Some(thread),
+        })
+    }
+
+    /// One loop turn: wait, dispatch events, finish the turn.
+    fn turn(&mut self, poll: &mut Poll, events: &mut Events) -> io::Result<()> {
+        #[allow(clippy::disallowed_methods)] // the server is where the clock is read
+        let timeout = self
+            .poll_timeout()
+            .map(|at| at.saturating_duration_since(Instant::now()));
+        match poll.poll(events, timeout) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(()),
+            Err(e) => return Err(e),
+        }
+        #[allow(clippy::disallowed_methods)] // once per wakeup, passed down
+        let now = Instant::now();
+        for event in events.iter() {
+            if self.owns(event.token()) {
+                self.handle_event(event, now);
+            }
+        }
+        self.handle_timeout(now);
+        Ok(())
+    }
+
+    /// Closes every connection (shutdown).
+    pub fn close_all(&mut self) {
+        let ids: Vec<ConnId> = self.conns.iter().flatten().map(|c| c.id).collect();
+        let now = self.now;
+        for id in ids {
+            self.close(id, CloseReason::Shutdown, now);
+        }
+    }
+
+    fn conn_mut(&mut self, id: ConnId) -> Option<&mut IoConnection> {
+        self.conns
+            .get_mut(id.slot as usize)?
+            .as_mut()
+            .filter(|c| c.id == id)
+    }
+
+    fn accept_all(&mut self, now: Instant) {
+        loop {
+            match self.listener.accept() {
+                Ok((stream, addr)) => self.accept(stream, addr, now),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => continue,
+                Err(e) => {
+                    // Out of descriptors or memory: leave the rest in the backlog. The listener
+                    // is edge-triggered, so this does not spin; the next connection attempt
+                    // wakes us again.
+                    log::warn!("accept failed: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn accept(&mut self, mut stream: TcpStream, addr: SocketAddr, now: Instant) {
+        if let Err(e) = stream.set_nodelay(true) {
+            log::debug!("{addr}: set_nodelay failed: {e}");
+        }
+        let Some(registry) = self.registry.as_ref() else {
+            return;
+        };
+        let id = self.router.handle_connect(now);
+        let token = Token(self.token_base + CONN_OFFSET + id.slot as usize);
+        if let Err(e) =
+            registry.register(&mut stream, token, Interest::READABLE | Interest::WRITABLE)
+        {
+            log::warn!("{addr}: register failed: {e}");
+            self.router.handle_disconnect(id, now);
+            return;
+        }
+        let slot = id.slot as usize;
+        if self.conns.len() <= slot {
+            self.conns.resize_with(slot + 1, || None);
+        }
+        self.conns[slot] = Some(IoConnection::new(
+            id,
+            stream,
+            self.config.router.max_payload,
+        ));
+        self.sockets += 1;
+        self.stats.accepted += 1;
+        log::info!("{id}: accepted from {addr}");
+    }
+
+    /// Decodes buffered frames and reads more, within the budget, until paused or drained.
+    fn drive_input(&mut self, id: ConnId, now: Instant) {
+        let mut budget = self.config.read_budget;
+        loop {
+            // Frames already buffered first: they may be all that is left after a pause.
+            loop {
+                if self.router.is_read_paused(id) {
+                    return;
+                }
+                let Some(c) = self.conn_mut(id) else {
+                    return;
+                };
+                match c.decoder.decode(&mut c.read_buf) {
+                    Ok(Some(frame)) => {
+                        self.stats.frames_in += 1;
+                        self.router.handle_frame(id, frame, now);
+                        self.drain_outputs();
+                    }
+                    Ok(None) => break,
+                    Err(error) => {
+                        self.router.handle_decode_error(id, error, now);
+                        self.drain_outputs();
+                        return;
+                    }
+                }
+            }
+            if budget == 0 {
+                self.queue_read(id);
+                return;
+            }
+            let Some(c) = self.conn_mut(id) else {
+                return;
+            };
+            match c.fill() {
+                Ok(Fill::Read(n)) => {
+                    self.stats.bytes_in += n as u64;
+                    budget = budget.saturating_sub(n);
+                }
+                Ok(Fill::WouldBlock) => return,
+                Ok(Fill::Eof) => return self.to_close.push((id, CloseReason::PeerClosed)),
+                Err(e) => return self.to_close.push((id, CloseReason::IoError(e.kind()))),
+            }
+        }
+    }
+
+    fn drain_outputs(&mut self) {
+        while let Some(output) = self.router.poll_output() {
+            match output {
+                Output::Transmit(id) => self.queue_flush(id),
+                Output::Close(id) => {
+                    self.queue_flush(id);
+                    self.to_close.push((id, CloseReason::ProtocolError));
+                }
+                Output::Resume(id) => self.queue_read(id),
+            }
+        }
+    }
+
+    fn queue_read(&mut self, id: ConnId) {
+        if let Some(c) = self.conn_mut(id) {
+            if !std::mem::replace(&mut c.queued_for_read, true) {
+                self.to_read.push_back(id);
+            }
+        }
+    }
+
+    fn queue_flush(&mut self, id: ConnId) {
+        if let Some(c) = self.conn_mut(id) {
+            if !std::mem::replace(&mut c.queued_for_flush, true) {
+                self.to_flush.push(id);
+            }
+        }
+    }
+
+    /// Writes every queued connection once, up to the write budget each.
+    fn flush_all(&mut self) {
+        let mut pending = std::mem::take(&mut self.to_flush);
+        for id in pending.drain(..) {
+            let budget = self.config.write_budget;
+            let Some(slot) = self.conns.get_mut(id.slot as usize) else {
+                continue;
+            };
+            let Some(c) = slot.as_mut().filter(|c| c.id == id) else {
+                continue;
+            };
+            c.queued_for_flush = false;
+            match self.router.write_to(id, &mut c.stream, budget) {
+                Ok(WriteStatus::Drained) | Ok(WriteStatus::Blocked) => {}
+                Ok(WriteStatus::BudgetSpent) => {
+                    c.queued_for_flush = true;
+                    self.to_flush.push(id);
+                }
+                Err(e) => self.to_close.push((id, CloseReason::IoError(e.kind()))),
+            }
+            // Draining may have resumed paused producers.
+            self.drain_outputs();
+        }
+        // Keep the vector's capacity for the next turn.
+        if self.to_flush.is_empty() {
+            self.to_flush = pending;
+        } else {
+            self.to_flush.append(&mut pending);
+        }
+    }
+
+    fn close(&mut self, id: ConnId, reason: CloseReason, now: Instant) {
+        let Some(mut c) = self.conns.get_mut(id.slot as usize).and_then(|slot| {
+            if slot.as_ref().is_some_and(|c| c.id == id) {
+                slot.take()
+            } else {
+                None
+            }
+        }) else {
+            return;
+        };
+        if let Some(registry) = &self.registry {
+            let _ = registry.deregister(&mut c.stream);
+        }
+        let who = self.router.describe(id);
+        self.router.handle_disconnect(id, now);
+        self.drain_outputs();
+        self.sockets -= 1;
+        self.stats.closed += 1;
+        match c.peer_addr {
+            Some(addr) => log::info!("{id}: closed ({reason:?}) {addr} {who}"),
+            None => log::info!("{id}: closed ({reason:?}) {who}"),
+        }
+    }
+}
+
+/// Token of the control waker in [`Server::spawn`]'s loop: just past the server's range.
+const CONTROL_TOKEN: Token = Token(Server::TOKEN_SPAN);
+
+enum Control {
+    Stats(mpsc::Sender<ServerStats>),
+    Shutdown,
+}
+
+/// Handle to a server running on its own thread ([`Server::spawn`]). Dropping it stops the
+/// server.
+pub struct ServerHandle {
+    addr: SocketAddr,
+    waker: Waker,
+    control: mpsc::Sender<Control>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl ServerHandle {
+    /// The address the server listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// A snapshot of the server's state counts, taken between two loop turns.
+    ///
+    /// # Errors
+    /// `BrokenPipe` when the server thread has stopped.
+    pub fn stats(&self) -> io::Result<ServerStats> {
+        let (tx, rx) = mpsc::channel();
+        self.control
+            .send(Control::Stats(tx))
+            .map_err(|_| io::Error::from(io::ErrorKind::BrokenPipe))?;
+        self.waker.wake()?;
+        rx.recv_timeout(Duration::from_secs(10))
+            .map_err(|_| io::Error::from(io::ErrorKind::BrokenPipe))
+    }
+
+    /// Stops the server: closes every connection and joins its thread. Idempotent.
+    pub fn shutdown(&mut self) {
+        if let Some(thread) = self.thread.take() {
+            let _ = self.control.send(Control::Shutdown);
+            let _ = self.waker.wake();
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for ServerHandle {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
