@@ -275,32 +275,13 @@ impl Server {
     pub fn spawn(config: ServerConfig) -> io::Result<ServerHandle> {
         let mut server = Server::bind(config)?;
         let addr = server.local_addr();
-        let mut poll = Poll::new()?;
+        let poll = Poll::new()?;
         server.register(poll.registry(), Token(0))?;
         let waker = Waker::new(poll.registry(), CONTROL_TOKEN)?;
         let (control_tx, control_rx) = mpsc::channel::<Control>();
         let thread = thread::Builder::new()
             .name("switchyard".into())
-            .spawn(move || {
-                let mut events = Events::with_capacity(1024);
-                loop {
-                    if let Err(e) = server.turn(&mut poll, &mut events) {
-                        log::error!("poll failed: {e}");
-                        return;
-                    }
-                    while let Ok(control) = control_rx.try_recv() {
-                        match control {
-                            Control::Stats(reply) => {
-                                let _ = reply.send(server.stats());
-                            }
-                            Control::Shutdown => {
-                                server.close_all();
-                                return;
-                            }
-                        }
-                    }
-                }
-            })?;
+            .spawn(move || serve_with_control(server, poll, control_rx))?;
         Ok(ServerHandle {
             addr,
             waker,
@@ -525,12 +506,62 @@ impl Server {
     }
 }
 
+/// The loop of [`Server::spawn`]: turns, then control messages, then watchers.
+fn serve_with_control(mut server: Server, mut poll: Poll, control_rx: mpsc::Receiver<Control>) {
+    let mut events = Events::with_capacity(1024);
+    let mut watchers: Vec<Watcher> = Vec::new();
+    loop {
+        if let Err(e) = server.turn(&mut poll, &mut events) {
+            log::error!("poll failed: {e}");
+            return;
+        }
+        while let Ok(control) = control_rx.try_recv() {
+            match control {
+                Control::Stats(reply) => {
+                    let _ = reply.send(server.stats());
+                }
+                Control::Watch(watcher) => watchers.push(watcher),
+                Control::Shutdown => {
+                    server.close_all();
+                    return;
+                }
+            }
+        }
+        if !watchers.is_empty() {
+            // Checked after every turn, so a watcher sees every state the loop passes through.
+            let stats = server.stats();
+            watchers.retain(|w| {
+                if (w.condition)(&stats) {
+                    let _ = w.reply.try_send(stats);
+                    false
+                } else {
+                    !w.abandoned()
+                }
+            });
+        }
+    }
+}
+
 /// Token of the control waker in [`Server::spawn`]'s loop: just past the server's range.
 const CONTROL_TOKEN: Token = Token(Server::TOKEN_SPAN);
 
 enum Control {
     Stats(mpsc::Sender<ServerStats>),
+    Watch(Watcher),
     Shutdown,
+}
+
+/// A waiter of [`ServerHandle::wait_until`]: answered with the first stats that satisfy it.
+struct Watcher {
+    condition: Box<dyn Fn(&ServerStats) -> bool + Send>,
+    reply: mpsc::SyncSender<ServerStats>,
+    gave_up: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Watcher {
+    fn abandoned(&self) -> bool {
+        self.gave_up.load(std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 /// Handle to a server running on its own thread ([`Server::spawn`]). Dropping it stops the
@@ -560,6 +591,50 @@ impl ServerHandle {
         self.waker.wake()?;
         rx.recv_timeout(Duration::from_secs(10))
             .map_err(|_| io::Error::from(io::ErrorKind::BrokenPipe))
+    }
+
+    /// Waits until the server's stats satisfy `condition` (checked after every loop turn), for at
+    /// most `timeout`. Returns the first satisfying stats, or the error `TimedOut` with no stats.
+    /// Event-driven: no polling, no sleeping.
+    ///
+    /// # Errors
+    /// `TimedOut`, or `BrokenPipe` when the server thread has stopped.
+    pub fn wait_until(
+        &self,
+        condition: impl Fn(&ServerStats) -> bool + Send + 'static,
+        timeout: Duration,
+    ) -> io::Result<ServerStats> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        let gave_up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let watcher = Watcher {
+            condition: Box::new(condition),
+            reply: tx,
+            gave_up: gave_up.clone(),
+        };
+        self.control
+            .send(Control::Watch(watcher))
+            .map_err(|_| io::Error::from(io::ErrorKind::BrokenPipe))?;
+        self.waker.wake()?;
+        match rx.recv_timeout(timeout) {
+            Ok(stats) => Ok(stats),
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                gave_up.store(true, std::sync::atomic::Ordering::Relaxed);
+                Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "condition not reached in time",
+                ))
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => Err(io::ErrorKind::BrokenPipe.into()),
+        }
+    }
+
+    /// Waits until every connection, channel, request, broadcast, timer and buffered byte is
+    /// gone ([`ServerStats::is_idle`]).
+    ///
+    /// # Errors
+    /// As [`ServerHandle::wait_until`].
+    pub fn wait_idle(&self, timeout: Duration) -> io::Result<ServerStats> {
+        self.wait_until(ServerStats::is_idle, timeout)
     }
 
     /// Stops the server: closes every connection and joins its thread. Idempotent.
