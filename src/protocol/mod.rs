@@ -211,7 +211,7 @@ pub enum ErrorCode {
     Timeout = 0x0101,
     /// The other side of the request disconnected before it completed.
     PeerGone = 0x0102,
-    /// The other side cancelled the request.
+    /// Reserved: a counterpart's cancel arrives as a CANCEL frame, not as this code.
     Cancelled = 0x0103,
     /// A broadcast found no other peer on the channel.
     NoPeers = 0x0104,
@@ -222,10 +222,10 @@ pub enum ErrorCode {
     UnknownRequest = 0x0106,
     /// A start frame reused the id of a request still in flight.
     DuplicateRequest = 0x0107,
-    /// A stream frame arrived out of order (chunk or end before start, wrong sequence number,
-    /// flags that differ from the stream's start).
+    /// A stream frame arrived out of order (wrong sequence number, a CHUNK with FINAL, an END
+    /// without it, an ACK before the broadcast's FINAL). The request is aborted.
     StreamOrder = 0x0108,
-    /// A broker limit (queued requests on a channel, buffered bytes) refused the request.
+    /// The channel's queue of requests waiting for a receiver is full.
     LimitExceeded = 0x0109,
 }
 
