@@ -42,8 +42,16 @@ pub enum WriteStatus {
 pub(crate) struct OutboundQueue {
     segments: VecDeque<Bytes>,
     tail: BytesMut,
+    /// Bytes at the front of `tail` already written. Kept instead of advancing the buffer so that
+    /// a drained tail is simply cleared and its whole capacity reused in place, with no
+    /// reallocation once warm.
+    tail_sent: usize,
     len: usize,
 }
+
+/// A partly written tail is compacted (its written prefix dropped) once that prefix exceeds this,
+/// so a connection that never fully drains cannot grow its tail without bound.
+const COMPACT_AFTER: usize = 64 * 1024;
 
 impl OutboundQueue {
     pub(crate) fn len(&self) -> usize {
@@ -60,6 +68,7 @@ impl OutboundQueue {
         if payload.len() <= COPY_THRESHOLD {
             self.tail.extend_from_slice(payload);
         } else {
+            self.drop_sent_prefix();
             self.segments.push_back(self.tail.split().freeze());
             self.segments.push_back(payload.clone());
         }
@@ -70,6 +79,7 @@ impl OutboundQueue {
     pub(crate) fn clear(&mut self) {
         self.segments.clear();
         self.tail.clear();
+        self.tail_sent = 0;
         self.len = 0;
     }
 
@@ -97,8 +107,8 @@ impl OutboundQueue {
                 slices[count] = IoSlice::new(segment);
                 count += 1;
             }
-            if !self.tail.is_empty() && count < MAX_IOVECS {
-                slices[count] = IoSlice::new(&self.tail);
+            if self.tail.len() > self.tail_sent && count < MAX_IOVECS {
+                slices[count] = IoSlice::new(&self.tail[self.tail_sent..]);
                 count += 1;
             }
             let written = match writer.write_vectored(&slices[..count]) {
@@ -116,14 +126,25 @@ impl OutboundQueue {
         Ok((written_total, WriteStatus::Drained))
     }
 
+    fn drop_sent_prefix(&mut self) {
+        self.tail.advance(self.tail_sent);
+        self.tail_sent = 0;
+    }
+
     fn consume(&mut self, mut written: usize) {
         debug_assert!(written <= self.len);
         self.len -= written;
         while written > 0 {
             let Some(front) = self.segments.front_mut() else {
-                // INVARIANT: whatever is not in a segment is in the tail.
-                debug_assert!(written <= self.tail.len());
-                self.tail.advance(written);
+                // INVARIANT: whatever is not in a segment is in the unsent part of the tail.
+                debug_assert!(written <= self.tail.len() - self.tail_sent);
+                self.tail_sent += written;
+                if self.tail_sent == self.tail.len() {
+                    self.tail.clear();
+                    self.tail_sent = 0;
+                } else if self.tail_sent > COMPACT_AFTER {
+                    self.drop_sent_prefix();
+                }
                 return;
             };
             if written < front.len() {
