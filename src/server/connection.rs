@@ -1,7 +1,12 @@
 //! The I/O side of one connection: socket, read buffer, decoder.
 //!
 //! The router owns the outbound queue (it needs its length for flow control); this side owns
-//! what arrives. Reading is edge-triggered: after a readiness event the server reads until
+//! what arrives.
+//!
+//! Reads land in one scratch buffer shared by every connection and only the bytes received are
+//! appended to the connection's own buffer. So an idle connection holds no read buffer at all
+//! (memory per idle connection stays small), a read never re-zeroes 64 KiB, and a buffer that
+//! grew for a large frame is released once it is drained. Reading is edge-triggered: after a readiness event the server reads until
 //! `WouldBlock`, the per-wakeup budget, or a pause from the router — in the last two cases the
 //! connection is re-queued by the server, since no new event will come for bytes already there.
 
@@ -11,11 +16,14 @@ use std::io::{self, Read};
 use std::net::SocketAddr;
 
 use crate::ids::ConnId;
-use crate::protocol::{Decoder, HEADER_LEN};
+use crate::protocol::Decoder;
 
-/// Bytes asked of the socket per read call: many small frames per syscall, and a large payload
-/// in few calls.
-const READ_CHUNK: usize = 64 * 1024;
+/// Bytes asked of the socket per read call (the scratch buffer's size): many small frames per
+/// syscall, and a large payload in few calls.
+pub(crate) const READ_CHUNK: usize = 64 * 1024;
+
+/// A drained read buffer larger than this is released rather than kept for the next frame.
+const KEEP_READ_CAPACITY: usize = 16 * 1024;
 
 /// Why a connection is being closed (for the log line and counters).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -59,40 +67,34 @@ impl IoConnection {
             id,
             stream,
             peer_addr,
-            read_buf: BytesMut::with_capacity(READ_CHUNK),
+            read_buf: BytesMut::new(),
             decoder: Decoder::new(max_payload),
             queued_for_read: false,
             queued_for_flush: false,
         }
     }
 
-    /// Reads once from the socket into the read buffer.
-    pub(crate) fn fill(&mut self) -> io::Result<Fill> {
-        let start = self.read_buf.len();
-        // Room for a read chunk and at least a header, reusing the buffer's capacity when the
-        // bytes before `start` were already handed out.
-        let want = READ_CHUNK.max(HEADER_LEN);
-        self.read_buf.resize(start + want, 0);
+    /// Reads once from the socket through `scratch` into the read buffer.
+    pub(crate) fn fill(&mut self, scratch: &mut [u8]) -> io::Result<Fill> {
         loop {
-            match self.stream.read(&mut self.read_buf[start..]) {
-                Ok(0) => {
-                    self.read_buf.truncate(start);
-                    return Ok(Fill::Eof);
-                }
+            match self.stream.read(scratch) {
+                Ok(0) => return Ok(Fill::Eof),
                 Ok(n) => {
-                    self.read_buf.truncate(start + n);
+                    self.read_buf.extend_from_slice(&scratch[..n]);
                     return Ok(Fill::Read(n));
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.read_buf.truncate(start);
-                    return Ok(Fill::WouldBlock);
-                }
-                Err(e) => {
-                    self.read_buf.truncate(start);
-                    return Err(e);
-                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Fill::WouldBlock),
+                Err(e) => return Err(e),
             }
+        }
+    }
+
+    /// Releases a drained read buffer that grew large (after a big frame), so idle connections
+    /// do not keep it.
+    pub(crate) fn trim(&mut self) {
+        if self.read_buf.is_empty() && self.read_buf.capacity() > KEEP_READ_CAPACITY {
+            self.read_buf = BytesMut::new();
         }
     }
 }

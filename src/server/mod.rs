@@ -128,6 +128,8 @@ pub struct Server {
     to_close: Vec<(ConnId, CloseReason)>,
     /// Time of the latest input; what `poll_timeout` returns when work is already pending.
     now: Instant,
+    /// Every read lands here first (see `connection.rs`).
+    scratch: Box<[u8]>,
     stats: ServerStats,
 }
 
@@ -159,6 +161,7 @@ impl Server {
             to_flush: Vec::new(),
             to_close: Vec::new(),
             now,
+            scratch: vec![0; connection::READ_CHUNK].into_boxed_slice(),
             stats: ServerStats::default(),
         })
     }
@@ -406,15 +409,22 @@ impl Server {
                 self.queue_read(id);
                 return;
             }
-            let Some(c) = self.conn_mut(id) else {
+            let slot = self
+                .conns
+                .get_mut(id.slot as usize)
+                .and_then(|c| c.as_mut());
+            let Some(c) = slot.filter(|c| c.id == id) else {
                 return;
             };
-            match c.fill() {
+            match c.fill(&mut self.scratch) {
                 Ok(Fill::Read(n)) => {
                     self.stats.bytes_in += n as u64;
                     budget = budget.saturating_sub(n);
                 }
-                Ok(Fill::WouldBlock) => return,
+                Ok(Fill::WouldBlock) => {
+                    c.trim();
+                    return;
+                }
                 Ok(Fill::Eof) => return self.to_close.push((id, CloseReason::PeerClosed)),
                 Err(e) => return self.to_close.push((id, CloseReason::IoError(e.kind()))),
             }
