@@ -28,6 +28,7 @@
 #![warn(missing_docs, unreachable_pub)]
 
 pub mod client;
+pub mod config;
 pub mod ids;
 pub mod protocol;
 pub mod router;

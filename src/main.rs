@@ -1,48 +1,50 @@
-//! The `switchyard` broker binary: flags, logger, `Server::bind(..)?.run()`.
+//! The `switchyard` broker binary: configuration, logger, `Server::bind(..)?.run()`.
 
 use clap::Parser;
-use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
-use switchyard::protocol::MAX_PAYLOAD_CEILING;
-use switchyard::server::{Server, ServerConfig};
+use switchyard::config::{BrokerConfig, Overrides};
+use switchyard::server::Server;
 
 /// A low-latency request/reply and broadcast message broker.
+///
+/// Every setting has a default; an optional TOML file (--config) sets any of them, and flags win
+/// over the file. --print-config shows the effective configuration.
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Args {
-    /// Address to listen on.
-    #[arg(long, default_value = "127.0.0.1:7878")]
-    listen: SocketAddr,
-    /// Largest payload of one frame, in bytes (at most 16 MiB).
-    #[arg(long, default_value_t = switchyard::protocol::DEFAULT_MAX_PAYLOAD,
-          value_parser = clap::value_parser!(u32).range(1..=MAX_PAYLOAD_CEILING as i64))]
-    max_payload: u32,
-    /// Timeout of a request that does not name one, in milliseconds.
-    #[arg(long, default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
-    default_timeout_ms: u64,
-    /// Log level: error, warn, info, debug or trace (RUST_LOG, when set, wins).
-    #[arg(long, default_value = "info")]
-    log_level: log::LevelFilter,
+    /// TOML configuration file (keys as the flags, with underscores).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Print the effective configuration as TOML and exit.
+    #[arg(long)]
+    print_config: bool,
+    #[command(flatten)]
+    overrides: Overrides,
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    let config = match effective_config(&args) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("switchyard: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if args.print_config {
+        print!("{}", config.to_toml());
+        return ExitCode::SUCCESS;
+    }
     env_logger::Builder::new()
-        .filter_level(args.log_level)
+        .filter_level(config.log_filter())
         .parse_default_env()
         .init();
-    let mut config = ServerConfig {
-        listen: args.listen,
-        ..ServerConfig::default()
-    };
-    config.router.max_payload = args.max_payload;
-    config.router.default_timeout = Duration::from_millis(args.default_timeout_ms);
-    let server = match Server::bind(config) {
+    let server = match Server::bind(config.server_config()) {
         Ok(server) => server,
         Err(e) => {
-            log::error!("cannot listen on {}: {e}", args.listen);
+            log::error!("cannot listen on {}: {e}", config.listen);
             return ExitCode::FAILURE;
         }
     };
@@ -54,4 +56,14 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn effective_config(args: &Args) -> Result<BrokerConfig, switchyard::config::ConfigError> {
+    let mut config = match &args.config {
+        Some(path) => BrokerConfig::from_file(path)?,
+        None => BrokerConfig::default(),
+    };
+    config.apply(&args.overrides);
+    config.validate()?;
+    Ok(config)
 }

@@ -1,0 +1,411 @@
+//! Broker configuration: documented defaults, an optional TOML file, command-line flags (flags
+//! win), and validation that names the offending key and its accepted range.
+//!
+//! Every key of the file is also a flag (`max_payload` ⇔ `--max-payload`). A file may set any
+//! subset of the keys; unknown keys are errors, so a typo never silently falls back to a default.
+//! [`BrokerConfig::validate`] runs after the layers are merged; the broker does not start with an
+//! invalid configuration.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::protocol::{DEFAULT_MAX_PAYLOAD, MAX_PAYLOAD_CEILING};
+use crate::router::RouterConfig;
+use crate::server::ServerConfig;
+
+const KIB: u64 = 1024;
+const MIB: u64 = 1024 * 1024;
+const GIB: u64 = 1024 * 1024 * 1024;
+
+/// The effective configuration of a broker.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BrokerConfig {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Log level: error, warn, info, debug or trace.
+    pub log_level: String,
+    /// Largest payload of one frame, bytes.
+    pub max_payload: u64,
+    /// Timeout of a request or broadcast whose start says 0, milliseconds.
+    pub default_timeout_ms: u64,
+    /// Longer requested timeouts are clamped to this, milliseconds.
+    pub max_timeout_ms: u64,
+    /// Outbound queue size above which producers feeding a connection are paused, bytes.
+    pub high_watermark_bytes: u64,
+    /// Paused producers resume when the queue drains below this, bytes.
+    pub low_watermark_bytes: u64,
+    /// Bytes one connection's waiting requests may hold before it is no longer read.
+    pub max_held_bytes: u64,
+    /// Requests that may wait for a receiver on one channel.
+    pub max_waiting_per_channel: u64,
+    /// Bytes read from one connection per loop turn.
+    pub read_budget_bytes: u64,
+    /// Bytes written to one connection per loop turn.
+    pub write_budget_bytes: u64,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        let router = RouterConfig::default();
+        let server = ServerConfig::default();
+        BrokerConfig {
+            listen: server.listen,
+            log_level: String::from("info"),
+            max_payload: u64::from(DEFAULT_MAX_PAYLOAD),
+            default_timeout_ms: router.default_timeout.as_millis() as u64,
+            max_timeout_ms: router.max_timeout.as_millis() as u64,
+            high_watermark_bytes: router.high_watermark as u64,
+            low_watermark_bytes: router.low_watermark as u64,
+            max_held_bytes: router.max_held_bytes as u64,
+            max_waiting_per_channel: router.max_waiting_per_channel as u64,
+            read_budget_bytes: server.read_budget as u64,
+            write_budget_bytes: server.write_budget as u64,
+        }
+    }
+}
+
+/// Why a configuration was refused.
+#[derive(Debug)]
+pub enum ConfigError {
+    /// The file could not be read.
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        error: std::io::Error,
+    },
+    /// The file is not valid TOML for this configuration (syntax, unknown key, wrong type).
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's explanation, naming the line and key.
+        message: String,
+    },
+    /// A value is outside its accepted range.
+    OutOfRange {
+        /// The key (as in the file; the flag is the same with dashes).
+        key: &'static str,
+        /// The value given.
+        value: String,
+        /// The accepted range, in words.
+        accepted: String,
+    },
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigError::Read { path, error } => {
+                write!(f, "cannot read config file {}: {error}", path.display())
+            }
+            ConfigError::Parse { path, message } => {
+                write!(f, "invalid config file {}: {message}", path.display())
+            }
+            ConfigError::OutOfRange {
+                key,
+                value,
+                accepted,
+            } => write!(
+                f,
+                "invalid value {value} for `{key}` (--{}): accepted {accepted}",
+                key.replace('_', "-")
+            ),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Command-line overrides: one optional flag per key. Unset flags leave the file's (or the
+/// default) value.
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct Overrides {
+    /// Address to listen on [default: 127.0.0.1:7878].
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// Log level: error, warn, info, debug, trace [default: info]; RUST_LOG, when set, wins.
+    #[arg(long)]
+    pub log_level: Option<String>,
+    /// Largest payload of one frame, bytes [default: 1048576; 1 ..= 16777216].
+    #[arg(long)]
+    pub max_payload: Option<u64>,
+    /// Timeout of a request that says 0, ms [default: 30000; 1 ..= max-timeout-ms].
+    #[arg(long)]
+    pub default_timeout_ms: Option<u64>,
+    /// Requested timeouts are clamped to this, ms [default: 3600000; 1 ..= 86400000].
+    #[arg(long)]
+    pub max_timeout_ms: Option<u64>,
+    /// Outbound queue high watermark per connection, bytes [default: 4194304; 64 KiB ..= 1 GiB].
+    #[arg(long)]
+    pub high_watermark_bytes: Option<u64>,
+    /// Outbound queue low watermark per connection, bytes [default: 1048576; < high watermark].
+    #[arg(long)]
+    pub low_watermark_bytes: Option<u64>,
+    /// Bytes held per connection for waiting requests, bytes [default: 4194304; 64 KiB ..= 1 GiB].
+    #[arg(long)]
+    pub max_held_bytes: Option<u64>,
+    /// Requests waiting for a receiver per channel [default: 4096; 1 ..= 1000000].
+    #[arg(long)]
+    pub max_waiting_per_channel: Option<u64>,
+    /// Bytes read per connection per loop turn [default: 262144; 4 KiB ..= 64 MiB].
+    #[arg(long)]
+    pub read_budget_bytes: Option<u64>,
+    /// Bytes written per connection per loop turn [default: 1048576; 4 KiB ..= 64 MiB].
+    #[arg(long)]
+    pub write_budget_bytes: Option<u64>,
+}
+
+impl BrokerConfig {
+    /// Parses a (possibly partial) TOML configuration; missing keys keep their defaults.
+    ///
+    /// # Errors
+    /// [`ConfigError::Parse`] naming `path` (used only for the message).
+    pub fn from_toml(text: &str, path: &Path) -> Result<BrokerConfig, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Reads and parses a TOML file.
+    ///
+    /// # Errors
+    /// [`ConfigError::Read`] or [`ConfigError::Parse`].
+    pub fn from_file(path: &Path) -> Result<BrokerConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
+            path: path.to_owned(),
+            error,
+        })?;
+        BrokerConfig::from_toml(&text, path)
+    }
+
+    /// Applies command-line overrides (flags win over the file).
+    pub fn apply(&mut self, flags: &Overrides) {
+        macro_rules! take {
+            ($($key:ident),*) => { $( if let Some(v) = &flags.$key { self.$key = v.clone(); } )* };
+        }
+        take!(
+            listen,
+            log_level,
+            max_payload,
+            default_timeout_ms,
+            max_timeout_ms,
+            high_watermark_bytes,
+            low_watermark_bytes,
+            max_held_bytes,
+            max_waiting_per_channel,
+            read_budget_bytes,
+            write_budget_bytes
+        );
+    }
+
+    /// Checks every value against its accepted range.
+    ///
+    /// # Errors
+    /// The first [`ConfigError::OutOfRange`] found, in key order.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.log_level.parse::<log::LevelFilter>().is_err() {
+            return Err(ConfigError::OutOfRange {
+                key: "log_level",
+                value: format!("{:?}", self.log_level),
+                accepted: String::from("one of off, error, warn, info, debug, trace"),
+            });
+        }
+        check(
+            "max_payload",
+            self.max_payload,
+            1,
+            u64::from(MAX_PAYLOAD_CEILING),
+        )?;
+        check("max_timeout_ms", self.max_timeout_ms, 1, 86_400_000)?;
+        check(
+            "default_timeout_ms",
+            self.default_timeout_ms,
+            1,
+            self.max_timeout_ms,
+        )?;
+        check(
+            "high_watermark_bytes",
+            self.high_watermark_bytes,
+            64 * KIB,
+            GIB,
+        )?;
+        check(
+            "low_watermark_bytes",
+            self.low_watermark_bytes,
+            0,
+            self.high_watermark_bytes - 1,
+        )?;
+        check("max_held_bytes", self.max_held_bytes, 64 * KIB, GIB)?;
+        check(
+            "max_waiting_per_channel",
+            self.max_waiting_per_channel,
+            1,
+            1_000_000,
+        )?;
+        check(
+            "read_budget_bytes",
+            self.read_budget_bytes,
+            4 * KIB,
+            64 * MIB,
+        )?;
+        check(
+            "write_budget_bytes",
+            self.write_budget_bytes,
+            4 * KIB,
+            64 * MIB,
+        )?;
+        Ok(())
+    }
+
+    /// The log level (after [`BrokerConfig::validate`]; `info` if it does not parse).
+    pub fn log_filter(&self) -> log::LevelFilter {
+        self.log_level.parse().unwrap_or(log::LevelFilter::Info)
+    }
+
+    /// The configuration as TOML, every key present: what `--print-config` shows.
+    pub fn to_toml(&self) -> String {
+        // Serializing a struct of plain scalars cannot fail.
+        toml::to_string(self).unwrap_or_default()
+    }
+
+    /// The server configuration this describes (call [`BrokerConfig::validate`] first; values
+    /// out of range are clamped here, never trusted).
+    pub fn server_config(&self) -> ServerConfig {
+        let clamp = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
+        ServerConfig {
+            listen: self.listen,
+            router: RouterConfig {
+                max_payload: u32::try_from(self.max_payload.min(u64::from(MAX_PAYLOAD_CEILING)))
+                    .unwrap_or(MAX_PAYLOAD_CEILING),
+                default_timeout: Duration::from_millis(self.default_timeout_ms),
+                max_timeout: Duration::from_millis(self.max_timeout_ms),
+                high_watermark: clamp(self.high_watermark_bytes),
+                low_watermark: clamp(self.low_watermark_bytes),
+                max_held_bytes: clamp(self.max_held_bytes),
+                max_waiting_per_channel: clamp(self.max_waiting_per_channel),
+            },
+            read_budget: clamp(self.read_budget_bytes),
+            write_budget: clamp(self.write_budget_bytes),
+        }
+    }
+}
+
+fn check(key: &'static str, value: u64, min: u64, max: u64) -> Result<(), ConfigError> {
+    if (min..=max).contains(&value) {
+        Ok(())
+    } else {
+        Err(ConfigError::OutOfRange {
+            key,
+            value: value.to_string(),
+            accepted: format!("{min} ..= {max}"),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_match_the_server_defaults() {
+        let config = BrokerConfig::default();
+        config.validate().unwrap();
+        let server = config.server_config();
+        let expected = ServerConfig::default();
+        assert_eq!(server.listen, expected.listen);
+        assert_eq!(server.router.max_payload, expected.router.max_payload);
+        assert_eq!(server.router.high_watermark, expected.router.high_watermark);
+        assert_eq!(server.read_budget, expected.read_budget);
+    }
+
+    #[test]
+    fn a_partial_file_keeps_the_other_defaults_and_flags_win() {
+        let path = Path::new("test.toml");
+        let mut config =
+            BrokerConfig::from_toml("max_payload = 4096\nlisten = \"127.0.0.1:9000\"\n", path)
+                .unwrap();
+        assert_eq!(config.max_payload, 4096);
+        assert_eq!(config.default_timeout_ms, 30_000);
+        config.apply(&Overrides {
+            max_payload: Some(8192),
+            ..Overrides::default()
+        });
+        assert_eq!(config.max_payload, 8192);
+        assert_eq!(config.listen, "127.0.0.1:9000".parse().unwrap());
+        config.validate().unwrap();
+    }
+
+    #[test]
+    fn unknown_keys_and_wrong_types_are_refused_with_the_key_named() {
+        let path = Path::new("bad.toml");
+        let err = BrokerConfig::from_toml("max_paylod = 1\n", path).unwrap_err();
+        assert!(err.to_string().contains("max_paylod"), "{err}");
+        let err = BrokerConfig::from_toml("max_payload = \"big\"\n", path).unwrap_err();
+        assert!(err.to_string().contains("max_payload"), "{err}");
+    }
+
+    #[test]
+    fn out_of_range_values_name_the_key_and_the_range() {
+        let mut config = BrokerConfig {
+            max_payload: 0,
+            ..BrokerConfig::default()
+        };
+        let err = config.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("`max_payload`") && err.contains("1 ..= 16777216"),
+            "{err}"
+        );
+
+        config = BrokerConfig {
+            low_watermark_bytes: 5 * MIB,
+            ..BrokerConfig::default()
+        };
+        let err = config.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("low_watermark_bytes") && err.contains("0 ..= 4194303"),
+            "{err}"
+        );
+
+        config = BrokerConfig {
+            default_timeout_ms: 7_200_000,
+            ..BrokerConfig::default()
+        };
+        assert!(config
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("default_timeout_ms"));
+
+        config = BrokerConfig {
+            log_level: "loud".into(),
+            ..BrokerConfig::default()
+        };
+        assert!(config
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("log_level"));
+    }
+
+    #[test]
+    fn printed_config_parses_back_to_the_same() {
+        let config = BrokerConfig {
+            max_waiting_per_channel: 17,
+            ..BrokerConfig::default()
+        };
+        let printed = config.to_toml();
+        assert!(
+            printed.contains("max_waiting_per_channel = 17"),
+            "{printed}"
+        );
+        assert_eq!(
+            BrokerConfig::from_toml(&printed, Path::new("x")).unwrap(),
+            config
+        );
+    }
+}
