@@ -425,8 +425,11 @@ impl Server {
                     c.trim();
                     return;
                 }
-                Ok(Fill::Eof) => return self.to_close.push((id, CloseReason::PeerClosed)),
-                Err(e) => return self.to_close.push((id, CloseReason::IoError(e.kind()))),
+                // Close at once, not at the end of the turn: anything routed later in this
+                // turn (a reconnect with the same client id, presence) must already see the
+                // departure, in the order the peer's actions happened.
+                Ok(Fill::Eof) => return self.close(id, CloseReason::PeerClosed, now),
+                Err(e) => return self.close(id, CloseReason::IoError(e.kind()), now),
             }
         }
     }
