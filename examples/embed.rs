@@ -30,13 +30,16 @@ fn main() -> std::io::Result<()> {
     broker.register(poll.registry(), BROKER_BASE)?;
 
     let mut admin = TcpListener::bind("127.0.0.1:7879".parse().expect("valid address"))?;
-    poll.registry().register(&mut admin, ADMIN, Interest::READABLE)?;
+    poll.registry()
+        .register(&mut admin, ADMIN, Interest::READABLE)?;
     println!("broker on {}, admin on 127.0.0.1:7879", broker.local_addr());
 
     loop {
         // Sleep no longer than the broker's next deadline (it may be "now" if work is pending).
         #[allow(clippy::disallowed_methods)] // the host reads the clock, once per wakeup
-        let timeout = broker.poll_timeout().map(|at| at.saturating_duration_since(Instant::now()));
+        let timeout = broker
+            .poll_timeout()
+            .map(|at| at.saturating_duration_since(Instant::now()));
         poll.poll(&mut events, timeout)?;
         #[allow(clippy::disallowed_methods)]
         let now = Instant::now();
