@@ -46,6 +46,10 @@ pub struct BrokerConfig {
     pub read_budget_bytes: u64,
     /// Bytes written to one connection per loop turn.
     pub write_budget_bytes: u64,
+    /// A connection silent this long is pinged, milliseconds; 0 disables heartbeats.
+    pub heartbeat_interval_ms: u64,
+    /// Pings a silent connection may leave unanswered before it is closed.
+    pub heartbeat_misses: u64,
 }
 
 impl Default for BrokerConfig {
@@ -64,6 +68,8 @@ impl Default for BrokerConfig {
             max_waiting_per_channel: router.max_waiting_per_channel as u64,
             read_budget_bytes: server.read_budget as u64,
             write_budget_bytes: server.write_budget as u64,
+            heartbeat_interval_ms: router.heartbeat_interval.as_millis() as u64,
+            heartbeat_misses: u64::from(router.heartbeat_misses),
         }
     }
 }
@@ -157,6 +163,12 @@ pub struct Overrides {
     /// Bytes written per connection per loop turn [default: 1048576; 4 KiB ..= 64 MiB].
     #[arg(long)]
     pub write_budget_bytes: Option<u64>,
+    /// Ping a connection silent this long, ms; 0 = off [default: 10000; 0 or 10 ..= 3600000].
+    #[arg(long)]
+    pub heartbeat_interval_ms: Option<u64>,
+    /// Unanswered pings before a silent connection is closed [default: 3; 1 ..= 100].
+    #[arg(long)]
+    pub heartbeat_misses: Option<u64>,
 }
 
 impl BrokerConfig {
@@ -199,7 +211,9 @@ impl BrokerConfig {
             max_held_bytes,
             max_waiting_per_channel,
             read_budget_bytes,
-            write_budget_bytes
+            write_budget_bytes,
+            heartbeat_interval_ms,
+            heartbeat_misses
         );
     }
 
@@ -288,6 +302,8 @@ impl BrokerConfig {
                 low_watermark: clamp(self.low_watermark_bytes),
                 max_held_bytes: clamp(self.max_held_bytes),
                 max_waiting_per_channel: clamp(self.max_waiting_per_channel),
+                heartbeat_interval: Duration::from_millis(self.heartbeat_interval_ms),
+                heartbeat_misses: u32::try_from(self.heartbeat_misses).unwrap_or(u32::MAX),
             },
             read_budget: clamp(self.read_budget_bytes),
             write_budget: clamp(self.write_budget_bytes),

@@ -30,7 +30,7 @@ fn welcome_carries_the_client_id_and_the_default_limits() {
     assert_eq!(welcome.max_payload, 1_048_576);
     assert_eq!(welcome.default_timeout_ms, 30_000);
     assert_eq!(welcome.max_timeout_ms, 3_600_000);
-    assert_eq!(welcome.heartbeat_ms, 0);
+    assert_eq!(welcome.heartbeat_ms, 10_000, "heartbeats are on by default");
     assert!(welcome.peers.is_empty());
     peer.barrier();
     let stats = handle.stats().unwrap();

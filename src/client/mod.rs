@@ -82,6 +82,10 @@ pub struct ClientOptions {
     /// operation within its timeout; the grace only bounds the wait when the broker is dead or
     /// unreachable. Default 2 s.
     pub deadline_grace: Duration,
+    /// When the broker announces heartbeats, the client also watches the broker: after each
+    /// heartbeat interval without a frame it sends a PING, and after this many unanswered ones
+    /// it closes with a `TimedOut` I/O error (a dead or half-open broker). Default 3.
+    pub heartbeat_misses: u32,
     /// Completed broadcasts held until [`Client::next_broadcast`] takes them; beyond this a
     /// broadcast is dropped without an ACK. Default 1024.
     pub broadcast_queue: usize,
@@ -96,6 +100,7 @@ impl Default for ClientOptions {
             client_id: None,
             connect_timeout: Duration::from_secs(5),
             deadline_grace: Duration::from_secs(2),
+            heartbeat_misses: 3,
             broadcast_queue: 1024,
             presence_queue: 1024,
         }
@@ -454,12 +459,31 @@ impl Client {
             transport,
         });
         let on_frame = Arc::clone(&shared);
+        let on_silence = Arc::clone(&shared);
         let on_end = Arc::clone(&shared);
+        // The broker pings a silent client; the client, symmetrically, pings a silent broker
+        // and gives up on it after `heartbeat_misses` unanswered intervals.
+        let liveness = transport::Liveness {
+            interval: (!limits.heartbeat.is_zero()).then_some(limits.heartbeat),
+            misses: options.heartbeat_misses,
+        };
         let reader = transport::spawn_reader(
             stream,
             decoder,
             buf,
+            liveness,
             move |frame| on_frame.handle_frame(frame),
+            move |sequence| {
+                let ping = on_silence.ids.frame(
+                    FrameType::Ping,
+                    Flags::NONE,
+                    RequestId::NIL,
+                    sequence,
+                    false,
+                    Bytes::new(),
+                );
+                on_silence.transport.send_control(ping);
+            },
             move |reason| on_end.close(reason),
         )
         .map_err(Error::Io)?;
@@ -1267,6 +1291,12 @@ fn send_body(
             })?;
             (!next.is_empty()).then_some(next)
         };
+        // The read ahead may have blocked for a while: the stream may have been cancelled or
+        // ended meanwhile. Check before every frame, the final one included, so a stream the
+        // client knows is over is never continued nor reported as sent.
+        if check().map_err(SendFailure::Ended)? {
+            return Ok(());
+        }
         let is_final = next.is_none();
         let (frame_type, frame_flags) = match (sequence, is_final) {
             (0, _) => (FrameType::Start, flags | start_flags),
@@ -1283,9 +1313,6 @@ fn send_body(
         let Some(next) = next else {
             return Ok(());
         };
-        if check().map_err(SendFailure::Ended)? {
-            return Ok(());
-        }
         if sequence == MAX_SEQUENCE {
             let max_payload = shared.limits.max_payload;
             return Err(SendFailure::Abort(Error::TooLarge { max_payload }));

@@ -162,13 +162,20 @@ pub(crate) fn spawn_reader(
     mut stream: TcpStream,
     mut decoder: Decoder,
     mut buf: BytesMut,
+    liveness: Liveness,
     mut on_frame: impl FnMut(Frame) -> Flow + Send + 'static,
+    mut on_silence: impl FnMut(u32) + Send + 'static,
     on_end: impl FnOnce(Error) + Send + 'static,
 ) -> io::Result<JoinHandle<()>> {
+    if let Some(interval) = liveness.interval {
+        stream.set_read_timeout(Some(interval))?;
+    }
     thread::Builder::new()
         .name("switchyard-client-reader".into())
         .spawn(move || {
             let mut chunk = vec![0u8; READ_CHUNK];
+            // Consecutive read timeouts: whole intervals in which the broker said nothing.
+            let mut silent_intervals = 0u32;
             let reason = loop {
                 match decoder.decode(&mut buf) {
                     Ok(Some(frame)) => match on_frame(frame) {
@@ -185,14 +192,40 @@ pub(crate) fn spawn_reader(
                             "the broker closed the connection",
                         ))
                     }
-                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    Ok(n) => {
+                        silent_intervals = 0;
+                        buf.extend_from_slice(&chunk[..n]);
+                    }
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                        ) =>
+                    {
+                        silent_intervals += 1;
+                        if silent_intervals > liveness.misses {
+                            break Error::Io(io::Error::new(
+                                io::ErrorKind::TimedOut,
+                                "the broker stopped answering (heartbeat)",
+                            ));
+                        }
+                        on_silence(silent_intervals);
+                    }
                     Err(e) => break Error::Io(e),
                 }
             };
             debug!("client reader thread ends: {reason}");
             on_end(reason);
         })
+}
+
+/// How the reader thread decides the broker is dead: after `misses + 1` consecutive `interval`s
+/// of silence, each answered by a PING of its own (`on_silence`). No interval: never.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Liveness {
+    pub(crate) interval: Option<Duration>,
+    pub(crate) misses: u32,
 }
 
 /// The write side of the connection; see the module docs.

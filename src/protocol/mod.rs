@@ -204,6 +204,8 @@ pub enum ErrorCode {
     ClientIdInUse = 0x0009,
     /// The broker is shutting down (or the connection is being closed for a broker-side reason).
     GoingAway = 0x000A,
+    /// The connection stayed silent through the heartbeat: pings went unanswered.
+    HeartbeatTimeout = 0x000B,
 
     /// No receiver with credit took the request within its timeout (or at once, with NO_WAIT).
     NoReceiver = 0x0100,
@@ -252,6 +254,7 @@ impl TryFrom<u16> for ErrorCode {
             0x0008 => UnexpectedFrame,
             0x0009 => ClientIdInUse,
             0x000A => GoingAway,
+            0x000B => HeartbeatTimeout,
             0x0100 => NoReceiver,
             0x0101 => Timeout,
             0x0102 => PeerGone,

@@ -310,6 +310,7 @@ fn error_code_roundtrip() {
         (0x0008, ErrorCode::UnexpectedFrame),
         (0x0009, ErrorCode::ClientIdInUse),
         (0x000A, ErrorCode::GoingAway),
+        (0x000B, ErrorCode::HeartbeatTimeout),
         (0x0100, ErrorCode::NoReceiver),
         (0x0101, ErrorCode::Timeout),
         (0x0102, ErrorCode::PeerGone),

@@ -89,7 +89,7 @@ impl Router {
             max_payload: self.config.max_payload,
             default_timeout_ms: duration_ms(self.config.default_timeout),
             max_timeout_ms: duration_ms(self.config.max_timeout),
-            heartbeat_ms: 0,
+            heartbeat_ms: duration_ms(self.config.heartbeat_interval),
             peers,
         };
         let header = Header {

@@ -47,6 +47,14 @@ pub(super) struct Connection {
     pub(super) held_bytes: usize,
     pub(super) paused_by_consumer: bool,
     pub(super) paused_by_held: bool,
+    /// Wheel tick of the last frame received from it.
+    pub(super) last_activity: u64,
+    /// Its armed heartbeat timer (none when heartbeats are off, or while closing).
+    pub(super) heartbeat: Option<crate::wheel::TimerKey>,
+    /// Pings sent since it was last heard from.
+    pub(super) unanswered_pings: u32,
+    /// Tick at which the last ping was sent (a frame at or after it answers it).
+    pub(super) pinged_at: u64,
 }
 
 impl Connection {
@@ -63,6 +71,10 @@ impl Connection {
             held_bytes: 0,
             paused_by_consumer: false,
             paused_by_held: false,
+            last_activity: 0,
+            heartbeat: None,
+            unanswered_pings: 0,
+            pinged_at: 0,
         }
     }
 

@@ -28,6 +28,7 @@
 mod broadcast;
 mod channel;
 mod connection;
+mod heartbeat;
 mod outbound;
 mod request;
 mod store;
@@ -73,6 +74,10 @@ pub struct RouterConfig {
     pub max_held_bytes: usize,
     /// Requests that may wait for a receiver on one channel; more get `LimitExceeded`.
     pub max_waiting_per_channel: usize,
+    /// A connection silent this long is pinged; zero disables heartbeats.
+    pub heartbeat_interval: Duration,
+    /// Pings a silent connection may leave unanswered; at the next silent interval it is closed.
+    pub heartbeat_misses: u32,
 }
 
 impl Default for RouterConfig {
@@ -85,6 +90,8 @@ impl Default for RouterConfig {
             low_watermark: 1 << 20,
             max_held_bytes: 4 << 20,
             max_waiting_per_channel: 4096,
+            heartbeat_interval: Duration::from_secs(10),
+            heartbeat_misses: 3,
         }
     }
 }
@@ -143,6 +150,8 @@ enum StreamKey {
 enum TimerTarget {
     Request(Key),
     Broadcast(Key),
+    /// A connection's liveness check (see `heartbeat.rs`).
+    Heartbeat(Key),
 }
 
 /// The routing core. See the module docs for the calling contract.
@@ -197,7 +206,9 @@ impl Router {
     pub fn handle_connect(&mut self, now: Instant) -> ConnId {
         self.now = self.now.max(now);
         let key = self.conns.insert_with(|key| Connection::new(conn_id(key)));
-        conn_id(key)
+        let conn = conn_id(key);
+        self.arm_heartbeat(conn, now);
+        conn
     }
 
     /// The next thing the I/O layer must do, if any.
@@ -220,6 +231,7 @@ impl Router {
             match target {
                 TimerTarget::Request(key) => self.expire_request(key, now),
                 TimerTarget::Broadcast(key) => self.expire_broadcast(key),
+                TimerTarget::Heartbeat(key) => self.expire_heartbeat(key, now),
             }
         }
     }
@@ -303,6 +315,9 @@ impl Router {
         }
         self.release_connection(conn);
         if let Some(mut c) = self.conns.remove(key) {
+            if let Some(timer) = c.heartbeat.take() {
+                self.wheel.remove(timer);
+            }
             self.outbound_bytes -= c.outbound.len();
             c.outbound.clear();
             for waiter in c.waiters.drain(..) {
@@ -314,9 +329,12 @@ impl Router {
     /// Feeds one decoded frame from `conn`.
     pub fn handle_frame(&mut self, conn: ConnId, frame: Frame, now: Instant) {
         self.now = self.now.max(now);
-        let Some(c) = self.conns.get(conn_key(conn)) else {
+        let tick = self.tick(now);
+        let Some(c) = self.conns.get_mut(conn_key(conn)) else {
             return;
         };
+        // The heartbeat's whole per-frame cost: one store (see `heartbeat.rs`).
+        c.last_activity = tick;
         let header = &frame.header;
         log::trace!(
             "{conn}: recv {:?} {:?} {}",
@@ -653,6 +671,18 @@ impl Router {
         }
     }
 
+    /// Lifts the pause of `producer` if it is waiting on `consumer`'s queue.
+    fn release_waiter(&mut self, producer: ConnId, consumer: ConnId) {
+        let Some(c) = self.conns.get_mut(conn_key(consumer)) else {
+            return;
+        };
+        let Some(pos) = c.waiters.iter().position(|w| *w == producer) else {
+            return;
+        };
+        c.waiters.swap_remove(pos);
+        self.unpause(producer, PauseCause::Consumer);
+    }
+
     /// Removes `stream` from the stream list of `conn`.
     fn forget_stream(&mut self, conn: ConnId, stream: StreamKey) {
         if let Some(c) = self.conns.get_mut(conn_key(conn)) {
@@ -702,9 +732,14 @@ impl Router {
             self.streams.len(),
             self.requests.len() + self.broadcasts.len()
         );
+        let heartbeats = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.heartbeat.is_some())
+            .count();
         assert_eq!(
             self.wheel.len(),
-            self.requests.len() + self.broadcasts.len(),
+            self.requests.len() + self.broadcasts.len() + heartbeats,
             "timers"
         );
         let mut outbound = 0;

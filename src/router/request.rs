@@ -520,6 +520,10 @@ impl Router {
                 if let Some(c) = self.conns.get_mut(conn_key(receiver)) {
                     c.in_flight -= 1;
                 }
+                // Whichever side flow control paused for this request's sake may go on: it has
+                // no more frames for the other (if it has others, they pause it again).
+                self.release_waiter(request.sender, receiver);
+                self.release_waiter(receiver, request.sender);
                 self.mark_ready(receiver, request.channel);
                 self.assign_waiting(request.channel, now);
             }

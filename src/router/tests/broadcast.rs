@@ -157,7 +157,7 @@ fn a_stuck_peer_is_dropped_and_never_delays_the_others() {
     let config = RouterConfig {
         high_watermark: 1_000,
         low_watermark: 100,
-        ..RouterConfig::default()
+        ..quiet()
     };
     let mut h = Harness::with_config(config);
     let all = channel_of(&mut h, 3);

@@ -9,7 +9,7 @@ fn small_marks() -> RouterConfig {
         high_watermark: 10_000,
         low_watermark: 2_000,
         max_held_bytes: 5_000,
-        ..RouterConfig::default()
+        ..quiet()
     }
 }
 

@@ -26,6 +26,14 @@ pub(super) struct Harness {
     channels: HashMap<ConnId, ChannelId>,
 }
 
+/// The default configuration with heartbeats off.
+pub(super) fn quiet() -> RouterConfig {
+    RouterConfig {
+        heartbeat_interval: Duration::ZERO,
+        ..RouterConfig::default()
+    }
+}
+
 pub(super) fn channel(n: u8) -> ChannelId {
     ChannelId::from_bytes([n; 16])
 }
@@ -41,8 +49,10 @@ pub(super) fn req(n: u8) -> RequestId {
 }
 
 impl Harness {
+    /// A harness with heartbeats off, so that timer counts are those of requests and broadcasts
+    /// (heartbeats have their own tests).
     pub(super) fn new() -> Harness {
-        Harness::with_config(RouterConfig::default())
+        Harness::with_config(quiet())
     }
 
     pub(super) fn with_config(config: RouterConfig) -> Harness {

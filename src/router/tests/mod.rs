@@ -5,5 +5,6 @@ mod harness;
 mod broadcast;
 mod flow_control;
 mod handshake;
+mod heartbeat;
 mod random;
 mod request_reply;

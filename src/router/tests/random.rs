@@ -80,7 +80,12 @@ fn check_delivery(model: &mut Model, to: ConnId, frame: &Frame) {
 
 fn run(seed: u64, steps: usize) {
     let mut rng = StdRng::seed_from_u64(seed);
-    let mut h = Harness::new();
+    // Heartbeats on and short, so silent peers are pinged and closed in the middle of everything.
+    let mut h = Harness::with_config(crate::router::RouterConfig {
+        heartbeat_interval: std::time::Duration::from_millis(300),
+        heartbeat_misses: 2,
+        ..quiet()
+    });
     let mut model = Model::default();
     let mut conns: Vec<ConnId> = Vec::new();
     let mut next_req: u32 = 1;

@@ -163,7 +163,7 @@ fn zero_timeout_means_the_default_and_huge_ones_are_clamped() {
     let config = RouterConfig {
         default_timeout: Duration::from_millis(100),
         max_timeout: Duration::from_millis(1_000),
-        ..RouterConfig::default()
+        ..quiet()
     };
     let mut h = Harness::with_config(config);
     let (s, _) = setup(&mut h, 0, 0);
@@ -389,7 +389,7 @@ fn channels_never_see_each_other() {
 fn waiting_queue_is_bounded_per_channel() {
     let config = RouterConfig {
         max_waiting_per_channel: 3,
-        ..RouterConfig::default()
+        ..quiet()
     };
     let mut h = Harness::with_config(config);
     let (s, _) = setup(&mut h, 0, 0);

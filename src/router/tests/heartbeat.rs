@@ -1,0 +1,136 @@
+//! Heartbeats: silent connections are pinged and closed; busy and answering ones never are.
+
+use super::harness::*;
+use crate::protocol::{ErrorCode, FrameType, Header};
+use crate::router::RouterConfig;
+use std::time::Duration;
+
+fn beating() -> RouterConfig {
+    RouterConfig {
+        heartbeat_interval: Duration::from_millis(1_000),
+        heartbeat_misses: 2,
+        ..RouterConfig::default()
+    }
+}
+
+#[test]
+fn welcome_announces_the_interval() {
+    let mut h = Harness::with_config(beating());
+    let (a, welcome) = h.join(channel(1), client(1));
+    assert_eq!(welcome.heartbeat_ms, 1_000);
+    h.disconnect(a);
+    h.assert_empty();
+}
+
+#[test]
+fn a_silent_connection_is_pinged_then_closed_and_its_peers_told() {
+    let mut h = Harness::with_config(beating());
+    let (a, _) = h.join(channel(1), client(1));
+    let b = h.join_quietly(channel(1), client(2), &[a]);
+    let pong = Header {
+        channel_id: channel(1),
+        ..Header::new(FrameType::Pong)
+    };
+    // `a` speaks every 500 ms; `b` never does. Its pings go out at 1 s and 2 s; at 3 s it is
+    // closed: interval × (misses + 1).
+    let mut b_frames = Vec::new();
+    for half_seconds in 1..=5 {
+        h.advance(500);
+        h.send(a, pong, b"");
+        b_frames.extend(
+            h.take(b)
+                .into_iter()
+                .map(|f| (half_seconds, f.header.frame_type, f.header.sequence)),
+        );
+    }
+    assert_eq!(
+        b_frames,
+        vec![(2, FrameType::Ping, 1), (4, FrameType::Ping, 2)]
+    );
+    h.advance(499);
+    h.expect_nothing(b);
+    h.advance(1);
+    h.expect_closed_with(b, ErrorCode::HeartbeatTimeout);
+    let frames = h.take(a);
+    assert!(
+        frames
+            .iter()
+            .any(|f| f.header.frame_type == FrameType::PeerLeft),
+        "{frames:?}"
+    );
+    assert!(
+        frames
+            .iter()
+            .all(|f| f.header.frame_type != FrameType::Ping),
+        "a was never silent"
+    );
+    h.disconnect(a);
+    h.assert_empty();
+}
+
+#[test]
+fn answering_every_ping_keeps_a_connection_alive() {
+    let mut h = Harness::with_config(beating());
+    let (a, _) = h.join(channel(1), client(1));
+    let pong = Header {
+        channel_id: channel(1),
+        ..Header::new(FrameType::Pong)
+    };
+    for _ in 0..20 {
+        h.advance(1_000);
+        let ping = h.expect_one(a);
+        assert_eq!(ping.header.frame_type, FrameType::Ping);
+        h.send(
+            a,
+            Header {
+                sequence: ping.header.sequence,
+                ..pong
+            },
+            b"",
+        );
+    }
+    assert!(!h.closed.contains(&a));
+}
+
+#[test]
+fn a_busy_connection_is_never_pinged() {
+    let mut h = Harness::with_config(beating());
+    let (a, _) = h.join(channel(1), client(1));
+    for _ in 0..100 {
+        h.advance(400);
+        h.receive(a, 0);
+    }
+    h.expect_nothing(a);
+    assert!(!h.closed.contains(&a));
+    assert_eq!(
+        h.stats().armed_timers,
+        1,
+        "one heartbeat timer, re-armed, never more"
+    );
+}
+
+#[test]
+fn a_connection_that_never_says_hello_is_closed_too() {
+    let mut h = Harness::with_config(beating());
+    let conn = h.connect();
+    h.advance(1_000);
+    h.advance(1_000);
+    let pings = h.take(conn);
+    assert_eq!(pings.len(), 2);
+    h.advance(1_000);
+    h.expect_closed_with(conn, ErrorCode::HeartbeatTimeout);
+    h.assert_empty();
+}
+
+#[test]
+fn heartbeats_can_be_turned_off() {
+    let mut h = Harness::with_config(RouterConfig {
+        heartbeat_interval: Duration::ZERO,
+        ..beating()
+    });
+    let (a, welcome) = h.join(channel(1), client(1));
+    assert_eq!(welcome.heartbeat_ms, 0);
+    h.advance(100_000);
+    h.expect_nothing(a);
+    assert_eq!(h.stats().armed_timers, 0);
+}
