@@ -50,6 +50,10 @@ pub struct BrokerConfig {
     pub heartbeat_interval_ms: u64,
     /// Pings a silent connection may leave unanswered before it is closed.
     pub heartbeat_misses: u64,
+    /// How long a departed peer stays present before PEER_LEFT goes out, milliseconds.
+    pub presence_grace_ms: u64,
+    /// How long a graceful shutdown lets in-flight requests finish, milliseconds.
+    pub drain_deadline_ms: u64,
 }
 
 impl Default for BrokerConfig {
@@ -70,6 +74,8 @@ impl Default for BrokerConfig {
             write_budget_bytes: server.write_budget as u64,
             heartbeat_interval_ms: router.heartbeat_interval.as_millis() as u64,
             heartbeat_misses: u64::from(router.heartbeat_misses),
+            presence_grace_ms: router.presence_grace.as_millis() as u64,
+            drain_deadline_ms: server.drain_deadline.as_millis() as u64,
         }
     }
 }
@@ -169,6 +175,12 @@ pub struct Overrides {
     /// Unanswered pings before a silent connection is closed [default: 3; 1 ..= 100].
     #[arg(long)]
     pub heartbeat_misses: Option<u64>,
+    /// A departed peer's PEER_LEFT waits this long for a reconnect, ms [default: 1000; 0 ..= 600000].
+    #[arg(long)]
+    pub presence_grace_ms: Option<u64>,
+    /// On SIGINT/SIGTERM, in-flight requests get this long to finish, ms [default: 5000; 0 ..= 600000].
+    #[arg(long)]
+    pub drain_deadline_ms: Option<u64>,
 }
 
 impl BrokerConfig {
@@ -213,7 +225,9 @@ impl BrokerConfig {
             read_budget_bytes,
             write_budget_bytes,
             heartbeat_interval_ms,
-            heartbeat_misses
+            heartbeat_misses,
+            presence_grace_ms,
+            drain_deadline_ms
         );
     }
 
@@ -304,9 +318,11 @@ impl BrokerConfig {
                 max_waiting_per_channel: clamp(self.max_waiting_per_channel),
                 heartbeat_interval: Duration::from_millis(self.heartbeat_interval_ms),
                 heartbeat_misses: u32::try_from(self.heartbeat_misses).unwrap_or(u32::MAX),
+                presence_grace: Duration::from_millis(self.presence_grace_ms),
             },
             read_budget: clamp(self.read_budget_bytes),
             write_budget: clamp(self.write_budget_bytes),
+            drain_deadline: Duration::from_millis(self.drain_deadline_ms),
         }
     }
 }

@@ -675,18 +675,18 @@ fn connection_fatal_error_closes_the_client() {
         let caller = s.spawn(|| client.request(b"x", Duration::from_secs(1)));
         let waiter = s.spawn(|| client.next_request(None).map(drop));
         peer.recv();
-        peer.send_error(RequestId::NIL, ErrorCode::GoingAway, &[]);
+        peer.send_error(RequestId::NIL, ErrorCode::HeartbeatTimeout, &[]);
         for result in [caller.join().unwrap().map(drop), waiter.join().unwrap()] {
             match result {
-                Err(e @ Error::Broker { code: 0x000A, .. }) => assert!(e.is_connection_fatal()),
-                other => panic!("expected GOING_AWAY, got {other:?}"),
+                Err(e @ Error::Broker { code: 0x000B, .. }) => assert!(e.is_connection_fatal()),
+                other => panic!("expected HEARTBEAT_TIMEOUT, got {other:?}"),
             }
         }
     });
     assert!(client.is_closed());
     assert!(matches!(
         client.ping(WAIT),
-        Err(Error::Broker { code: 0x000A, .. })
+        Err(Error::Broker { code: 0x000B, .. })
     ));
     peer.expect_closed();
 }

@@ -196,10 +196,11 @@ fn nil_hello_gets_a_broker_assigned_client_id() {
     assert_eq!(welcome.peers, vec![first.client]);
     first.expect_presence(FrameType::PeerJoined, second.client);
 
-    // The assigned id is really taken: a HELLO naming it is refused.
-    let mut copycat = RawPeer::named(addr, "copycat");
-    copycat.send_hello(channel, first.client);
-    copycat.expect_fatal(switchyard::protocol::ErrorCode::ClientIdInUse);
+    // The assigned id is really the client's: a HELLO naming it takes the connection over.
+    let mut successor = RawPeer::named(addr, "successor");
+    successor.hello(channel, first.client);
+    first.expect_fatal(switchyard::protocol::ErrorCode::Replaced);
+    let mut first = successor;
 
     let gone = second.client;
     drop(second);

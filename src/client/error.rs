@@ -43,6 +43,10 @@ pub enum Error {
     Cancelled,
     /// A broadcast found no other peer on the channel; nobody received it.
     NoPeers,
+    /// The broker is shutting down (it sent GOING_AWAY): this connection takes no new request or
+    /// broadcast; those in flight finish until the broker's drain deadline (or end with this
+    /// error at it). Connect again later, or to another broker.
+    GoingAway,
     /// Some peers did not acknowledge a broadcast (they left, were too slow, or the timeout
     /// fired). The others received it.
     BroadcastIncomplete {
@@ -102,6 +106,7 @@ impl Error {
             (Some(ErrorCode::PeerGone), _) => Error::PeerGone,
             (Some(ErrorCode::Cancelled), _) => Error::Cancelled,
             (Some(ErrorCode::NoPeers), _) => Error::NoPeers,
+            (Some(ErrorCode::GoingAway | ErrorCode::ShuttingDown), _) => Error::GoingAway,
             (Some(ErrorCode::BroadcastIncomplete), _) => Error::BroadcastIncomplete {
                 missing: body.peers,
             },
@@ -127,6 +132,7 @@ impl Error {
             Error::PeerGone => Error::PeerGone,
             Error::Cancelled => Error::Cancelled,
             Error::NoPeers => Error::NoPeers,
+            Error::GoingAway => Error::GoingAway,
             Error::BroadcastIncomplete { missing } => Error::BroadcastIncomplete {
                 missing: missing.clone(),
             },
@@ -157,6 +163,7 @@ impl fmt::Display for Error {
             Error::PeerGone => f.write_str("the receiver disconnected before responding"),
             Error::Cancelled => f.write_str("cancelled by the other side"),
             Error::NoPeers => f.write_str("the broadcast found no other peer on the channel"),
+            Error::GoingAway => f.write_str("the broker is shutting down and takes nothing new"),
             Error::BroadcastIncomplete { missing } => {
                 write!(
                     f,

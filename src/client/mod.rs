@@ -762,6 +762,39 @@ impl Client {
         shared.wait_queue(&shared.presence_ready, timeout, Session::pop_presence)
     }
 
+    /// Asks the broker for the current peer list of the channel (the others, including peers
+    /// inside their presence grace period) and returns it; [`Client::peers`] is refreshed too.
+    ///
+    /// # Errors
+    /// [`Error::Timeout`] when no answer came within `timeout`, or a connection-fatal error.
+    pub fn fetch_peers(&self, timeout: Duration) -> Result<Vec<ClientId>, Error> {
+        let shared = &self.shared;
+        shared.check_open()?;
+        let (waiter, receiver) = mpsc::channel();
+        // Answers are matched to callers in registration order. Two callers racing may swap
+        // answers, which is harmless: both lists are current (the lock is not held across the
+        // write, so the reader thread is never blocked behind a slow socket).
+        {
+            let mut session = shared.session();
+            session.register_peer_list(waiter)?;
+            let frame = shared.ids.frame(
+                FrameType::Peers,
+                Flags::NONE,
+                RequestId::NIL,
+                0,
+                false,
+                Bytes::new(),
+            );
+            drop(session);
+            shared.send(&frame)?;
+        }
+        match receiver.recv_timeout(timeout) {
+            Ok(peers) => Ok(peers),
+            Err(RecvTimeoutError::Timeout) => Err(Error::Timeout),
+            Err(RecvTimeoutError::Disconnected) => Err(shared.close_error()),
+        }
+    }
+
     /// Sends a PING and returns the round-trip time to its PONG. (The client answers the
     /// broker's PINGs on its own.)
     ///

@@ -58,7 +58,9 @@ use log::debug;
 use super::error::{Error, ProtocolViolation};
 use super::PresenceEvent;
 use crate::ids::{ChannelId, ClientId, RequestId};
-use crate::protocol::{decode_u32, ErrorBody, Flags, Frame, FrameType, Header};
+use crate::protocol::{
+    decode_peers, decode_u32, ErrorBody, ErrorCode, Flags, Frame, FrameType, Header,
+};
 
 /// One event of a request or response stream, in wire order.
 #[derive(Debug)]
@@ -186,6 +188,9 @@ pub(crate) struct Session {
     /// `pop_broadcast` then skips the queued body.
     unacked_broadcasts: HashSet<RequestId>,
     pings: HashMap<u32, Sender<()>>,
+    /// Callers of `fetch_peers`, in the order their PEERS frames were sent (the broker answers
+    /// a connection's PEERS in order).
+    peer_lists: VecDeque<Sender<Vec<ClientId>>>,
     next_ping: u32,
     peers: Vec<ClientId>,
     requests: VecDeque<NewRequest>,
@@ -194,6 +199,8 @@ pub(crate) struct Session {
     output: VecDeque<Frame>,
     wakeups: Wakeups,
     closed: Option<Error>,
+    /// The broker sent GOING_AWAY: no new request or broadcast (those in flight go on).
+    going_away: bool,
 }
 
 impl Session {
@@ -213,6 +220,7 @@ impl Session {
             partial_broadcasts: HashMap::new(),
             unacked_broadcasts: HashSet::new(),
             pings: HashMap::new(),
+            peer_lists: VecDeque::new(),
             next_ping: 0,
             peers,
             requests: VecDeque::new(),
@@ -221,10 +229,20 @@ impl Session {
             output: VecDeque::new(),
             wakeups: Wakeups::default(),
             closed: None,
+            going_away: false,
         }
     }
 
     // ----- registration (application side) -------------------------------------------------
+
+    /// Open, and the broker has not said it is going away: a new operation may start.
+    fn check_accepting(&self) -> Result<(), Error> {
+        self.check_open()?;
+        if self.going_away {
+            return Err(Error::GoingAway);
+        }
+        Ok(())
+    }
 
     fn check_open(&self) -> Result<(), Error> {
         match &self.closed {
@@ -252,7 +270,7 @@ impl Session {
         &mut self,
         events: Sender<StreamEvent>,
     ) -> Result<RequestId, Error> {
-        self.check_open()?;
+        self.check_accepting()?;
         let id = self.fresh_id();
         self.outgoing.insert(
             id,
@@ -272,7 +290,7 @@ impl Session {
         &mut self,
         outcome: Sender<Result<u32, Error>>,
     ) -> Result<RequestId, Error> {
-        self.check_open()?;
+        self.check_accepting()?;
         let id = self.fresh_id();
         self.outgoing.insert(id, Outgoing::Broadcast { outcome });
         Ok(id)
@@ -306,6 +324,16 @@ impl Session {
     }
 
     /// Stops waiting for a ping's PONG.
+    /// Registers a caller waiting for the broker's answer to a PEERS frame it is about to send.
+    pub(crate) fn register_peer_list(
+        &mut self,
+        waiter: Sender<Vec<ClientId>>,
+    ) -> Result<(), Error> {
+        self.check_open()?;
+        self.peer_lists.push_back(waiter);
+        Ok(())
+    }
+
     pub(crate) fn forget_ping(&mut self, sequence: u32) {
         self.pings.remove(&sequence);
     }
@@ -357,12 +385,18 @@ impl Session {
         if self.closed.is_some() {
             return false;
         }
+        // After GOING_AWAY the broker closing the connection is the announced end, not a fault.
+        let reason = match reason {
+            Error::Io(_) if self.going_away => Error::GoingAway,
+            other => other,
+        };
         self.closed = Some(reason);
         self.outgoing.clear();
         self.incoming.clear();
         self.partial_broadcasts.clear();
         self.unacked_broadcasts.clear();
         self.pings.clear();
+        self.peer_lists.clear();
         self.requests.clear();
         self.broadcasts.clear();
         self.presence.clear();
@@ -450,6 +484,21 @@ impl Session {
                         "PONG {} matches no ping in flight; ignored",
                         header.sequence
                     ),
+                }
+                Ok(())
+            }
+            FrameType::Peers => {
+                let peers = decode_peers(&frame.payload).map_err(|error| {
+                    Error::Protocol(ProtocolViolation::BadPayload {
+                        frame_type: FrameType::Peers,
+                        error,
+                    })
+                })?;
+                self.peers.clone_from(&peers);
+                match self.peer_lists.pop_front() {
+                    // The caller may have given up; the list still refreshed `peers`.
+                    Some(waiter) => drop(waiter.send(peers)),
+                    None => debug!("PEERS answer with no caller waiting; peers refreshed"),
                 }
                 Ok(())
             }
@@ -724,6 +773,13 @@ impl Session {
                 error,
             })
         })?;
+        if body.known_code() == Some(ErrorCode::GoingAway) && header.request_id.is_nil() {
+            // Not fatal yet: the broker drains. Nothing new starts; what is in flight goes on
+            // until the broker closes the connection.
+            debug!("the broker is going away: {}", body.message);
+            self.going_away = true;
+            return Ok(());
+        }
         if body.code < 0x0100 {
             return Err(Error::from_error_body(body, Some(self.max_payload)));
         }
@@ -889,11 +945,17 @@ mod tests {
         let mut f = frame(&s, FrameType::Error, Flags::NONE, RequestId::NIL, 0, false);
         f.payload = Bytes::from_static(&[0, 1, 0xff]);
         assert!(matches!(s.handle_frame(f), Err(Error::Protocol(_))));
+        // GOING_AWAY is not fatal by itself: the broker drains, nothing new may start.
         let mut f = frame(&s, FrameType::Error, Flags::NONE, RequestId::NIL, 0, false);
         f.payload = encode_error(0x000A, "bye", &[]);
+        assert!(s.handle_frame(f).is_ok());
+        let (events, _rx) = std::sync::mpsc::channel();
+        assert!(matches!(s.register_request(events), Err(Error::GoingAway)));
+        let mut f = frame(&s, FrameType::Error, Flags::NONE, RequestId::NIL, 0, false);
+        f.payload = encode_error(0x000B, "silent", &[]);
         assert!(matches!(
             s.handle_frame(f),
-            Err(Error::Broker { code: 0x000A, .. })
+            Err(Error::Broker { code: 0x000B, .. })
         ));
         let f = frame(
             &s,

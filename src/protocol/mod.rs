@@ -19,7 +19,10 @@ mod tests;
 pub use decoder::{DecodeError, Decoder};
 pub use encoder::{encode_frame, encode_header};
 pub use header::{field, Header, HEADER_LEN};
-pub use payload::{decode_u32, encode_error, encode_u32, ErrorBody, PayloadError, WelcomeBody};
+pub use payload::{
+    decode_peers, decode_u32, encode_error, encode_peers, encode_u32, ErrorBody, PayloadError,
+    WelcomeBody,
+};
 
 use bytes::Bytes;
 
@@ -70,6 +73,9 @@ pub enum FrameType {
     Ping = 0x0C,
     /// Answer to a ping, echoing its sequence number.
     Pong = 0x0D,
+    /// Client → broker: "who is on my channel?" (empty); broker → client: the peer list
+    /// (see [`encode_peers`]).
+    Peers = 0x0E,
 }
 
 impl FrameType {
@@ -97,6 +103,7 @@ impl TryFrom<u8> for FrameType {
             0x0B => FrameType::PeerLeft,
             0x0C => FrameType::Ping,
             0x0D => FrameType::Pong,
+            0x0E => FrameType::Peers,
             other => return Err(other),
         })
     }
@@ -200,12 +207,15 @@ pub enum ErrorCode {
     ChannelMismatch = 0x0007,
     /// A frame type that may not be sent in this direction (a client sending a welcome…).
     UnexpectedFrame = 0x0008,
-    /// The client id of the hello is already connected on the channel (until takeover exists).
+    /// Reserved (not sent since takeover: a hello with a connected client id replaces the old
+    /// connection, which gets [`ErrorCode::Replaced`]).
     ClientIdInUse = 0x0009,
     /// The broker is shutting down (or the connection is being closed for a broker-side reason).
     GoingAway = 0x000A,
     /// The connection stayed silent through the heartbeat: pings went unanswered.
     HeartbeatTimeout = 0x000B,
+    /// A newer connection joined with the same client id on the same channel (takeover).
+    Replaced = 0x000C,
 
     /// No receiver with credit took the request within its timeout (or at once, with NO_WAIT).
     NoReceiver = 0x0100,
@@ -229,6 +239,9 @@ pub enum ErrorCode {
     StreamOrder = 0x0108,
     /// The channel's queue of requests waiting for a receiver is full.
     LimitExceeded = 0x0109,
+    /// The broker is draining before it shuts down: it takes no new request, or it ended this
+    /// one at the drain deadline.
+    ShuttingDown = 0x010A,
 }
 
 impl ErrorCode {
@@ -255,6 +268,7 @@ impl TryFrom<u16> for ErrorCode {
             0x0009 => ClientIdInUse,
             0x000A => GoingAway,
             0x000B => HeartbeatTimeout,
+            0x000C => Replaced,
             0x0100 => NoReceiver,
             0x0101 => Timeout,
             0x0102 => PeerGone,
@@ -265,6 +279,7 @@ impl TryFrom<u16> for ErrorCode {
             0x0107 => DuplicateRequest,
             0x0108 => StreamOrder,
             0x0109 => LimitExceeded,
+            0x010A => ShuttingDown,
             other => return Err(other),
         })
     }

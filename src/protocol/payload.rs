@@ -7,6 +7,7 @@
 //!          (the ids are the peers the error concerns: the broadcast peers that did not ack)
 //! RECEIVE  u32 credit window (requests the receiver is ready to hold at once)
 //! ACK      broker → sender: u32 number of peers that acknowledged; peer → broker: empty
+//! PEERS    client → broker: empty; broker → client: u32 count | count × 16-byte client id
 //! ```
 //!
 //! Decoding never panics: short, long or non-UTF-8 input gives a [`PayloadError`].
@@ -55,6 +56,32 @@ pub fn decode_u32(payload: &[u8]) -> Result<u32, PayloadError> {
 /// The 4-byte big-endian payload of a RECEIVE or broker ACK frame.
 pub fn encode_u32(value: u32) -> Bytes {
     Bytes::copy_from_slice(&value.to_be_bytes())
+}
+
+/// The payload of the broker's PEERS answer.
+pub fn encode_peers(peers: &[ClientId]) -> Bytes {
+    let mut out = BytesMut::with_capacity(4 + 16 * peers.len());
+    out.put_u32(u32::try_from(peers.len()).unwrap_or(u32::MAX));
+    for peer in peers {
+        out.put_slice(peer.as_bytes());
+    }
+    out.freeze()
+}
+
+/// Decodes the payload of the broker's PEERS answer.
+///
+/// # Errors
+/// A [`PayloadError`] when the count and the ids disagree.
+pub fn decode_peers(mut payload: &[u8]) -> Result<Vec<ClientId>, PayloadError> {
+    let count = take_u32(&mut payload)? as usize;
+    if payload.len() / 16 < count {
+        return Err(PayloadError::Truncated);
+    }
+    let peers = read_peers(payload)?;
+    if peers.len() != count {
+        return Err(PayloadError::TrailingBytes);
+    }
+    Ok(peers)
 }
 
 fn read_peers(mut rest: &[u8]) -> Result<Vec<ClientId>, PayloadError> {

@@ -241,6 +241,7 @@ fn frame_type_roundtrip() {
         (0x0B, FrameType::PeerLeft),
         (0x0C, FrameType::Ping),
         (0x0D, FrameType::Pong),
+        (0x0E, FrameType::Peers),
     ];
     for (byte, frame_type) in all {
         assert_eq!(frame_type as u8, byte);
@@ -311,6 +312,7 @@ fn error_code_roundtrip() {
         (0x0009, ErrorCode::ClientIdInUse),
         (0x000A, ErrorCode::GoingAway),
         (0x000B, ErrorCode::HeartbeatTimeout),
+        (0x000C, ErrorCode::Replaced),
         (0x0100, ErrorCode::NoReceiver),
         (0x0101, ErrorCode::Timeout),
         (0x0102, ErrorCode::PeerGone),
@@ -321,6 +323,7 @@ fn error_code_roundtrip() {
         (0x0107, ErrorCode::DuplicateRequest),
         (0x0108, ErrorCode::StreamOrder),
         (0x0109, ErrorCode::LimitExceeded),
+        (0x010A, ErrorCode::ShuttingDown),
     ];
     for (value, code) in all {
         assert_eq!(code as u16, value);
@@ -448,7 +451,7 @@ fn wrong_version_is_rejected() {
 #[test]
 fn unknown_frame_type_is_rejected() {
     let header = sample_header(FrameType::Start);
-    for byte in [0x00u8, 0x0E, 0x0F, 0x80, 0xFF] {
+    for byte in [0x00u8, 0x0F, 0x10, 0x80, 0xFF] {
         let raw = raw_header(&header, |raw| raw[field::FRAME_TYPE] = byte);
         let err = decode_raw(&raw, SMALL_MAX).unwrap_err();
         assert_eq!(err, DecodeError::UnknownFrameType { got: byte });

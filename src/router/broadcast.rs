@@ -109,6 +109,15 @@ impl Router {
     /// Creates the broadcast for a START; `None` when it was refused (an error was sent).
     fn open_broadcast(&mut self, from: Peer, frame: &Frame, now: Instant) -> Option<Key> {
         let id = frame.header.request_id;
+        if self.draining {
+            self.send_error(
+                from.conn,
+                ErrorCode::ShuttingDown,
+                id,
+                "the broker is shutting down and takes no new broadcasts",
+            );
+            return None;
+        }
         if self.streams.contains_key(&id) {
             self.send_error(
                 from.conn,
@@ -369,6 +378,22 @@ impl Router {
                 missing.len()
             ),
             &missing,
+        );
+        self.end_broadcast(key);
+    }
+
+    /// The drain deadline passed with the broadcast in flight.
+    pub(super) fn end_broadcast_for_shutdown(&mut self, key: Key) {
+        let Some(broadcast) = self.broadcasts.get(key) else {
+            return;
+        };
+        let (id, sender) = (broadcast.id, broadcast.sender);
+        self.cancel_owing_peers(key);
+        self.send_error(
+            sender,
+            ErrorCode::ShuttingDown,
+            id,
+            "the broker shut down first",
         );
         self.end_broadcast(key);
     }

@@ -16,127 +16,56 @@
 //! - `Connection::in_ready_queue` is true iff the connection's id is in `ready` (possibly stale).
 //! - `live_waiting` counts the entries of `waiting` that name a queued request.
 
-use bytes::Bytes;
 use std::collections::VecDeque;
 use std::time::Instant;
 
-use super::connection::ConnState;
 use super::store::Key;
 use super::{conn_key, Peer, Router};
 use crate::ids::{ChannelId, ClientId, ConnId};
-use crate::protocol::{decode_u32, ErrorCode, Flags, FrameType, Header, WelcomeBody};
+use crate::protocol::{decode_u32, ErrorCode, Flags};
 
 pub(super) struct Member {
     pub(super) conn: ConnId,
     pub(super) client: ClientId,
 }
 
+/// A member that left less than the grace period ago (see `presence.rs`).
+pub(super) struct Ghost {
+    pub(super) client: ClientId,
+    pub(super) timer: crate::wheel::TimerKey,
+}
+
 #[derive(Default)]
 pub(super) struct Channel {
     pub(super) members: Vec<Member>,
+    /// Departed members whose PEER_LEFT waits out the grace period.
+    pub(super) ghosts: Vec<Ghost>,
     pub(super) waiting: VecDeque<Key>,
     pub(super) live_waiting: usize,
     pub(super) ready: VecDeque<ConnId>,
 }
 
 impl Channel {
-    /// Other members' client ids.
+    /// Other members.
     pub(super) fn peers_except(&self, conn: ConnId) -> impl Iterator<Item = &Member> {
         self.members.iter().filter(move |m| m.conn != conn)
+    }
+
+    /// The peers others see: every member but `conn`, and the ghosts (still present for them).
+    pub(super) fn visible_peers_except(&self, conn: ConnId) -> Vec<ClientId> {
+        let members = self.peers_except(conn).map(|m| m.client);
+        members
+            .chain(self.ghosts.iter().map(|g| g.client))
+            .collect()
+    }
+
+    /// True when nothing keeps the channel: no member, no ghost.
+    pub(super) fn is_unused(&self) -> bool {
+        self.members.is_empty() && self.ghosts.is_empty()
     }
 }
 
 impl Router {
-    /// HELLO on a connection awaiting it: join the channel, welcome, announce.
-    pub(super) fn recv_hello(&mut self, conn: ConnId, frame: &crate::protocol::Frame) {
-        let channel_id = frame.header.channel_id;
-        if channel_id.is_nil() {
-            return self.fail_connection(
-                conn,
-                ErrorCode::ChannelMismatch,
-                "hello needs a non-nil channel id",
-            );
-        }
-        let client = if frame.header.client_id.is_nil() {
-            ClientId::random()
-        } else {
-            frame.header.client_id
-        };
-        let channel = self.channels.entry(channel_id).or_default();
-        if channel.members.iter().any(|m| m.client == client) {
-            if channel.members.is_empty() {
-                self.channels.remove(&channel_id);
-            }
-            return self.fail_connection(
-                conn,
-                ErrorCode::ClientIdInUse,
-                &format!("client id {client} is already connected on channel {channel_id}"),
-            );
-        }
-        let peers: Vec<ClientId> = channel.members.iter().map(|m| m.client).collect();
-        channel.members.push(Member { conn, client });
-        if let Some(c) = self.conns.get_mut(conn_key(conn)) {
-            c.set_state(ConnState::Open {
-                channel: channel_id,
-                client,
-            });
-        }
-        log::info!(
-            "{conn}: joined channel {channel_id} as client {client} ({} peers)",
-            peers.len()
-        );
-        let welcome = WelcomeBody {
-            max_payload: self.config.max_payload,
-            default_timeout_ms: duration_ms(self.config.default_timeout),
-            max_timeout_ms: duration_ms(self.config.max_timeout),
-            heartbeat_ms: duration_ms(self.config.heartbeat_interval),
-            peers,
-        };
-        let header = Header {
-            client_id: client,
-            channel_id,
-            ..Header::new(FrameType::Welcome)
-        };
-        self.send(conn, &header, &welcome.encode(), None);
-        self.announce(conn, channel_id, FrameType::PeerJoined, client);
-    }
-
-    /// Sends PEER_JOINED / PEER_LEFT about `client` to every other member.
-    fn announce(&mut self, conn: ConnId, channel_id: ChannelId, kind: FrameType, client: ClientId) {
-        let Some(channel) = self.channels.get(&channel_id) else {
-            return;
-        };
-        let others: Vec<ConnId> = channel.peers_except(conn).map(|m| m.conn).collect();
-        let header = Header {
-            client_id: client,
-            channel_id,
-            ..Header::new(kind)
-        };
-        for other in others {
-            self.send(other, &header, &Bytes::new(), None);
-        }
-    }
-
-    /// Removes a member: presence to the others, the channel itself when it was the last.
-    pub(super) fn leave_channel(&mut self, conn: ConnId, channel_id: ChannelId, client: ClientId) {
-        let Some(channel) = self.channels.get_mut(&channel_id) else {
-            return;
-        };
-        channel.members.retain(|m| m.conn != conn);
-        channel.ready.retain(|c| *c != conn);
-        if let Some(c) = self.conns.get_mut(conn_key(conn)) {
-            c.in_ready_queue = false;
-        }
-        if channel.members.is_empty() {
-            // INVARIANT: waiting requests belong to members, and a leaving member's requests
-            // were ended before it left.
-            debug_assert_eq!(channel.live_waiting, 0);
-            self.channels.remove(&channel_id);
-            return;
-        }
-        self.announce(conn, channel_id, FrameType::PeerLeft, client);
-    }
-
     /// RECEIVE: set the window, then hand out waiting requests.
     pub(super) fn recv_receive(&mut self, from: Peer, payload: &[u8], now: Instant) {
         let Ok(window) = decode_u32(payload) else {

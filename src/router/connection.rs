@@ -55,6 +55,8 @@ pub(super) struct Connection {
     pub(super) unanswered_pings: u32,
     /// Tick at which the last ping was sent (a frame at or after it answers it).
     pub(super) pinged_at: u64,
+    /// A newer connection took over its client id: it leaves its channel silently.
+    pub(super) replaced: bool,
 }
 
 impl Connection {
@@ -75,6 +77,7 @@ impl Connection {
             heartbeat: None,
             unanswered_pings: 0,
             pinged_at: 0,
+            replaced: false,
         }
     }
 

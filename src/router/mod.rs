@@ -28,8 +28,10 @@
 mod broadcast;
 mod channel;
 mod connection;
+mod drain;
 mod heartbeat;
 mod outbound;
+mod presence;
 mod request;
 mod store;
 
@@ -78,6 +80,9 @@ pub struct RouterConfig {
     pub heartbeat_interval: Duration,
     /// Pings a silent connection may leave unanswered; at the next silent interval it is closed.
     pub heartbeat_misses: u32,
+    /// How long a departed peer stays present for the others before PEER_LEFT goes out; a
+    /// reconnect with the same client id within it is invisible. Zero: PEER_LEFT at once.
+    pub presence_grace: Duration,
 }
 
 impl Default for RouterConfig {
@@ -92,6 +97,7 @@ impl Default for RouterConfig {
             max_waiting_per_channel: 4096,
             heartbeat_interval: Duration::from_secs(10),
             heartbeat_misses: 3,
+            presence_grace: Duration::from_millis(1_000),
         }
     }
 }
@@ -136,6 +142,18 @@ pub struct RouterStats {
     pub timeouts: u64,
     /// Cumulative: times a producer was paused by flow control.
     pub backpressure_pauses: u64,
+    /// Departed peers inside their presence grace period.
+    pub ghosts: usize,
+    /// Cumulative: connections replaced by a newer one with the same client id.
+    pub takeovers: u64,
+    /// Cumulative: handshakes refused.
+    pub handshake_failures: u64,
+    /// Cumulative: frames queued to connections.
+    pub frames_out: u64,
+    /// Cumulative: bytes written to connections.
+    pub bytes_out: u64,
+    /// Cumulative: error frames sent.
+    pub errors_sent: u64,
 }
 
 /// A request or a broadcast, as named by a request id.
@@ -152,6 +170,10 @@ enum TimerTarget {
     Broadcast(Key),
     /// A connection's liveness check (see `heartbeat.rs`).
     Heartbeat(Key),
+    /// A departed peer's grace period (see `presence.rs`).
+    Ghost(ChannelId, ClientId),
+    /// The end of a graceful shutdown's drain (see [`Router::begin_drain`]).
+    DrainDeadline,
 }
 
 /// The routing core. See the module docs for the calling contract.
@@ -175,6 +197,12 @@ pub struct Router {
     /// The time given with the latest input: what internal cleanups that have no `now` of their
     /// own (a protocol error's release) take as the present.
     now: Instant,
+    /// A graceful shutdown is under way (see [`Router::begin_drain`]).
+    draining: bool,
+    /// The drain deadline's timer, while draining.
+    drain_timer: Option<TimerKey>,
+    /// Error frames sent, by code.
+    errors_by_code: HashMap<u16, u64>,
 }
 
 impl Router {
@@ -194,6 +222,9 @@ impl Router {
             held_bytes: 0,
             counters: RouterStats::default(),
             now,
+            draining: false,
+            drain_timer: None,
+            errors_by_code: HashMap::new(),
         }
     }
 
@@ -232,8 +263,11 @@ impl Router {
                 TimerTarget::Request(key) => self.expire_request(key, now),
                 TimerTarget::Broadcast(key) => self.expire_broadcast(key),
                 TimerTarget::Heartbeat(key) => self.expire_heartbeat(key, now),
+                TimerTarget::Ghost(channel, client) => self.expire_ghost(channel, client),
+                TimerTarget::DrainDeadline => self.expire_drain(now),
             }
         }
+        self.close_idle_drained();
     }
 
     /// True when the I/O layer must not feed frames from `conn` now (flow control, or the
@@ -282,6 +316,7 @@ impl Router {
             Err(_) => 0,
         };
         self.outbound_bytes -= written;
+        self.counters.bytes_out += written as u64;
         let drained_below_low = c.outbound.len() <= self.config.low_watermark;
         if drained_below_low && !c.waiters.is_empty() {
             let waiters = std::mem::take(&mut c.waiters);
@@ -308,6 +343,13 @@ impl Router {
     /// `conn` closed. Frees everything it owned and tells whoever waited on it. Idempotent:
     /// unknown (already closed) connections are ignored.
     pub fn handle_disconnect(&mut self, conn: ConnId, now: Instant) {
+        self.forget_connection(conn, now);
+        if self.draining {
+            self.close_idle_drained();
+        }
+    }
+
+    fn forget_connection(&mut self, conn: ConnId, now: Instant) {
         self.now = self.now.max(now);
         let key = conn_key(conn);
         if !self.conns.contains(key) {
@@ -328,6 +370,13 @@ impl Router {
 
     /// Feeds one decoded frame from `conn`.
     pub fn handle_frame(&mut self, conn: ConnId, frame: Frame, now: Instant) {
+        self.dispatch_frame(conn, frame, now);
+        if self.draining {
+            self.close_idle_drained();
+        }
+    }
+
+    fn dispatch_frame(&mut self, conn: ConnId, frame: Frame, now: Instant) {
         self.now = self.now.max(now);
         let tick = self.tick(now);
         let Some(c) = self.conns.get_mut(conn_key(conn)) else {
@@ -348,11 +397,14 @@ impl Router {
                 match header.frame_type {
                     FrameType::Hello => self.recv_hello(conn, &frame),
                     FrameType::Ping => self.send_pong(conn, header),
-                    _ => self.fail_connection(
-                        conn,
-                        ErrorCode::HandshakeRequired,
-                        "the first frame must be a hello",
-                    ),
+                    _ => {
+                        self.counters.handshake_failures += 1;
+                        self.fail_connection(
+                            conn,
+                            ErrorCode::HandshakeRequired,
+                            "the first frame must be a hello",
+                        )
+                    }
                 }
                 return;
             }
@@ -388,6 +440,7 @@ impl Router {
             }
             FrameType::Ping => self.send_pong(conn, header),
             FrameType::Pong => {}
+            FrameType::Peers => self.recv_peers(conn, channel),
             FrameType::Receive => self.recv_receive(from, &frame.payload, now),
             FrameType::Ack => {
                 if header.flags != Flags::BROADCAST {
@@ -448,6 +501,25 @@ impl Router {
         }
     }
 
+    /// Error frames sent so far, by code (for metrics).
+    pub fn errors_sent(&self) -> Vec<(ErrorCode, u64)> {
+        let mut counts: Vec<(ErrorCode, u64)> = self
+            .errors_by_code
+            .iter()
+            .filter_map(|(code, n)| ErrorCode::try_from(*code).ok().map(|c| (c, *n)))
+            .collect();
+        counts.sort_by_key(|(code, _)| *code as u16);
+        counts
+    }
+
+    /// Members of each channel (for metrics): `(channel, members)`.
+    pub fn channel_sizes(&self) -> Vec<(ChannelId, usize)> {
+        self.channels
+            .iter()
+            .map(|(id, c)| (*id, c.members.len()))
+            .collect()
+    }
+
     /// Live counts and cumulative counters.
     pub fn stats(&self) -> RouterStats {
         let mut stats = self.counters;
@@ -463,6 +535,7 @@ impl Router {
             .iter()
             .filter(|(_, c)| c.is_read_paused())
             .count();
+        stats.ghosts = self.ghost_timers();
         stats
     }
 
@@ -507,6 +580,7 @@ impl Router {
         wire.payload_len = payload.len() as u32;
         c.outbound.push(&wire.encode(), payload);
         self.outbound_bytes += crate::protocol::HEADER_LEN + payload.len();
+        self.counters.frames_out += 1;
         let over_high = c.outbound.len() > self.config.high_watermark;
         if was_empty {
             self.outputs.push_back(Output::Transmit(to));
@@ -545,6 +619,8 @@ impl Router {
             ..Header::new(FrameType::Error)
         };
         log::debug!("{to}: error {code:?} for {request_id}: {text}");
+        self.counters.errors_sent += 1;
+        *self.errors_by_code.entry(code as u16).or_default() += 1;
         self.send(to, &header, &encode_error(code as u16, text, peers), None);
     }
 
@@ -594,14 +670,22 @@ impl Router {
     /// Sends a connection-fatal error, frees the connection's state and asks the I/O layer to
     /// close it. Idempotent.
     fn fail_connection(&mut self, conn: ConnId, code: ErrorCode, text: &str) {
+        self.close_connection(conn, Some((code, text)));
+    }
+
+    /// Frees the connection's state and asks the I/O layer to close it, after an error frame
+    /// when one is given. Idempotent.
+    fn close_connection(&mut self, conn: ConnId, error: Option<(ErrorCode, &str)>) {
         let Some(c) = self.conns.get(conn_key(conn)) else {
             return;
         };
         if matches!(c.state, ConnState::Closing) {
             return;
         }
-        log::debug!("{conn}: closing on protocol error {code:?}: {text}");
-        self.send_error(conn, code, RequestId::NIL, text);
+        if let Some((code, text)) = error {
+            log::debug!("{conn}: closing on {code:?}: {text}");
+            self.send_error(conn, code, RequestId::NIL, text);
+        }
         self.release_connection(conn);
         if let Some(c) = self.conns.get_mut(conn_key(conn)) {
             c.set_state(ConnState::Closing);
@@ -737,9 +821,10 @@ impl Router {
             .iter()
             .filter(|(_, c)| c.heartbeat.is_some())
             .count();
+        let drain = usize::from(self.drain_timer.is_some());
         assert_eq!(
             self.wheel.len(),
-            self.requests.len() + self.broadcasts.len() + heartbeats,
+            self.requests.len() + self.broadcasts.len() + heartbeats + self.ghost_timers() + drain,
             "timers"
         );
         let mut outbound = 0;

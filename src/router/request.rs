@@ -158,6 +158,14 @@ impl Router {
 
     fn recv_request_start(&mut self, from: Peer, frame: Frame, now: Instant) {
         let id = frame.header.request_id;
+        if self.draining {
+            return self.send_error(
+                from.conn,
+                ErrorCode::ShuttingDown,
+                id,
+                "the broker is shutting down and takes no new requests",
+            );
+        }
         if self.streams.contains_key(&id) {
             return self.send_error(
                 from.conn,
@@ -475,6 +483,31 @@ impl Router {
                 );
             }
         }
+        self.finish_request(key, now);
+    }
+
+    /// The drain deadline passed with the request in flight: SHUTTING_DOWN to the sender,
+    /// CANCEL to the receiver.
+    pub(super) fn end_request_for_shutdown(&mut self, key: Key, now: Instant) {
+        let Some(request) = self.requests.get(key) else {
+            return;
+        };
+        let (id, sender, sender_client) = (request.id, request.sender, request.sender_client);
+        if let Some(receiver) = request.receiver() {
+            self.send_control(
+                receiver,
+                FrameType::Cancel,
+                CANCEL_TO_RECEIVER,
+                sender_client,
+                id,
+            );
+        }
+        self.send_error(
+            sender,
+            ErrorCode::ShuttingDown,
+            id,
+            "the broker shut down first",
+        );
         self.finish_request(key, now);
     }
 

@@ -56,6 +56,8 @@ pub struct ServerConfig {
     pub read_budget: usize,
     /// Bytes written to one connection per loop turn.
     pub write_budget: usize,
+    /// How long a graceful shutdown lets in-flight requests finish.
+    pub drain_deadline: Duration,
 }
 
 impl Default for ServerConfig {
@@ -65,6 +67,7 @@ impl Default for ServerConfig {
             router: RouterConfig::default(),
             read_budget: 256 * 1024,
             write_budget: 1024 * 1024,
+            drain_deadline: Duration::from_secs(5),
         }
     }
 }
@@ -130,6 +133,8 @@ pub struct Server {
     now: Instant,
     /// Every read lands here first (see `connection.rs`).
     scratch: Box<[u8]>,
+    /// A graceful shutdown began: the listener is deregistered and the router drains.
+    shutting_down: bool,
     stats: ServerStats,
 }
 
@@ -162,6 +167,7 @@ impl Server {
             to_close: Vec::new(),
             now,
             scratch: vec![0; connection::READ_CHUNK].into_boxed_slice(),
+            shutting_down: false,
             stats: ServerStats::default(),
         })
     }
@@ -268,16 +274,63 @@ impl Server {
         }
     }
 
-    /// Runs the server's own poll loop until an I/O error of the poll itself.
+    /// Begins a graceful shutdown (PROTOCOL.md §8.1): stops accepting connections and lets the
+    /// router drain, for at most the configured drain deadline. Idempotent. The server is done
+    /// when [`Server::is_finished`].
+    pub fn begin_shutdown(&mut self, now: Instant) {
+        if std::mem::replace(&mut self.shutting_down, true) {
+            return;
+        }
+        self.now = self.now.max(now);
+        if let Some(registry) = &self.registry {
+            let _ = registry.deregister(&mut self.listener);
+        }
+        log::info!(
+            "shutting down: no new connections; draining for at most {:?}",
+            self.config.drain_deadline
+        );
+        self.router.begin_drain(now, self.config.drain_deadline);
+        self.drain_outputs();
+    }
+
+    /// True once a graceful shutdown has closed every connection.
+    pub fn is_finished(&self) -> bool {
+        self.shutting_down && self.sockets == 0 && self.router.is_drained()
+    }
+
+    /// Runs the server's own poll loop. SIGINT or SIGTERM begins a graceful shutdown; a second
+    /// one closes every connection at once. Returns when the shutdown is complete.
     ///
     /// # Errors
-    /// Failure to create or wait on the poll.
+    /// Failure to create or wait on the poll, or to install the signal handlers.
     pub fn run(mut self) -> io::Result<()> {
+        use signal_hook::consts::{SIGINT, SIGTERM};
         let mut poll = Poll::new()?;
         self.register(poll.registry(), Token(0))?;
+        let mut signals = signal_hook_mio::v1_0::Signals::new([SIGINT, SIGTERM])?;
+        poll.registry()
+            .register(&mut signals, SIGNAL_TOKEN, Interest::READABLE)?;
         let mut events = Events::with_capacity(1024);
         loop {
-            self.turn(&mut poll, &mut events)?;
+            let foreign = self.turn(&mut poll, &mut events)?;
+            if foreign {
+                for signal in signals.pending() {
+                    #[allow(clippy::disallowed_methods)] // the server reads the clock
+                    let now = Instant::now();
+                    if self.shutting_down {
+                        log::warn!("signal {signal} again: closing every connection now");
+                        self.close_all();
+                    } else {
+                        log::info!("signal {signal}: graceful shutdown");
+                        self.begin_shutdown(now);
+                        self.handle_timeout(now);
+                    }
+                }
+            }
+            if self.is_finished() {
+                log::info!("shutdown complete");
+                return Ok(());
+            }
         }
     }
 
@@ -303,26 +356,30 @@ impl Server {
         })
     }
 
-    /// One loop turn: wait, dispatch events, finish the turn.
-    fn turn(&mut self, poll: &mut Poll, events: &mut Events) -> io::Result<()> {
+    /// One loop turn: wait, dispatch events, finish the turn. Returns whether an event for a
+    /// token outside the server's range arrived (the caller's own sources).
+    fn turn(&mut self, poll: &mut Poll, events: &mut Events) -> io::Result<bool> {
         #[allow(clippy::disallowed_methods)] // the server is where the clock is read
         let timeout = self
             .poll_timeout()
             .map(|at| at.saturating_duration_since(Instant::now()));
         match poll.poll(events, timeout) {
             Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(false),
             Err(e) => return Err(e),
         }
         #[allow(clippy::disallowed_methods)] // once per wakeup, passed down
         let now = Instant::now();
+        let mut foreign = false;
         for event in events.iter() {
             if self.owns(event.token()) {
                 self.handle_event(event, now);
+            } else {
+                foreign = true;
             }
         }
         self.handle_timeout(now);
-        Ok(())
+        Ok(foreign)
     }
 
     /// Closes every connection (shutdown).
@@ -544,6 +601,12 @@ fn serve_with_control(mut server: Server, mut poll: Poll, control_rx: mpsc::Rece
                     let _ = reply.send(server.stats());
                 }
                 Control::Watch(watcher) => watchers.push(watcher),
+                Control::Drain => {
+                    #[allow(clippy::disallowed_methods)] // the server reads the clock
+                    let now = Instant::now();
+                    server.begin_shutdown(now);
+                    server.handle_timeout(now);
+                }
                 Control::Shutdown => {
                     server.close_all();
                     return;
@@ -562,15 +625,23 @@ fn serve_with_control(mut server: Server, mut poll: Poll, control_rx: mpsc::Rece
                 }
             });
         }
+        if server.is_finished() {
+            log::info!("shutdown complete");
+            return;
+        }
     }
 }
 
 /// Token of the control waker in [`Server::spawn`]'s loop: just past the server's range.
 const CONTROL_TOKEN: Token = Token(Server::TOKEN_SPAN);
 
+/// Token of the signal source in [`Server::run`]'s loop.
+const SIGNAL_TOKEN: Token = Token(Server::TOKEN_SPAN + 1);
+
 enum Control {
     Stats(mpsc::Sender<ServerStats>),
     Watch(Watcher),
+    Drain,
     Shutdown,
 }
 
@@ -658,6 +729,25 @@ impl ServerHandle {
     /// As [`ServerHandle::wait_until`].
     pub fn wait_idle(&self, timeout: Duration) -> io::Result<ServerStats> {
         self.wait_until(ServerStats::is_idle, timeout)
+    }
+
+    /// Begins a graceful shutdown, as a signal does for [`Server::run`]: the server thread ends
+    /// once the drain is complete (see [`ServerHandle::join`]).
+    ///
+    /// # Errors
+    /// `BrokenPipe` when the server thread has stopped.
+    pub fn begin_shutdown(&self) -> io::Result<()> {
+        self.control
+            .send(Control::Drain)
+            .map_err(|_| io::Error::from(io::ErrorKind::BrokenPipe))?;
+        self.waker.wake()
+    }
+
+    /// Waits for the server thread to end (after a graceful shutdown completed).
+    pub fn join(&mut self) {
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
     }
 
     /// Stops the server: closes every connection and joins its thread. Idempotent.

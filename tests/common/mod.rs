@@ -35,7 +35,13 @@ pub fn now() -> Instant {
 }
 
 /// A broker with `router` limits, listening on an ephemeral port of 127.0.0.1.
+/// The presence grace period is turned off (PEER_LEFT at once, so a test's broker is idle as
+/// soon as its clients are gone); the grace period has its own tests.
 pub fn start(router: RouterConfig) -> ServerHandle {
+    let router = RouterConfig {
+        presence_grace: Duration::ZERO,
+        ..router
+    };
     start_with(ServerConfig {
         router,
         ..server_config()

@@ -23,12 +23,15 @@ use switchyard::server::{Server, ServerConfig, ServerHandle, ServerStats};
 /// busy machine, short enough that a hang is reported quickly.
 pub const DEADLINE: Duration = Duration::from_secs(5);
 
-/// The default configuration, listening on an ephemeral loopback port.
+/// The default configuration, listening on an ephemeral loopback port, with the presence grace
+/// period off (PEER_LEFT at once; the grace period has its own tests in `presence_grace.rs`).
 pub fn config() -> ServerConfig {
-    ServerConfig {
+    let mut config = ServerConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         ..Default::default()
-    }
+    };
+    config.router.presence_grace = Duration::ZERO;
+    config
 }
 
 /// A broker with the default limits on an ephemeral port.

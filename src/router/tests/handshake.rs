@@ -57,25 +57,32 @@ fn nil_client_id_gets_a_fresh_one() {
 }
 
 #[test]
-fn client_id_already_on_the_channel_is_refused() {
+fn a_second_connection_with_the_same_client_id_takes_over() {
     let mut h = Harness::new();
-    let (a, _) = h.join(channel(1), client(1));
-    let dup = h.connect();
-    h.send(
-        dup,
-        Header {
-            channel_id: channel(1),
-            client_id: client(1),
-            ..Header::new(FrameType::Hello)
-        },
-        b"",
-    );
-    h.expect_closed_with(dup, ErrorCode::ClientIdInUse);
-    h.expect_nothing(a);
-    // The same id on another channel is fine.
+    let ch = channel(1);
+    let (s, _) = h.join(ch, client(9));
+    let (old, _) = h.join(ch, client(1));
+    h.take(s);
+    h.receive(old, 1);
+    h.request(s, req(1), 1_000, b"x");
+    h.take(old);
+    // The same client id again: the old connection is replaced, its request ends as for any
+    // departure, and the others see neither PEER_LEFT nor a second PEER_JOINED.
+    let (new, welcome) = h.join(ch, client(1));
+    assert_eq!(welcome.peers, vec![client(9)]);
+    h.expect_closed_with(old, ErrorCode::Replaced);
+    h.expect_error(s, ErrorCode::PeerGone, req(1));
+    assert_eq!(h.stats().takeovers, 1);
+    // The new connection is a full member: it gets requests once it gives credit.
+    h.receive(new, 1);
+    h.request(s, req(2), 1_000, b"y");
+    assert_eq!(h.expect_one(new).header.request_id, req(2));
+    // The same id on another channel is independent.
     let (other, _) = h.join(channel(2), client(1));
-    h.disconnect(a);
-    h.disconnect(other);
+    h.expect_nothing(new);
+    for conn in [s, new, other] {
+        h.disconnect(conn);
+    }
     h.assert_empty();
 }
 

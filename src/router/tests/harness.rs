@@ -26,10 +26,12 @@ pub(super) struct Harness {
     channels: HashMap<ConnId, ChannelId>,
 }
 
-/// The default configuration with heartbeats off.
+/// The default configuration with heartbeats and the presence grace period off (each has its
+/// own tests), so that timer counts and presence are those of the behaviour under test.
 pub(super) fn quiet() -> RouterConfig {
     RouterConfig {
         heartbeat_interval: Duration::ZERO,
+        presence_grace: Duration::ZERO,
         ..RouterConfig::default()
     }
 }

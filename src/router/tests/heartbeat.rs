@@ -9,7 +9,7 @@ fn beating() -> RouterConfig {
     RouterConfig {
         heartbeat_interval: Duration::from_millis(1_000),
         heartbeat_misses: 2,
-        ..RouterConfig::default()
+        ..quiet()
     }
 }
 

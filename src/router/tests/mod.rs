@@ -6,5 +6,6 @@ mod broadcast;
 mod flow_control;
 mod handshake;
 mod heartbeat;
+mod presence;
 mod random;
 mod request_reply;

@@ -1,0 +1,113 @@
+//! Graceful shutdown: drain, then close.
+//!
+//! ```text
+//!  begin_drain ─▶ every open connection gets ERROR GOING_AWAY (nil request id);
+//!                 new handshakes get GOING_AWAY and are closed; new requests and broadcasts get
+//!                 SHUTTING_DOWN; requests and broadcasts in flight go on; waiting requests may
+//!                 still be assigned; presence has no grace period any more
+//!       │
+//!       ├─ a connection with nothing left to do (no stream in flight, and not a receiver with
+//!       │  credit on a channel where requests wait) is closed
+//!       ▼
+//!  drain deadline ─▶ every request and broadcast still in flight ends with SHUTTING_DOWN to its
+//!                    sender and CANCEL to its receivers; every connection is closed
+//! ```
+//! The router is drained ([`Router::is_drained`]) once no connection is left.
+
+use std::time::{Duration, Instant};
+
+use super::connection::ConnState;
+use super::{conn_key, insert_timer, Router, StreamKey, TimerTarget};
+use crate::ids::{ConnId, RequestId};
+use crate::protocol::ErrorCode;
+
+impl Router {
+    /// Begins a graceful shutdown that ends at `now + deadline` at the latest. Idempotent.
+    pub fn begin_drain(&mut self, now: Instant, deadline: Duration) {
+        self.now = self.now.max(now);
+        if self.draining {
+            return;
+        }
+        self.draining = true;
+        log::info!(
+            "draining: {} connections, deadline in {deadline:?}",
+            self.conns.len()
+        );
+        let tick = self.deadline_tick(now, deadline);
+        self.drain_timer = Some(insert_timer(
+            &mut self.wheel,
+            tick,
+            TimerTarget::DrainDeadline,
+        ));
+        // Ghosts would hold their channels (and timers) past the end: they leave now.
+        let ghosts: Vec<_> = self
+            .channels
+            .iter()
+            .flat_map(|(id, c)| c.ghosts.iter().map(move |g| (*id, g.client, g.timer)))
+            .collect();
+        for (channel, client, timer) in ghosts {
+            self.wheel.remove(timer);
+            self.expire_ghost(channel, client);
+        }
+        let open: Vec<ConnId> = self.conns.iter().map(|(_, c)| c.id).collect();
+        for conn in open {
+            if matches!(
+                self.conns.get(conn_key(conn)).map(|c| c.state),
+                Some(ConnState::Open { .. })
+            ) {
+                self.send_error(
+                    conn,
+                    ErrorCode::GoingAway,
+                    RequestId::NIL,
+                    "the broker is shutting down: finish what is in flight, start nothing new",
+                );
+            }
+        }
+        self.close_idle_drained();
+    }
+
+    /// True once a drain began and every connection is gone.
+    pub fn is_drained(&self) -> bool {
+        self.draining && self.conns.len() == 0
+    }
+
+    /// True while a graceful shutdown is under way.
+    pub fn is_draining(&self) -> bool {
+        self.draining
+    }
+
+    /// Closes the connections that have nothing left to do. Called after every input while
+    /// draining.
+    pub(super) fn close_idle_drained(&mut self) {
+        if !self.draining {
+            return;
+        }
+        let idle: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| !matches!(c.state, ConnState::Closing))
+            .filter(|(_, c)| c.streams.is_empty())
+            .filter(|(_, c)| !(c.window > 0 && self.waiting_len(c.channel()) > 0))
+            .map(|(_, c)| c.id)
+            .collect();
+        for conn in idle {
+            self.close_connection(conn, None);
+        }
+    }
+
+    /// The drain deadline passed: end everything still in flight and close every connection.
+    pub(super) fn expire_drain(&mut self, now: Instant) {
+        self.drain_timer = None;
+        let streams: Vec<StreamKey> = self.streams.values().copied().collect();
+        for stream in streams {
+            match stream {
+                StreamKey::Request(key) => self.end_request_for_shutdown(key, now),
+                StreamKey::Broadcast(key) => self.end_broadcast_for_shutdown(key),
+            }
+        }
+        let all: Vec<ConnId> = self.conns.iter().map(|(_, c)| c.id).collect();
+        for conn in all {
+            self.close_connection(conn, None);
+        }
+    }
+}

@@ -1,0 +1,201 @@
+//! Presence: joining (the handshake), leaving, client-id takeover, the grace period, and the
+//! on-demand peer list.
+//!
+//! ```text
+//!  HELLO(client X) ─┬─ X is a ghost (left < grace ago) ──▶ member again, silently: no PEER_JOINED
+//!                   ├─ X is a member (another connection) ▶ takeover: the old connection gets
+//!                   │     ERROR REPLACED and is closed (its requests end as for any departure);
+//!                   │     the new one takes its place silently: neither PEER_LEFT nor PEER_JOINED
+//!                   └─ otherwise ──────────────────────────▶ member; PEER_JOINED to the others
+//!  member leaves ───┬─ grace > 0 ──▶ ghost; PEER_LEFT only when the grace timer fires
+//!                   └─ grace = 0 ──▶ PEER_LEFT at once
+//! ```
+//! So a peer that reconnects within the grace period — however often, whatever the interleaving
+//! of the old connection's close and the new one's hello — is seen by the others as never having
+//! left. A ghost is visible in WELCOME and PEERS lists (it is still present for the others) but
+//! takes part in nothing: it holds no request and gets no broadcast. A channel lives while it has
+//! members or ghosts.
+
+use bytes::Bytes;
+
+use super::channel::{duration_ms, Ghost, Member};
+use super::connection::ConnState;
+use super::{conn_key, insert_timer, Router, TimerTarget};
+use crate::ids::{ChannelId, ClientId, ConnId};
+use crate::protocol::{encode_peers, ErrorCode, Frame, FrameType, Header, WelcomeBody};
+
+impl Router {
+    /// HELLO on a connection awaiting it: join the channel, welcome, announce.
+    pub(super) fn recv_hello(&mut self, conn: ConnId, frame: &Frame) {
+        let channel_id = frame.header.channel_id;
+        if channel_id.is_nil() {
+            self.counters.handshake_failures += 1;
+            return self.fail_connection(
+                conn,
+                ErrorCode::ChannelMismatch,
+                "hello needs a non-nil channel id",
+            );
+        }
+        if self.draining {
+            self.counters.handshake_failures += 1;
+            return self.fail_connection(conn, ErrorCode::GoingAway, "the broker is shutting down");
+        }
+        let client = if frame.header.client_id.is_nil() {
+            ClientId::random()
+        } else {
+            frame.header.client_id
+        };
+        let channel = self.channels.entry(channel_id).or_default();
+        let returning_ghost = match channel.ghosts.iter().position(|g| g.client == client) {
+            Some(pos) => {
+                let ghost = channel.ghosts.swap_remove(pos);
+                self.wheel.remove(ghost.timer);
+                true
+            }
+            None => false,
+        };
+        let previous = channel
+            .members
+            .iter()
+            .find(|m| m.client == client)
+            .map(|m| m.conn);
+        if let Some(old) = previous {
+            self.counters.takeovers += 1;
+            log::info!("{conn}: takes over client {client} on channel {channel_id} from {old}");
+            if let Some(c) = self.conns.get_mut(conn_key(old)) {
+                c.replaced = true;
+            }
+            self.fail_connection(
+                old,
+                ErrorCode::Replaced,
+                &format!("client {client} connected again on channel {channel_id}"),
+            );
+        }
+        let Some(channel) = self.channels.get_mut(&channel_id) else {
+            return;
+        };
+        let peers = channel.visible_peers_except(conn);
+        channel.members.push(Member { conn, client });
+        if let Some(c) = self.conns.get_mut(conn_key(conn)) {
+            c.set_state(ConnState::Open {
+                channel: channel_id,
+                client,
+            });
+        }
+        log::info!(
+            "{conn}: joined channel {channel_id} as client {client} ({} peers)",
+            peers.len()
+        );
+        let welcome = WelcomeBody {
+            max_payload: self.config.max_payload,
+            default_timeout_ms: duration_ms(self.config.default_timeout),
+            max_timeout_ms: duration_ms(self.config.max_timeout),
+            heartbeat_ms: duration_ms(self.config.heartbeat_interval),
+            peers,
+        };
+        let header = Header {
+            client_id: client,
+            channel_id,
+            ..Header::new(FrameType::Welcome)
+        };
+        self.send(conn, &header, &welcome.encode(), None);
+        if !returning_ghost && previous.is_none() {
+            self.announce(conn, channel_id, FrameType::PeerJoined, client);
+        }
+    }
+
+    /// PEERS: the current peer list of the caller's channel.
+    pub(super) fn recv_peers(&mut self, conn: ConnId, channel_id: ChannelId) {
+        let Some(channel) = self.channels.get(&channel_id) else {
+            return;
+        };
+        let peers = channel.visible_peers_except(conn);
+        let header = Header {
+            channel_id,
+            is_final: true,
+            ..Header::new(FrameType::Peers)
+        };
+        self.send(conn, &header, &encode_peers(&peers), None);
+    }
+
+    /// Sends PEER_JOINED / PEER_LEFT about `client` to every member but `conn`.
+    fn announce(&mut self, conn: ConnId, channel_id: ChannelId, kind: FrameType, client: ClientId) {
+        let Some(channel) = self.channels.get(&channel_id) else {
+            return;
+        };
+        let others: Vec<ConnId> = channel.peers_except(conn).map(|m| m.conn).collect();
+        let header = Header {
+            client_id: client,
+            channel_id,
+            ..Header::new(kind)
+        };
+        for other in others {
+            self.send(other, &header, &Bytes::new(), None);
+        }
+    }
+
+    /// Removes a member: silently when it was replaced, as a ghost during the grace period, or
+    /// with PEER_LEFT at once.
+    pub(super) fn leave_channel(&mut self, conn: ConnId, channel_id: ChannelId, client: ClientId) {
+        let replaced = self.conns.get(conn_key(conn)).is_some_and(|c| c.replaced);
+        if let Some(c) = self.conns.get_mut(conn_key(conn)) {
+            c.in_ready_queue = false;
+        }
+        let grace = self.config.presence_grace;
+        let deadline = self.deadline_tick(self.now, grace);
+        let Some(channel) = self.channels.get_mut(&channel_id) else {
+            return;
+        };
+        channel.members.retain(|m| m.conn != conn);
+        channel.ready.retain(|c| *c != conn);
+        if replaced {
+            // Its successor is already (or about to be) a member under the same id.
+        } else if !grace.is_zero() && !self.draining {
+            let target = TimerTarget::Ghost(channel_id, client);
+            let timer = insert_timer(&mut self.wheel, deadline, target);
+            channel.ghosts.push(Ghost { client, timer });
+        } else {
+            self.announce(conn, channel_id, FrameType::PeerLeft, client);
+        }
+        self.drop_channel_if_unused(channel_id);
+    }
+
+    /// A ghost's grace period ran out: the peer really left.
+    pub(super) fn expire_ghost(&mut self, channel_id: ChannelId, client: ClientId) {
+        let Some(channel) = self.channels.get_mut(&channel_id) else {
+            return;
+        };
+        let Some(pos) = channel.ghosts.iter().position(|g| g.client == client) else {
+            return;
+        };
+        channel.ghosts.swap_remove(pos);
+        // Nobody is excluded: the ghost has no connection of its own.
+        let nobody = ConnId {
+            slot: u32::MAX,
+            generation: 0,
+        };
+        self.announce(nobody, channel_id, FrameType::PeerLeft, client);
+        self.drop_channel_if_unused(channel_id);
+    }
+
+    fn drop_channel_if_unused(&mut self, channel_id: ChannelId) {
+        if self
+            .channels
+            .get(&channel_id)
+            .is_some_and(|c| c.is_unused())
+        {
+            // INVARIANT: waiting requests belong to members, and a leaving member's requests
+            // were ended before it left.
+            debug_assert!(self
+                .channels
+                .get(&channel_id)
+                .is_some_and(|c| c.live_waiting == 0));
+            self.channels.remove(&channel_id);
+        }
+    }
+
+    /// Keys of the ghosts' timers, for the invariant check.
+    pub(super) fn ghost_timers(&self) -> usize {
+        self.channels.values().map(|c| c.ghosts.len()).sum()
+    }
+}
