@@ -30,6 +30,7 @@
 pub mod client;
 pub mod config;
 pub mod ids;
+mod pool;
 pub mod protocol;
 pub mod router;
 pub mod server;

@@ -1,31 +1,42 @@
 //! One connection's queue of bytes waiting to be written.
 //!
-//! Small frames (header plus a payload of at most [`COPY_THRESHOLD`] bytes) are copied into a
+//! Small frames (header plus a payload of at most [`COPY_THRESHOLD`] bytes) are copied into one
 //! growing `tail` buffer, so a 64-byte reply never pins the 64 KiB read buffer it was decoded
-//! from, and many small frames go out in one contiguous write. A large payload is not copied: the
-//! tail (ending with the large frame's header) is frozen into a segment and the payload's
-//! [`Bytes`] follows it as its own segment — zero-copy, and shared when a broadcast sends the same
-//! payload to many peers.
+//! from, and many small frames go out in one contiguous write. A large payload is not copied: its
+//! header goes into the tail and the payload's [`Bytes`] is queued as a piece of its own —
+//! zero-copy, and shared when a broadcast sends the same payload to many peers.
+//!
+//! The queue is an ordered list of pieces: `Tail(n)` (the next `n` unsent bytes of the tail) or
+//! `Shared(bytes)`. The tail buffer itself is never split, so it can be reused in place.
+//!
+//! The tail comes from the router's [`BufferPool`] when the first frame is queued and goes back
+//! as soon as everything is written, so an idle connection holds no outbound buffer.
 //!
 //! # Invariants
-//! - Bytes go out in the order they were pushed: every segment, front to back, then the tail.
-//! - `len` is exactly the number of unsent bytes held (segments plus tail); the router's flow
-//!   control and the broker's buffered-bytes figure are computed from it.
+//! - Bytes go out in the order they were pushed: the pieces, front to back.
+//! - The `Tail` pieces' lengths add up to `tail.len() - tail_sent`.
+//! - `len` is exactly the number of unsent bytes held; the router's flow control and the broker's
+//!   buffered-bytes figure are computed from it.
 
 use bytes::{Buf, Bytes, BytesMut};
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Write};
 
+use crate::pool::BufferPool;
 use crate::protocol::HEADER_LEN;
 
 /// Payloads up to this size are copied into the queue; larger ones are shared. 16 KiB: copying it
-/// costs less than a cache-missing pointer chase per segment, and it bounds what a copied frame
+/// costs less than a cache-missing pointer chase per piece, and it bounds what a copied frame
 /// adds to the tail.
 pub(crate) const COPY_THRESHOLD: usize = 16 * 1024;
 
 /// Most buffers handed to one `write_vectored` call (Linux's IOV_MAX is 1024; 64 keeps the array
-/// on the stack and is plenty: the tail holds any number of small frames in one buffer).
+/// on the stack and is plenty: the tail holds any number of small frames in one piece).
 const MAX_IOVECS: usize = 64;
+
+/// A partly written tail is compacted (its written prefix dropped) once that prefix exceeds this,
+/// so a connection that never fully drains cannot grow its tail without bound.
+const COMPACT_AFTER: usize = 64 * 1024;
 
 /// Outcome of [`OutboundQueue::write_to`].
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -38,20 +49,21 @@ pub enum WriteStatus {
     BudgetSpent,
 }
 
+enum Piece {
+    /// The next `n` unsent bytes of the tail.
+    Tail(usize),
+    /// A large payload, shared.
+    Shared(Bytes),
+}
+
 #[derive(Default)]
 pub(crate) struct OutboundQueue {
-    segments: VecDeque<Bytes>,
+    pieces: VecDeque<Piece>,
     tail: BytesMut,
-    /// Bytes at the front of `tail` already written. Kept instead of advancing the buffer so that
-    /// a drained tail is simply cleared and its whole capacity reused in place, with no
-    /// reallocation once warm.
+    /// Bytes at the front of `tail` already written.
     tail_sent: usize,
     len: usize,
 }
-
-/// A partly written tail is compacted (its written prefix dropped) once that prefix exceeds this,
-/// so a connection that never fully drains cannot grow its tail without bound.
-const COMPACT_AFTER: usize = 64 * 1024;
 
 impl OutboundQueue {
     pub(crate) fn len(&self) -> usize {
@@ -63,22 +75,37 @@ impl OutboundQueue {
     }
 
     /// Queues one frame: its encoded header and its payload.
-    pub(crate) fn push(&mut self, header: &[u8; HEADER_LEN], payload: &Bytes) {
-        self.tail.extend_from_slice(header);
-        if payload.len() <= COPY_THRESHOLD {
+    pub(crate) fn push(
+        &mut self,
+        pool: &mut BufferPool,
+        header: &[u8; HEADER_LEN],
+        payload: &Bytes,
+    ) {
+        if self.tail.capacity() == 0 {
+            self.tail = pool.take();
+        }
+        let copied = if payload.len() <= COPY_THRESHOLD {
+            self.tail.extend_from_slice(header);
             self.tail.extend_from_slice(payload);
+            HEADER_LEN + payload.len()
         } else {
-            self.drop_sent_prefix();
-            self.segments.push_back(self.tail.split().freeze());
-            self.segments.push_back(payload.clone());
+            self.tail.extend_from_slice(header);
+            HEADER_LEN
+        };
+        match self.pieces.back_mut() {
+            Some(Piece::Tail(n)) => *n += copied,
+            _ => self.pieces.push_back(Piece::Tail(copied)),
+        }
+        if payload.len() > COPY_THRESHOLD {
+            self.pieces.push_back(Piece::Shared(payload.clone()));
         }
         self.len += HEADER_LEN + payload.len();
     }
 
-    /// Drops everything queued (the connection is gone).
-    pub(crate) fn clear(&mut self) {
-        self.segments.clear();
-        self.tail.clear();
+    /// Drops everything queued (the connection is gone) and gives the buffer back.
+    pub(crate) fn clear(&mut self, pool: &mut BufferPool) {
+        self.pieces.clear();
+        pool.give(std::mem::take(&mut self.tail));
         self.tail_sent = 0;
         self.len = 0;
     }
@@ -93,6 +120,7 @@ impl OutboundQueue {
     /// holds whatever was not written.
     pub(crate) fn write_to(
         &mut self,
+        pool: &mut BufferPool,
         writer: &mut dyn Write,
         budget: usize,
     ) -> io::Result<(usize, WriteStatus)> {
@@ -103,12 +131,16 @@ impl OutboundQueue {
             }
             let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
             let mut count = 0;
-            for segment in self.segments.iter().take(MAX_IOVECS - 1) {
-                slices[count] = IoSlice::new(segment);
-                count += 1;
-            }
-            if self.tail.len() > self.tail_sent && count < MAX_IOVECS {
-                slices[count] = IoSlice::new(&self.tail[self.tail_sent..]);
+            let mut offset = self.tail_sent;
+            for piece in self.pieces.iter().take(MAX_IOVECS) {
+                slices[count] = match piece {
+                    Piece::Tail(n) => {
+                        let slice = IoSlice::new(&self.tail[offset..offset + n]);
+                        offset += n;
+                        slice
+                    }
+                    Piece::Shared(bytes) => IoSlice::new(bytes),
+                };
                 count += 1;
             }
             let written = match writer.write_vectored(&slices[..count]) {
@@ -123,36 +155,44 @@ impl OutboundQueue {
             self.consume(written);
             written_total += written;
         }
-        Ok((written_total, WriteStatus::Drained))
-    }
-
-    fn drop_sent_prefix(&mut self) {
-        self.tail.advance(self.tail_sent);
+        // Drained: the buffer goes back to the pool (an idle connection holds none).
+        pool.give(std::mem::take(&mut self.tail));
         self.tail_sent = 0;
+        Ok((written_total, WriteStatus::Drained))
     }
 
     fn consume(&mut self, mut written: usize) {
         debug_assert!(written <= self.len);
         self.len -= written;
         while written > 0 {
-            let Some(front) = self.segments.front_mut() else {
-                // INVARIANT: whatever is not in a segment is in the unsent part of the tail.
-                debug_assert!(written <= self.tail.len() - self.tail_sent);
-                self.tail_sent += written;
-                if self.tail_sent == self.tail.len() {
-                    self.tail.clear();
-                    self.tail_sent = 0;
-                } else if self.tail_sent > COMPACT_AFTER {
-                    self.drop_sent_prefix();
-                }
+            let Some(front) = self.pieces.front_mut() else {
+                debug_assert!(false, "wrote more than was queued");
                 return;
             };
-            if written < front.len() {
-                front.advance(written);
-                return;
+            match front {
+                Piece::Tail(n) => {
+                    let step = written.min(*n);
+                    *n -= step;
+                    self.tail_sent += step;
+                    written -= step;
+                    if *n == 0 {
+                        self.pieces.pop_front();
+                    }
+                }
+                Piece::Shared(bytes) => {
+                    let step = written.min(bytes.len());
+                    bytes.advance(step);
+                    written -= step;
+                    if bytes.is_empty() {
+                        self.pieces.pop_front();
+                    }
+                }
             }
-            written -= front.len();
-            self.segments.pop_front();
+        }
+        if self.tail_sent > COMPACT_AFTER {
+            // INVARIANT: only the written prefix is dropped; `Tail` pieces count unsent bytes.
+            self.tail.advance(self.tail_sent);
+            self.tail_sent = 0;
         }
     }
 }
@@ -205,9 +245,10 @@ mod tests {
     #[test]
     fn bytes_come_out_in_order_across_partial_writes() {
         let mut queue = OutboundQueue::default();
+        let mut pool = BufferPool::new(4, 1024, 1 << 20);
         let mut expected = Vec::new();
         for (header, payload) in frames() {
-            queue.push(&header, &payload);
+            queue.push(&mut pool, &header, &payload);
             expected.extend_from_slice(&header);
             expected.extend_from_slice(&payload);
         }
@@ -219,7 +260,7 @@ mod tests {
         };
         let mut rounds = 0;
         loop {
-            let (_, status) = queue.write_to(&mut writer, 3000).unwrap();
+            let (_, status) = queue.write_to(&mut pool, &mut writer, 3000).unwrap();
             rounds += 1;
             if status == WriteStatus::Drained {
                 break;
@@ -234,29 +275,66 @@ mod tests {
     #[test]
     fn blocked_writer_keeps_the_rest_queued() {
         let mut queue = OutboundQueue::default();
+        let mut pool = BufferPool::new(4, 1024, 1 << 20);
         let (header, payload) = frames().remove(1);
-        queue.push(&header, &payload);
+        queue.push(&mut pool, &header, &payload);
         let mut writer = Trickle {
             out: Vec::new(),
             limit: 100,
             calls_left: 2,
         };
-        let (written, status) = queue.write_to(&mut writer, usize::MAX).unwrap();
+        let (written, status) = queue.write_to(&mut pool, &mut writer, usize::MAX).unwrap();
         assert_eq!((written, status), (200, WriteStatus::Blocked));
         assert_eq!(queue.len(), HEADER_LEN + payload.len() - 200);
-        queue.clear();
+        queue.clear(&mut pool);
         assert!(queue.is_empty());
     }
 
     #[test]
     fn large_payload_is_shared_not_copied() {
         let mut queue = OutboundQueue::default();
+        let mut pool = BufferPool::new(4, 1024, 1 << 20);
         let payload = Bytes::from(vec![1u8; COPY_THRESHOLD + 1]);
-        queue.push(&[0; HEADER_LEN], &payload);
+        queue.push(&mut pool, &[0; HEADER_LEN], &payload);
         let shared = queue
-            .segments
+            .pieces
             .iter()
-            .any(|s| s.as_ptr() == payload.as_ptr());
+            .any(|p| matches!(p, Piece::Shared(b) if b.as_ptr() == payload.as_ptr()));
         assert!(shared);
+    }
+
+    #[test]
+    fn a_never_drained_queue_compacts_its_written_prefix() {
+        let mut queue = OutboundQueue::default();
+        let mut pool = BufferPool::new(4, 1024, 1 << 20);
+        let mut expected = Vec::new();
+        let mut writer = Trickle {
+            out: Vec::new(),
+            limit: 100,
+            calls_left: usize::MAX,
+        };
+        for i in 0..2_000u32 {
+            let payload = Bytes::from(vec![i as u8; 50]);
+            let header = [(i % 251) as u8; HEADER_LEN];
+            queue.push(&mut pool, &header, &payload);
+            expected.extend_from_slice(&header);
+            expected.extend_from_slice(&payload);
+            // Write a little less than is pushed: the queue never drains until the end.
+            let _ = queue.write_to(&mut pool, &mut writer, 100).unwrap();
+            assert!(queue.tail_sent <= COMPACT_AFTER + 100, "compacted");
+            assert!(!queue.is_empty(), "never drained");
+        }
+        loop {
+            let (_, status) = queue.write_to(&mut pool, &mut writer, usize::MAX).unwrap();
+            if status == WriteStatus::Drained {
+                break;
+            }
+        }
+        assert_eq!(writer.out, expected);
+        assert_eq!(
+            queue.tail.capacity(),
+            0,
+            "the drained buffer went back to the pool"
+        );
     }
 }

@@ -4,9 +4,9 @@
 //! what arrives.
 //!
 //! Reads land in one scratch buffer shared by every connection and only the bytes received are
-//! appended to the connection's own buffer. So an idle connection holds no read buffer at all
-//! (memory per idle connection stays small), a read never re-zeroes 64 KiB, and a buffer that
-//! grew for a large frame is released once it is drained. Reading is edge-triggered: after a readiness event the server reads until
+//! appended to the connection's own buffer, taken from the server's [`BufferPool`] when bytes
+//! arrive and given back once every frame in it is decoded. So an idle connection holds no read
+//! buffer at all, a read never re-zeroes 64 KiB, and busy connections cycle warm buffers. Reading is edge-triggered: after a readiness event the server reads until
 //! `WouldBlock`, the per-wakeup budget, or a pause from the router — in the last two cases the
 //! connection is re-queued by the server, since no new event will come for bytes already there.
 
@@ -16,14 +16,12 @@ use std::io::{self, Read};
 use std::net::SocketAddr;
 
 use crate::ids::ConnId;
+use crate::pool::BufferPool;
 use crate::protocol::Decoder;
 
 /// Bytes asked of the socket per read call (the scratch buffer's size): many small frames per
 /// syscall, and a large payload in few calls.
 pub(crate) const READ_CHUNK: usize = 64 * 1024;
-
-/// A drained read buffer larger than this is released rather than kept for the next frame.
-const KEEP_READ_CAPACITY: usize = 16 * 1024;
 
 /// Why a connection is being closed (for the log line and counters).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -75,11 +73,14 @@ impl IoConnection {
     }
 
     /// Reads once from the socket through `scratch` into the read buffer.
-    pub(crate) fn fill(&mut self, scratch: &mut [u8]) -> io::Result<Fill> {
+    pub(crate) fn fill(&mut self, scratch: &mut [u8], pool: &mut BufferPool) -> io::Result<Fill> {
         loop {
             match self.stream.read(scratch) {
                 Ok(0) => return Ok(Fill::Eof),
                 Ok(n) => {
+                    if self.read_buf.capacity() == 0 {
+                        self.read_buf = pool.take();
+                    }
                     self.read_buf.extend_from_slice(&scratch[..n]);
                     return Ok(Fill::Read(n));
                 }
@@ -90,11 +91,10 @@ impl IoConnection {
         }
     }
 
-    /// Releases a drained read buffer that grew large (after a big frame), so idle connections
-    /// do not keep it.
-    pub(crate) fn trim(&mut self) {
-        if self.read_buf.is_empty() && self.read_buf.capacity() > KEEP_READ_CAPACITY {
-            self.read_buf = BytesMut::new();
+    /// Gives a drained read buffer back to the pool, so an idle connection holds none.
+    pub(crate) fn trim(&mut self, pool: &mut BufferPool) {
+        if self.read_buf.is_empty() && self.read_buf.capacity() > 0 {
+            pool.give(std::mem::take(&mut self.read_buf));
         }
     }
 }

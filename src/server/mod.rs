@@ -42,6 +42,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::ids::ConnId;
+use crate::pool::BufferPool;
 use crate::router::{Output, Router, RouterConfig, RouterStats, WriteStatus};
 use connection::{Fill, IoConnection};
 
@@ -81,6 +82,8 @@ pub struct ServerStats {
     pub sockets: usize,
     /// Bytes received but not yet decoded into frames.
     pub read_buffered_bytes: usize,
+    /// Capacity kept warm in the buffer pools (bounded; not data held for anyone).
+    pub pooled_bytes: usize,
     /// Cumulative: connections accepted.
     pub accepted: u64,
     /// Cumulative: connections closed.
@@ -133,6 +136,8 @@ pub struct Server {
     now: Instant,
     /// Every read lands here first (see `connection.rs`).
     scratch: Box<[u8]>,
+    /// Read buffers of connections with nothing undecoded (see `pool.rs`).
+    read_pool: BufferPool,
     /// A graceful shutdown began: the listener is deregistered and the router drains.
     shutting_down: bool,
     stats: ServerStats,
@@ -167,6 +172,8 @@ impl Server {
             to_close: Vec::new(),
             now,
             scratch: vec![0; connection::READ_CHUNK].into_boxed_slice(),
+            // 256 warm buffers of up to 64 KiB: at most 16 MiB retained; new ones 4 KiB.
+            read_pool: BufferPool::new(256, 4 * 1024, 64 * 1024),
             shutting_down: false,
             stats: ServerStats::default(),
         })
@@ -204,6 +211,7 @@ impl Server {
         stats.router = self.router.stats();
         stats.sockets = self.sockets;
         stats.read_buffered_bytes = self.conns.iter().flatten().map(|c| c.read_buf.len()).sum();
+        stats.pooled_bytes = self.read_pool.retained_bytes() + self.router.pooled_bytes();
         stats
     }
 
@@ -483,13 +491,13 @@ impl Server {
             let Some(c) = slot.filter(|c| c.id == id) else {
                 return;
             };
-            match c.fill(&mut self.scratch) {
+            match c.fill(&mut self.scratch, &mut self.read_pool) {
                 Ok(Fill::Read(n)) => {
                     self.stats.bytes_in += n as u64;
                     budget = budget.saturating_sub(n);
                 }
                 Ok(Fill::WouldBlock) => {
-                    c.trim();
+                    c.trim(&mut self.read_pool);
                     return;
                 }
                 // Close at once, not at the end of the turn: anything routed later in this
