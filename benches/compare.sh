@@ -5,6 +5,7 @@
 #   benches/compare.sh --rounds 5   more rounds
 #   benches/compare.sh --smoke      every scenario once, tiny counts, switchyard only (CI)
 #   benches/compare.sh --pin        load generator on CPU 0, every broker on CPU 1 (taskset)
+#   benches/compare.sh --switchyard-args "--busy-poll-us 100"   extra flags for switchyard
 #
 # Each round runs every scenario (`loadgen all`) against: switchyard; nats-server as installed;
 # nats-server with GOMAXPROCS=1. Each broker is started fresh on its own 127.0.0.1 port for its
@@ -25,9 +26,11 @@ ROUNDS=3
 SMOKE=0
 PIN=0
 PORT_BASE=17100
+SWITCHYARD_ARGS=""
 usage() {
     awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"
     echo "options: --rounds N (default 3)  --smoke  --pin  --port-base PORT (default 17100)"
+    echo "         --switchyard-args \"FLAGS\" (extra broker flags, e.g. \"--busy-poll-us 100\")"
 }
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -35,6 +38,7 @@ while [ $# -gt 0 ]; do
         --smoke) SMOKE=1; shift ;;
         --pin) PIN=1; shift ;;
         --port-base) PORT_BASE="$2"; shift 2 ;;
+        --switchyard-args) SWITCHYARD_ARGS="$2"; shift 2 ;;
         -h|--help) usage; exit 0 ;;
         *) echo "unknown option: $1" >&2; usage >&2; exit 2 ;;
     esac
@@ -100,8 +104,9 @@ start_broker() { # label port
     local label="$1" port="$2"
     case "$label" in
         switchyard)
-            "${BROKER_CPU[@]}" "$BIN/switchyard" --listen "127.0.0.1:$port" --log-level warn \
-                >"$WORK/$label.log" 2>&1 &
+            # shellcheck disable=SC2086 # word splitting of the extra flags is intended
+            "${BROKER_CPU[@]}" "$BIN/switchyard" --listen "127.0.0.1:$port" --log-level warn --metrics-listen off \
+                $SWITCHYARD_ARGS >"$WORK/$label.log" 2>&1 &
             ;;
         nats|nats-gomaxprocs1)
             # max_payload raised so that a 1 MiB body (plus nothing) fits one message.

@@ -6,8 +6,8 @@
 //! broker's next deadline.
 //!
 //! ```sh
-//! cargo run --example embed                 # broker on 127.0.0.1:7878, admin on 127.0.0.1:7879
-//! nc 127.0.0.1 7879                          # prints the broker's stats
+//! cargo run --example embed                 # broker on 127.0.0.1:7878, admin on 127.0.0.1:7880
+//! nc 127.0.0.1 7880                          # prints the broker's stats
 //! ```
 
 use mio::net::TcpListener;
@@ -29,10 +29,10 @@ fn main() -> std::io::Result<()> {
     let mut broker = Server::bind(ServerConfig::default())?;
     broker.register(poll.registry(), BROKER_BASE)?;
 
-    let mut admin = TcpListener::bind("127.0.0.1:7879".parse().expect("valid address"))?;
+    let mut admin = TcpListener::bind("127.0.0.1:7880".parse().expect("valid address"))?;
     poll.registry()
         .register(&mut admin, ADMIN, Interest::READABLE)?;
-    println!("broker on {}, admin on 127.0.0.1:7879", broker.local_addr());
+    println!("broker on {}, admin on 127.0.0.1:7880", broker.local_addr());
 
     loop {
         // Sleep no longer than the broker's next deadline (it may be "now" if work is pending).

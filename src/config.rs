@@ -46,6 +46,8 @@ pub struct BrokerConfig {
     pub read_budget_bytes: u64,
     /// Bytes written to one connection per loop turn.
     pub write_budget_bytes: u64,
+    /// After activity, poll without sleeping for this long, microseconds (0 = never spin).
+    pub busy_poll_us: u64,
     /// A connection silent this long is pinged, milliseconds; 0 disables heartbeats.
     pub heartbeat_interval_ms: u64,
     /// Pings a silent connection may leave unanswered before it is closed.
@@ -54,7 +56,13 @@ pub struct BrokerConfig {
     pub presence_grace_ms: u64,
     /// How long a graceful shutdown lets in-flight requests finish, milliseconds.
     pub drain_deadline_ms: u64,
+    /// Address of the Prometheus endpoint (`GET /metrics`), or `off`.
+    pub metrics_listen: String,
 }
+
+/// The broker binary's metrics address (the library's [`ServerConfig`] serves no metrics by
+/// default): next to the broker's default port, loopback only.
+pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:7879";
 
 impl Default for BrokerConfig {
     fn default() -> Self {
@@ -72,10 +80,12 @@ impl Default for BrokerConfig {
             max_waiting_per_channel: router.max_waiting_per_channel as u64,
             read_budget_bytes: server.read_budget as u64,
             write_budget_bytes: server.write_budget as u64,
+            busy_poll_us: server.busy_poll.as_micros() as u64,
             heartbeat_interval_ms: router.heartbeat_interval.as_millis() as u64,
             heartbeat_misses: u64::from(router.heartbeat_misses),
             presence_grace_ms: router.presence_grace.as_millis() as u64,
             drain_deadline_ms: server.drain_deadline.as_millis() as u64,
+            metrics_listen: String::from(DEFAULT_METRICS_LISTEN),
         }
     }
 }
@@ -169,6 +179,9 @@ pub struct Overrides {
     /// Bytes written per connection per loop turn [default: 1048576; 4 KiB ..= 64 MiB].
     #[arg(long)]
     pub write_budget_bytes: Option<u64>,
+    /// After activity, poll without sleeping this long, µs; 0 = never [default: 0; 0 ..= 10000].
+    #[arg(long)]
+    pub busy_poll_us: Option<u64>,
     /// Ping a connection silent this long, ms; 0 = off [default: 10000; 0 or 10 ..= 3600000].
     #[arg(long)]
     pub heartbeat_interval_ms: Option<u64>,
@@ -181,6 +194,9 @@ pub struct Overrides {
     /// On SIGINT/SIGTERM, in-flight requests get this long to finish, ms [default: 5000; 0 ..= 600000].
     #[arg(long)]
     pub drain_deadline_ms: Option<u64>,
+    /// Prometheus endpoint (GET /metrics): a socket address, or `off` [default: 127.0.0.1:7879].
+    #[arg(long)]
+    pub metrics_listen: Option<String>,
 }
 
 impl BrokerConfig {
@@ -224,10 +240,12 @@ impl BrokerConfig {
             max_waiting_per_channel,
             read_budget_bytes,
             write_budget_bytes,
+            busy_poll_us,
             heartbeat_interval_ms,
             heartbeat_misses,
             presence_grace_ms,
-            drain_deadline_ms
+            drain_deadline_ms,
+            metrics_listen
         );
     }
 
@@ -287,7 +305,27 @@ impl BrokerConfig {
             4 * KIB,
             64 * MIB,
         )?;
+        check("busy_poll_us", self.busy_poll_us, 0, 10_000)?;
+        self.metrics_addr()?;
         Ok(())
+    }
+
+    /// The metrics endpoint's address: `None` for `off`.
+    ///
+    /// # Errors
+    /// [`ConfigError::OutOfRange`] when `metrics_listen` is neither `off` nor a socket address.
+    pub fn metrics_addr(&self) -> Result<Option<SocketAddr>, ConfigError> {
+        if self.metrics_listen.eq_ignore_ascii_case("off") {
+            return Ok(None);
+        }
+        self.metrics_listen
+            .parse()
+            .map(Some)
+            .map_err(|_| ConfigError::OutOfRange {
+                key: "metrics_listen",
+                value: format!("{:?}", self.metrics_listen),
+                accepted: String::from("a socket address (IP:port) or `off`"),
+            })
     }
 
     /// The log level (after [`BrokerConfig::validate`]; `info` if it does not parse).
@@ -322,7 +360,10 @@ impl BrokerConfig {
             },
             read_budget: clamp(self.read_budget_bytes),
             write_budget: clamp(self.write_budget_bytes),
+            busy_poll: Duration::from_micros(self.busy_poll_us),
             drain_deadline: Duration::from_millis(self.drain_deadline_ms),
+            metrics_listen: self.metrics_addr().ok().flatten(),
+            metrics_timeout: ServerConfig::default().metrics_timeout,
         }
     }
 }
@@ -422,6 +463,33 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("log_level"));
+    }
+
+    #[test]
+    fn metrics_listen_is_an_address_or_off() {
+        let config = BrokerConfig::default();
+        assert_eq!(
+            config.server_config().metrics_listen,
+            Some(DEFAULT_METRICS_LISTEN.parse().unwrap())
+        );
+        let mut config =
+            BrokerConfig::from_toml("metrics_listen = \"off\"\n", Path::new("x")).unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.server_config().metrics_listen, None);
+        config.apply(&Overrides {
+            metrics_listen: Some("0.0.0.0:9100".into()),
+            ..Overrides::default()
+        });
+        assert_eq!(
+            config.server_config().metrics_listen,
+            Some("0.0.0.0:9100".parse().unwrap())
+        );
+        config.metrics_listen = "localhost".into();
+        let err = config.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("metrics_listen") && err.contains("off"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -44,11 +44,19 @@ fn main() -> ExitCode {
     let server = match Server::bind(config.server_config()) {
         Ok(server) => server,
         Err(e) => {
-            log::error!("cannot listen on {}: {e}", config.listen);
+            log::error!(
+                "cannot listen on {} (metrics: {}): {e}",
+                config.listen,
+                config.metrics_listen
+            );
             return ExitCode::FAILURE;
         }
     };
     log::info!("switchyard listening on {}", server.local_addr());
+    match server.metrics_addr() {
+        Some(addr) => log::info!("metrics on http://{addr}/metrics"),
+        None => log::info!("metrics off"),
+    }
     match server.run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -185,6 +185,17 @@ fn connect(max_payload: u32) -> (Client, Peer) {
     (client, peer)
 }
 
+/// As [`connect`], with reconnection off: losing the connection closes the client (the
+/// reconnecting behaviour is tested against a real broker in `tests/reconnect.rs`).
+fn connect_once(max_payload: u32) -> (Client, Peer) {
+    let options = ClientOptions {
+        reconnect: None,
+        ..ClientOptions::default()
+    };
+    let (client, peer, _) = connect_with(options, welcome(max_payload, Vec::new()));
+    (client, peer)
+}
+
 /// Reads a whole request body as the broker: returns the frames.
 fn recv_stream(peer: &mut Peer) -> Vec<Frame> {
     let mut frames = Vec::new();
@@ -670,7 +681,7 @@ fn pings_both_ways() {
 
 #[test]
 fn connection_fatal_error_closes_the_client() {
-    let (client, mut peer) = connect(1024);
+    let (client, mut peer) = connect_once(1024);
     thread::scope(|s| {
         let caller = s.spawn(|| client.request(b"x", Duration::from_secs(1)));
         let waiter = s.spawn(|| client.next_request(None).map(drop));
@@ -717,7 +728,7 @@ fn close_is_idempotent_and_wakes_everyone() {
 
 #[test]
 fn broker_disconnect_fails_pending_requests() {
-    let (client, mut peer) = connect(1024);
+    let (client, mut peer) = connect_once(1024);
     thread::scope(|s| {
         let caller = s.spawn(|| client.request(b"x", Duration::from_secs(30)));
         peer.recv();

@@ -130,6 +130,8 @@ fn the_client_gives_up_on_a_broker_that_went_silent() {
     });
     let options = ClientOptions {
         heartbeat_misses: 2,
+        // Giving up on the broker closes the client only without reconnection.
+        reconnect: None,
         ..ClientOptions::default()
     };
     let client = Client::connect_with(addr, ChannelId::random(), options).expect("connect");

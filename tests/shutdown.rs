@@ -22,6 +22,8 @@ impl Broker {
     fn start(extra: &[&str]) -> Broker {
         let mut child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
             .args(["--listen", "127.0.0.1:0", "--log-level", "info"])
+            // Several of these run at once: no metrics listener on the default port.
+            .args(["--metrics-listen", "off"])
             .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

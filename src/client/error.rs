@@ -5,6 +5,9 @@
 //! - connection-wide (the client is closed, every later call fails too): [`Error::Io`],
 //!   [`Error::Closed`], [`Error::Protocol`], [`Error::TooLarge`], and [`Error::Broker`] with a
 //!   code below `0x0100`;
+//! - the link, not the client (reconnection is on and under way: retry later):
+//!   [`Error::ConnectionLost`] (the operation was in flight when the link dropped) and
+//!   [`Error::Reconnecting`] (the operation was never sent);
 //! - one operation only (the client stays usable): everything else.
 //!
 //! [`Error::is_connection_fatal`] tells the two apart.
@@ -28,6 +31,15 @@ pub enum Error {
     /// The client was closed with [`Client::close`](super::Client::close) (or dropped). Connect
     /// again if needed.
     Closed,
+    /// The connection to the broker dropped while this operation was in flight. The client is
+    /// reconnecting on its own ([`ClientOptions::reconnect`](super::ClientOptions::reconnect));
+    /// the operation is *not* retried (at-most-once): the broker may or may not have processed
+    /// it. Retry it yourself if it is idempotent, once
+    /// [`Client::wait_connected`](super::Client::wait_connected) returns.
+    ConnectionLost,
+    /// The client is between two connections (reconnecting); the operation was not sent. Wait
+    /// with [`Client::wait_connected`](super::Client::wait_connected) and retry.
+    Reconnecting,
     /// No receiver took the request within its timeout (or at once, with `no_wait`). Retry later
     /// or give up: nobody is serving the channel.
     NoReceiver,
@@ -127,6 +139,8 @@ impl Error {
             Error::ConnectionRefused(e) => Error::ConnectionRefused(copy_io(e)),
             Error::Io(e) => Error::Io(copy_io(e)),
             Error::Closed => Error::Closed,
+            Error::ConnectionLost => Error::ConnectionLost,
+            Error::Reconnecting => Error::Reconnecting,
             Error::NoReceiver => Error::NoReceiver,
             Error::Timeout => Error::Timeout,
             Error::PeerGone => Error::PeerGone,
@@ -158,6 +172,13 @@ impl fmt::Display for Error {
             Error::ConnectionRefused(e) => write!(f, "could not connect to the broker: {e}"),
             Error::Io(e) => write!(f, "connection to the broker failed: {e}"),
             Error::Closed => f.write_str("the client is closed"),
+            Error::ConnectionLost => f.write_str(
+                "the connection to the broker was lost while the operation was in flight \
+                 (not retried; the client is reconnecting)",
+            ),
+            Error::Reconnecting => {
+                f.write_str("the client is reconnecting to the broker; nothing was sent")
+            }
             Error::NoReceiver => f.write_str("no receiver took the request in time"),
             Error::Timeout => f.write_str("timed out"),
             Error::PeerGone => f.write_str("the receiver disconnected before responding"),
@@ -203,7 +224,8 @@ impl From<Error> for io::Error {
             other => {
                 let kind = match &other {
                     Error::Timeout => io::ErrorKind::TimedOut,
-                    Error::Closed => io::ErrorKind::NotConnected,
+                    Error::Closed | Error::Reconnecting => io::ErrorKind::NotConnected,
+                    Error::ConnectionLost => io::ErrorKind::ConnectionAborted,
                     Error::PeerGone => io::ErrorKind::ConnectionAborted,
                     Error::Cancelled => io::ErrorKind::ConnectionReset,
                     Error::Protocol(_) => io::ErrorKind::InvalidData,

@@ -17,11 +17,12 @@
 //! ```
 //!
 //! # Threading model
-//! - **Reader thread** (one per client, `transport.rs`): owns the read half of the socket, decodes
+//! - **Link thread** (one per client, `transport.rs`): owns the read half of the socket, decodes
 //!   frames and feeds them to the sans-IO `session.rs`, which routes each to the queue of the
 //!   operation it belongs to. It never blocks on anything but the socket: deliveries go into
 //!   unbounded queues, and the only frames it writes itself (PONG answers, CANCELs for streams the
-//!   broker broke) go through a non-blocking control queue. It ends when the socket closes.
+//!   broker broke) go through a non-blocking control queue. When the connection ends it
+//!   reconnects (see below) or closes the client; it ends with the client, which joins it.
 //! - **Caller threads** write their own frames: the write half sits in a `Mutex` held for exactly
 //!   one whole frame, so frames never interleave and a request goes out the moment it is made
 //!   (`TCP_NODELAY`, no flush timer). Callers then block on their operation's own queue (an
@@ -32,13 +33,26 @@
 //!   an answer cannot arrive unrouted.
 //! - Every wait is bounded or wakeable: waits for the broker use the operation's timeout plus a
 //!   grace period ([`ClientOptions::deadline_grace`]; the broker itself always answers within the
-//!   timeout, the grace only guards against a dead broker), and closing the client (by
-//!   [`Client::close`], by drop, by a fatal broker error or by losing the connection) drops every
-//!   route and notifies every condvar, so every blocked caller returns at once with the cause.
+//!   timeout, the grace only guards against a dead broker); losing the connection fails every
+//!   operation's route at once; closing the client (by [`Client::close`], by drop, by a fatal
+//!   broker error, or by losing the connection without reconnection) drops every route and
+//!   notifies every condvar, the backoff's included, so every blocked caller returns at once with
+//!   the cause.
 //! - An operation that ends on the client side without the broker knowing (a local deadline, a
 //!   dropped [`Response`] or [`IncomingRequest`], a failing body reader) sends the CANCEL of its
 //!   direction, so neither the broker nor the counterpart is left waiting.
 //! - Nothing here panics on broker input; bad input is a typed [`ProtocolViolation`].
+//!
+//! # Reconnection
+//! With [`ClientOptions::reconnect`] set (the default), a lost connection is re-established by
+//! the link thread with exponential backoff and jitter ([`ReconnectPolicy`]), under the same
+//! client id (the broker's takeover and presence grace period make a quick reconnect invisible
+//! to the peers), and the receive window is re-issued before anything else is sent on the new
+//! connection. Operations in flight at the drop fail at once with [`Error::ConnectionLost`] —
+//! never retried: at-most-once — and new ones fail with [`Error::Reconnecting`] until the link is
+//! back; the `next_*` waits go on. [`Client::state`], [`Client::next_state_change`] and
+//! [`Client::wait_connected`] report the link. Each operation writes only on the connection it
+//! was registered on. The lifecycle and what is retried are in `reconnect.rs`.
 //!
 //! # Memory
 //! See `session.rs`: per-operation queues are unbounded (a slowly read body is buffered in full);
@@ -47,17 +61,19 @@
 //! [`ClientOptions::presence_queue`].
 
 mod error;
+mod reconnect;
 mod session;
 mod transport;
 
 pub use error::{Error, ProtocolViolation};
+pub use reconnect::{ConnectionState, ReconnectPolicy, StateChange};
 
 use std::collections::VecDeque;
 use std::io::{self, Read};
-use std::net::ToSocketAddrs;
+use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, TryRecvError};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
-use std::thread::JoinHandle;
+use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -68,6 +84,7 @@ use crate::protocol::{
     encode_u32, Decoder, ErrorBody, Flags, Frame, FrameType, WelcomeBody, MAX_PAYLOAD_CEILING,
     MAX_SEQUENCE,
 };
+use reconnect::{is_recoverable, Backoff};
 use session::{Capacities, Ids, Session, StreamEvent, Wakeups};
 use transport::{Flow, Transport};
 
@@ -92,6 +109,12 @@ pub struct ClientOptions {
     /// Presence events held until [`Client::next_presence`] takes them; beyond this the oldest
     /// is dropped. Default 1024.
     pub presence_queue: usize,
+    /// How to reconnect after the connection is lost; `None` closes the client instead (every
+    /// later call fails with the cause). Default: on, with [`ReconnectPolicy::default`] (first
+    /// attempt after 50–100 ms, doubling up to 5 s, unlimited attempts), because a client of a
+    /// long-lived service should outlive a broker restart; operations in flight at the drop
+    /// still fail ([`Error::ConnectionLost`]), so nothing is silently retried.
+    pub reconnect: Option<ReconnectPolicy>,
 }
 
 impl Default for ClientOptions {
@@ -103,6 +126,7 @@ impl Default for ClientOptions {
             heartbeat_misses: 3,
             broadcast_queue: 1024,
             presence_queue: 1024,
+            reconnect: Some(ReconnectPolicy::default()),
         }
     }
 }
@@ -152,36 +176,25 @@ pub struct Broadcast {
     pub body: Vec<u8>,
 }
 
-/// State shared by the client handle, the reader thread, and every [`Response`] /
-/// [`IncomingRequest`] still alive.
+/// One connection to the broker: its write side and the limits its WELCOME announced. An
+/// operation keeps the `Arc<Link>` it was registered on and writes only there, so no frame of
+/// an operation started on one connection can go out on the next one (at-most-once).
 #[derive(Debug)]
-struct Shared {
-    ids: Ids,
-    limits: Limits,
-    grace: Duration,
-    session: Mutex<Session>,
-    requests_ready: Condvar,
-    broadcasts_ready: Condvar,
-    presence_ready: Condvar,
+struct Link {
     transport: Transport,
+    limits: Limits,
 }
 
-impl Shared {
-    fn session(&self) -> MutexGuard<'_, Session> {
-        // The session's methods keep it consistent at every return; a panicking caller cannot
-        // leave it half-updated, so poisoning carries no information here.
-        self.session.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
+impl Link {
     /// Bytes per frame when sending: the broker's limit, within the decoder ceiling every
     /// broker honours.
     fn chunk_size(&self) -> u64 {
         u64::from(self.limits.max_payload.clamp(1, MAX_PAYLOAD_CEILING))
     }
 
-    /// The local deadline of an operation with the given timeout, from now. `None` when it
-    /// does not fit an `Instant` (wait forever).
-    fn deadline(&self, timeout: Duration) -> Option<Instant> {
+    /// The local deadline of an operation with the given timeout, from now, plus `grace`.
+    /// `None` when it does not fit an `Instant` (wait forever).
+    fn deadline(&self, timeout: Duration, grace: Duration) -> Option<Instant> {
         let mut effective = if timeout.is_zero() {
             self.limits.default_timeout
         } else {
@@ -190,75 +203,162 @@ impl Shared {
         if !self.limits.max_timeout.is_zero() {
             effective = effective.min(self.limits.max_timeout);
         }
-        transport::now()
-            .checked_add(effective)?
-            .checked_add(self.grace)
+        transport::now().checked_add(effective)?.checked_add(grace)
+    }
+}
+
+/// What the client's mutex guards: the sans-IO session and the connection it runs over.
+#[derive(Debug)]
+struct Locked {
+    session: Session,
+    /// The current connection. INVARIANT: `Some` exactly while the session is connected; it is
+    /// only replaced under this lock, together with the session's link state, so an operation
+    /// that registers and takes the link in one critical section gets a matching pair.
+    link: Option<Arc<Link>>,
+    /// The limits of the last WELCOME (reported by [`Client::limits`] while reconnecting).
+    limits: Limits,
+    /// A clone of the stream of a reconnect handshake under way, so that closing cuts it short.
+    dialing: Option<TcpStream>,
+}
+
+/// State shared by the client handle, the link thread, and every [`Response`] /
+/// [`IncomingRequest`] still alive.
+#[derive(Debug)]
+struct Shared {
+    /// The client id (stable across reconnects: the one the first WELCOME gave) and channel.
+    ids: Ids,
+    grace: Duration,
+    /// Where to reconnect (resolved once, at connect).
+    addrs: Vec<SocketAddr>,
+    options: ClientOptions,
+    locked: Mutex<Locked>,
+    requests_ready: Condvar,
+    broadcasts_ready: Condvar,
+    presence_ready: Condvar,
+    states_ready: Condvar,
+    /// Wakes the link thread out of a reconnect backoff when the client closes.
+    backoff: Condvar,
+    /// Serialises "record the receive window, then send it" between the application and the
+    /// link thread's re-issue, so the broker always ends up with the window set last.
+    window_order: Mutex<()>,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Locked> {
+        // The session's methods keep it consistent at every return; a panicking caller cannot
+        // leave it half-updated, so poisoning carries no information here.
+        self.locked.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The close reason, or `Closed` while still open (only asked after a disconnect).
-    fn close_error(&self) -> Error {
-        self.session().close_reason().unwrap_or(Error::Closed)
+    /// Why an operation's route vanished without an answer: the close reason once closed, else
+    /// the link dropped under it ([`Error::ConnectionLost`]).
+    fn lost_error(&self) -> Error {
+        self.lock()
+            .session
+            .close_reason()
+            .unwrap_or(Error::ConnectionLost)
     }
 
     fn check_open(&self) -> Result<(), Error> {
-        match self.session().close_reason() {
+        match self.lock().session.close_reason() {
             Some(reason) => Err(reason),
             None => Ok(()),
         }
     }
 
-    /// Closes the connection with `reason` (the first reason wins) and wakes everyone.
+    /// Registers an operation with `register` and returns it with the link it must be sent on.
+    ///
+    /// # Errors
+    /// The close reason when closed, [`Error::Reconnecting`] between connections, or the
+    /// registration's own error.
+    fn register<T>(
+        &self,
+        register: impl FnOnce(&mut Session) -> Result<T, Error>,
+    ) -> Result<(T, Arc<Link>), Error> {
+        let mut locked = self.lock();
+        let Some(link) = locked.link.clone() else {
+            return Err(locked.session.close_reason().unwrap_or(Error::Reconnecting));
+        };
+        let value = register(&mut locked.session)?;
+        Ok((value, link))
+    }
+
+    /// Closes the client for good with `reason` (the first reason wins) and wakes everyone,
+    /// the link thread included.
     fn close(&self, reason: Error) {
         let message = reason.to_string();
-        let first = self.session().close(reason);
+        let (first, link, dialing, wakeups) = {
+            let mut locked = self.lock();
+            let first = locked.session.close(reason);
+            let wakeups = locked.session.take_wakeups();
+            (first, locked.link.take(), locked.dialing.take(), wakeups)
+        };
         if first {
             info!(
                 "client {} on channel {} closed: {message}",
                 self.ids.client, self.ids.channel
             );
         }
+        self.notify(wakeups);
         self.requests_ready.notify_all();
         self.broadcasts_ready.notify_all();
         self.presence_ready.notify_all();
-        self.transport.shutdown();
+        self.states_ready.notify_all();
+        self.backoff.notify_all();
+        if let Some(link) = link {
+            link.transport.shutdown();
+        }
+        if let Some(dialing) = dialing {
+            // NotConnected: the broker already reset it; nothing left to cut.
+            let _ = dialing.shutdown(Shutdown::Both);
+        }
     }
 
-    /// Writes a frame; a failure closes the client.
-    fn send(&self, frame: &Frame) -> Result<(), Error> {
-        self.transport.send(frame).map_err(|e| {
-            self.close(Error::Io(e));
-            self.close_error()
-        })
+    /// Writes a frame on `link`; a failure ends that connection (see [`Shared::link_failed`]).
+    fn send(&self, link: &Link, frame: &Frame) -> Result<(), Error> {
+        link.transport
+            .send(frame)
+            .map_err(|e| self.link_failed(link, e))
     }
 
-    /// Writes a frame nobody waits on (CANCEL, ACK from a drop); errors already closed the
-    /// client and are only logged.
-    fn send_quietly(&self, frame: &Frame) {
-        if self.transport.is_closed() {
+    /// A write on `link` failed with `error`. Without reconnection the client closes, as it
+    /// always did; with it, only that connection ends (the link thread then reconnects) and the
+    /// operation fails with [`Error::ConnectionLost`].
+    fn link_failed(&self, link: &Link, error: io::Error) -> Error {
+        if self.options.reconnect.is_none() {
+            self.close(Error::Io(error));
+        } else {
+            debug!("write failed, dropping the connection: {error}");
+            link.transport.shutdown();
+        }
+        self.lost_error()
+    }
+
+    /// Writes a frame nobody waits on (CANCEL, ACK from a drop); errors already ended the
+    /// connection and are only logged.
+    fn send_quietly(&self, link: &Link, frame: &Frame) {
+        if link.transport.is_closed() {
             return;
         }
-        if let Err(e) = self.send(frame) {
+        if let Err(e) = self.send(link, frame) {
             debug!("{:?} not sent: {e}", frame.header.frame_type);
         }
     }
 
-    /// The reader thread's callback for every frame.
-    fn handle_frame(&self, frame: Frame) -> Flow {
-        let mut session = self.session();
-        let result = session.handle_frame(frame);
-        let output: Vec<Frame> = std::iter::from_fn(|| session.poll_output()).collect();
-        let wakeups = session.take_wakeups();
-        drop(session);
+    /// The link thread's callback for every frame read on `link`.
+    fn handle_frame(&self, link: &Link, frame: Frame) -> Flow {
+        let mut locked = self.lock();
+        let result = locked.session.handle_frame(frame);
+        let output: Vec<Frame> = std::iter::from_fn(|| locked.session.poll_output()).collect();
+        let wakeups = locked.session.take_wakeups();
+        drop(locked);
         self.notify(wakeups);
         for frame in output {
-            self.transport.send_control(frame);
+            link.transport.send_control(frame);
         }
         match result {
             Ok(()) => Flow::Continue,
-            Err(reason) => {
-                self.close(reason);
-                Flow::Stop
-            }
+            Err(reason) => Flow::Stop(reason),
         }
     }
 
@@ -272,47 +372,384 @@ impl Shared {
         if wakeups.presence {
             self.presence_ready.notify_one();
         }
+        if wakeups.states {
+            // Both `next_state_change` and `wait_connected` callers wait here.
+            self.states_ready.notify_all();
+        }
     }
 
-    /// Waits on one of the application queues.
+    /// Waits on one of the application queues. Waiting goes on across a reconnect; only the
+    /// close ends it.
     fn wait_queue<T>(
         &self,
         ready: &Condvar,
         timeout: Option<Duration>,
-        mut pop: impl FnMut(&mut Session) -> Option<T>,
+        mut pop: impl FnMut(&mut Locked) -> Option<T>,
     ) -> Result<T, Error> {
         let deadline = timeout.and_then(|timeout| transport::now().checked_add(timeout));
-        let mut session = self.session();
+        let mut locked = self.lock();
         loop {
-            if let Some(reason) = session.close_reason() {
+            if let Some(reason) = locked.session.close_reason() {
                 return Err(reason);
             }
-            if let Some(item) = pop(&mut session) {
+            if let Some(item) = pop(&mut locked) {
                 return Ok(item);
             }
-            session = match deadline {
-                // No timeout, or one that overflows an Instant: as good as forever.
-                None => ready.wait(session).unwrap_or_else(PoisonError::into_inner),
-                Some(deadline) => {
-                    let left = deadline.saturating_duration_since(transport::now());
-                    if left.is_zero() {
-                        return Err(Error::Timeout);
-                    }
-                    ready
-                        .wait_timeout(session, left)
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .0
+            locked = self.wait(ready, locked, deadline)?;
+        }
+    }
+
+    /// One wait on `ready` until `deadline` (`None`: forever). `Err(Timeout)` once it passed.
+    fn wait<'a>(
+        &self,
+        ready: &Condvar,
+        locked: MutexGuard<'a, Locked>,
+        deadline: Option<Instant>,
+    ) -> Result<MutexGuard<'a, Locked>, Error> {
+        match deadline {
+            // No timeout, or one that overflows an Instant: as good as forever.
+            None => Ok(ready.wait(locked).unwrap_or_else(PoisonError::into_inner)),
+            Some(deadline) => {
+                let left = deadline.saturating_duration_since(transport::now());
+                if left.is_zero() {
+                    return Err(Error::Timeout);
                 }
+                Ok(ready
+                    .wait_timeout(locked, left)
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .0)
+            }
+        }
+    }
+
+    // ----- the link thread ---------------------------------------------------------------------
+
+    /// The link thread: reads the current connection until it ends, then reconnects (per the
+    /// policy) or closes the client. Returns once the client is closed.
+    fn run_link(&self, mut joined: Joined, mut link: Arc<Link>) {
+        let mut seed = [0u8; 8];
+        seed.copy_from_slice(&RequestId::random().as_bytes()[..8]);
+        let mut backoff = self
+            .options
+            .reconnect
+            .map(|policy| Backoff::new(policy, u64::from_le_bytes(seed)));
+        loop {
+            // The broker pings a silent client; the client, symmetrically, pings a silent
+            // broker and gives up on it after `heartbeat_misses` unanswered intervals.
+            let heartbeat = link.limits.heartbeat;
+            let liveness = transport::Liveness {
+                interval: (!heartbeat.is_zero()).then_some(heartbeat),
+                misses: self.options.heartbeat_misses,
+            };
+            let reason = transport::read_frames(
+                &mut joined.stream,
+                &mut joined.decoder,
+                &mut joined.buf,
+                liveness,
+                |frame| self.handle_frame(&link, frame),
+                |sequence| {
+                    let ping = self.ids.frame(
+                        FrameType::Ping,
+                        Flags::NONE,
+                        RequestId::NIL,
+                        sequence,
+                        false,
+                        Bytes::new(),
+                    );
+                    link.transport.send_control(ping);
+                },
+            );
+            let backoff = match backoff.as_mut() {
+                Some(backoff) if is_recoverable(&reason) => backoff,
+                // Reconnection off, or an end a new connection would not fix. Closing first
+                // (it shuts the connection down) makes `reason` the one every caller sees.
+                _ => return self.close(reason),
+            };
+            link.transport.shutdown();
+            drop(joined);
+            let Some(next) = self.reconnect(backoff, reason) else {
+                return;
+            };
+            (joined, link) = next;
+        }
+    }
+
+    /// `Connected => Reconnecting`, then backoff and attempts until one joins (returned) or the
+    /// client closes (`None`).
+    fn reconnect(&self, backoff: &mut Backoff, cause: Error) -> Option<(Joined, Arc<Link>)> {
+        let message = cause.to_string();
+        let mut last = cause.duplicate();
+        let wakeups = {
+            let mut locked = self.lock();
+            if !locked.session.handle_disconnect(cause) {
+                return None; // Closed meanwhile.
+            }
+            locked.link = None;
+            locked.session.take_wakeups()
+        };
+        self.notify(wakeups);
+        info!(
+            "client {} on channel {} lost its connection ({message}); reconnecting",
+            self.ids.client, self.ids.channel
+        );
+        let policy = backoff.policy();
+        let mut attempt = 1u32;
+        loop {
+            if !policy.allows(attempt) {
+                self.close(last);
+                return None;
+            }
+            if !self.wait_backoff(backoff.delay(attempt)) {
+                return None;
+            }
+            let error = match self.attempt() {
+                Ok(Some(joined)) => return Some(joined),
+                Ok(None) => return None,
+                Err(error) => error,
+            };
+            debug!("reconnect attempt {attempt} failed: {error}");
+            if !is_recoverable(&error) {
+                self.close(error);
+                return None;
+            }
+            attempt = attempt.saturating_add(1);
+            if !policy.allows(attempt) {
+                self.close(error);
+                return None;
+            }
+            last = error.duplicate();
+            let wakeups = {
+                let mut locked = self.lock();
+                if !locked.session.handle_attempt_failed(error) {
+                    return None;
+                }
+                locked.session.take_wakeups()
+            };
+            self.notify(wakeups);
+        }
+    }
+
+    /// Waits `delay` unless the client closes first (false). Not `thread::sleep`: a close wakes
+    /// the condvar at once.
+    fn wait_backoff(&self, delay: Duration) -> bool {
+        let deadline = transport::now().checked_add(delay);
+        let mut locked = self.lock();
+        loop {
+            if locked.session.close_reason().is_some() {
+                return false;
+            }
+            locked = match self.wait(&self.backoff, locked, deadline) {
+                Ok(locked) => locked,
+                Err(_) => return true, // The delay is over.
             };
         }
     }
+
+    /// One connection attempt with the client's id: handshake, receive window re-issued,
+    /// `Reconnecting => Connected`. `Ok(None)` when the client closed meanwhile.
+    fn attempt(&self) -> Result<Option<(Joined, Arc<Link>)>, Error> {
+        let register = |stream: &TcpStream| -> Result<(), Error> {
+            let clone = stream.try_clone().map_err(Error::Io)?;
+            let mut locked = self.lock();
+            if let Some(reason) = locked.session.close_reason() {
+                return Err(reason);
+            }
+            locked.dialing = Some(clone);
+            Ok(())
+        };
+        let joined = handshake(
+            &self.addrs,
+            self.ids.channel,
+            self.ids.client,
+            &self.options,
+            &register,
+        );
+        // From here on nothing blocks on the new stream for long (one small write into an
+        // empty socket buffer), so a close need not cut it.
+        self.lock().dialing = None;
+        let mut joined = joined?;
+        let link = Arc::new(joined.link()?);
+        // The window goes out on the new connection before anything an operation can send, and
+        // under `window_order`, so a concurrent `set_receive_window` is either recorded before
+        // (and sent here) or sent after (on the new link).
+        let order = self
+            .window_order
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let window = self.lock().session.window();
+        if window > 0 {
+            let receive = self.ids.frame(
+                FrameType::Receive,
+                Flags::NONE,
+                RequestId::NIL,
+                0,
+                false,
+                encode_u32(window),
+            );
+            transport::write_frame(&mut joined.stream, &receive).map_err(Error::Io)?;
+        }
+        let wakeups = {
+            let mut locked = self.lock();
+            if !locked
+                .session
+                .handle_reconnected(joined.max_payload, std::mem::take(&mut joined.peers))
+            {
+                return Ok(None); // Closed meanwhile: the new connection is dropped.
+            }
+            locked.link = Some(Arc::clone(&link));
+            locked.limits = link.limits;
+            locked.session.take_wakeups()
+        };
+        drop(order);
+        self.notify(wakeups);
+        info!(
+            "client {} rejoined channel {} at {} (receive window {window})",
+            self.ids.client, self.ids.channel, joined.peer_addr
+        );
+        Ok(Some((joined, link)))
+    }
+}
+
+/// A connection whose handshake completed, before the link thread reads it.
+#[derive(Debug)]
+struct Joined {
+    stream: TcpStream,
+    decoder: Decoder,
+    /// Bytes read past the WELCOME.
+    buf: BytesMut,
+    client: ClientId,
+    max_payload: u32,
+    limits: Limits,
+    peers: Vec<ClientId>,
+    peer_addr: SocketAddr,
+}
+
+impl Joined {
+    /// The write side of the connection.
+    fn link(&self) -> Result<Link, Error> {
+        Ok(Link {
+            transport: Transport::new(
+                self.stream.try_clone().map_err(Error::Io)?,
+                self.stream.try_clone().map_err(Error::Io)?,
+            ),
+            limits: self.limits,
+        })
+    }
+}
+
+/// Connects to `addrs`, sends HELLO with `requested` (nil: assign one) for `channel`, and waits
+/// for the WELCOME, all within `options.connect_timeout`. `on_connected` sees the stream once
+/// the TCP connection is up (its error aborts the attempt).
+///
+/// # Errors
+/// As [`Client::connect_with`].
+fn handshake(
+    addrs: &[SocketAddr],
+    channel: ChannelId,
+    requested: ClientId,
+    options: &ClientOptions,
+    on_connected: &dyn Fn(&TcpStream) -> Result<(), Error>,
+) -> Result<Joined, Error> {
+    // A timeout too large for an Instant means "no practical bound": a year will do.
+    let deadline = transport::now()
+        .checked_add(options.connect_timeout)
+        .unwrap_or_else(|| transport::now() + Duration::from_secs(365 * 24 * 3600));
+    let mut stream = transport::connect(addrs, options.connect_timeout)?;
+    on_connected(&stream)?;
+    let hello_ids = Ids {
+        client: requested,
+        channel,
+    };
+    let hello = hello_ids.frame(
+        FrameType::Hello,
+        Flags::NONE,
+        RequestId::NIL,
+        0,
+        false,
+        Bytes::new(),
+    );
+    transport::write_frame(&mut stream, &hello).map_err(Error::Io)?;
+
+    // The client trusts the broker's frames up to the protocol's hard ceiling; the WELCOME's
+    // own max payload only governs what the client sends.
+    let mut decoder = Decoder::new(MAX_PAYLOAD_CEILING);
+    let mut buf = BytesMut::new();
+    let (header, welcome) = loop {
+        let frame = transport::read_frame_until(&mut stream, &mut decoder, &mut buf, deadline)?;
+        let bad_payload = |frame_type, error| {
+            Error::Protocol(ProtocolViolation::BadPayload { frame_type, error })
+        };
+        match frame.header.frame_type {
+            FrameType::Welcome => {
+                let body = WelcomeBody::decode(&frame.payload)
+                    .map_err(|e| bad_payload(FrameType::Welcome, e))?;
+                break (frame.header, body);
+            }
+            FrameType::Error => {
+                let body = ErrorBody::decode(&frame.payload)
+                    .map_err(|e| bad_payload(FrameType::Error, e))?;
+                return Err(Error::from_error_body(body, None));
+            }
+            FrameType::Ping => {
+                let h = frame.header;
+                let pong = hello_ids.frame(
+                    FrameType::Pong,
+                    Flags::NONE,
+                    RequestId::NIL,
+                    h.sequence,
+                    h.is_final,
+                    Bytes::new(),
+                );
+                transport::write_frame(&mut stream, &pong).map_err(Error::Io)?;
+            }
+            frame_type => {
+                return Err(Error::Protocol(ProtocolViolation::UnexpectedFrame {
+                    frame_type,
+                }))
+            }
+        }
+    };
+    if header.channel_id != channel {
+        let got = header.channel_id;
+        return Err(Error::Protocol(ProtocolViolation::ChannelMismatch {
+            expected: channel,
+            got,
+        }));
+    }
+    let assigned = header.client_id;
+    if assigned.is_nil() || (!requested.is_nil() && assigned != requested) {
+        return Err(Error::Protocol(ProtocolViolation::BadClientId {
+            requested,
+            assigned,
+        }));
+    }
+    if welcome.max_payload == 0 {
+        return Err(Error::Protocol(ProtocolViolation::ZeroMaxPayload));
+    }
+    stream.set_read_timeout(None).map_err(Error::Io)?;
+    let peer_addr = stream.peer_addr().map_err(Error::Io)?;
+    Ok(Joined {
+        stream,
+        decoder,
+        buf,
+        client: assigned,
+        max_payload: welcome.max_payload,
+        limits: Limits {
+            max_payload: welcome.max_payload,
+            default_timeout: Duration::from_millis(welcome.default_timeout_ms.into()),
+            max_timeout: Duration::from_millis(welcome.max_timeout_ms.into()),
+            heartbeat: Duration::from_millis(welcome.heartbeat_ms.into()),
+        },
+        peers: welcome.peers,
+        peer_addr,
+    })
 }
 
 /// A connection to the broker, joined to one channel. See the module docs.
 #[derive(Debug)]
 pub struct Client {
     shared: Arc<Shared>,
-    reader: Mutex<Option<JoinHandle<()>>>,
+    link_thread: Mutex<Option<JoinHandle<()>>>,
 }
 
 /// The `timeout_ms` field for a timeout: milliseconds rounded up (so a sub-millisecond timeout
@@ -332,7 +769,9 @@ impl Client {
     }
 
     /// Connects, sends HELLO for `channel`, and waits for the WELCOME, all within
-    /// `options.connect_timeout`.
+    /// `options.connect_timeout`. This first connection is not retried: a wrong address or a
+    /// broker that is down fails here, at once. Once connected, the client reconnects on its
+    /// own per [`ClientOptions::reconnect`], to the addresses `addr` resolved to now.
     ///
     /// # Errors
     /// - [`Error::ConnectionRefused`]: no address accepted the TCP connection;
@@ -346,155 +785,59 @@ impl Client {
         channel: ChannelId,
         options: ClientOptions,
     ) -> Result<Client, Error> {
-        // A timeout too large for an Instant means "no practical bound": a year will do.
-        let deadline = transport::now()
-            .checked_add(options.connect_timeout)
-            .unwrap_or_else(|| transport::now() + Duration::from_secs(365 * 24 * 3600));
-        let mut stream = transport::connect(addr, options.connect_timeout)?;
+        let addrs: Vec<SocketAddr> = addr
+            .to_socket_addrs()
+            .map_err(Error::ConnectionRefused)?
+            .collect();
         let requested = options.client_id.unwrap_or(ClientId::NIL);
-        let hello_ids = Ids {
-            client: requested,
-            channel,
-        };
-        let hello = hello_ids.frame(
-            FrameType::Hello,
-            Flags::NONE,
-            RequestId::NIL,
-            0,
-            false,
-            Bytes::new(),
-        );
-        transport::write_frame(&mut stream, &hello).map_err(Error::Io)?;
-
-        // The client trusts the broker's frames up to the protocol's hard ceiling; the WELCOME's
-        // own max payload only governs what the client sends.
-        let mut decoder = Decoder::new(MAX_PAYLOAD_CEILING);
-        let mut buf = BytesMut::new();
-        let (header, welcome) = loop {
-            let frame = transport::read_frame_until(&mut stream, &mut decoder, &mut buf, deadline)?;
-            let bad_payload = |frame_type, error| {
-                Error::Protocol(ProtocolViolation::BadPayload { frame_type, error })
-            };
-            match frame.header.frame_type {
-                FrameType::Welcome => {
-                    let body = WelcomeBody::decode(&frame.payload)
-                        .map_err(|e| bad_payload(FrameType::Welcome, e))?;
-                    break (frame.header, body);
-                }
-                FrameType::Error => {
-                    let body = ErrorBody::decode(&frame.payload)
-                        .map_err(|e| bad_payload(FrameType::Error, e))?;
-                    return Err(Error::from_error_body(body, None));
-                }
-                FrameType::Ping => {
-                    let h = frame.header;
-                    let pong = hello_ids.frame(
-                        FrameType::Pong,
-                        Flags::NONE,
-                        RequestId::NIL,
-                        h.sequence,
-                        h.is_final,
-                        Bytes::new(),
-                    );
-                    transport::write_frame(&mut stream, &pong).map_err(Error::Io)?;
-                }
-                frame_type => {
-                    return Err(Error::Protocol(ProtocolViolation::UnexpectedFrame {
-                        frame_type,
-                    }))
-                }
-            }
-        };
-        if header.channel_id != channel {
-            let got = header.channel_id;
-            return Err(Error::Protocol(ProtocolViolation::ChannelMismatch {
-                expected: channel,
-                got,
-            }));
-        }
-        let assigned = header.client_id;
-        if assigned.is_nil() || (!requested.is_nil() && assigned != requested) {
-            return Err(Error::Protocol(ProtocolViolation::BadClientId {
-                requested,
-                assigned,
-            }));
-        }
-        if welcome.max_payload == 0 {
-            return Err(Error::Protocol(ProtocolViolation::ZeroMaxPayload));
-        }
-        stream.set_read_timeout(None).map_err(Error::Io)?;
-
-        let limits = Limits {
-            max_payload: welcome.max_payload,
-            default_timeout: Duration::from_millis(welcome.default_timeout_ms.into()),
-            max_timeout: Duration::from_millis(welcome.max_timeout_ms.into()),
-            heartbeat: Duration::from_millis(welcome.heartbeat_ms.into()),
-        };
+        let joined = handshake(&addrs, channel, requested, &options, &|_| Ok(()))?;
+        let link = Arc::new(joined.link()?);
         let ids = Ids {
-            client: assigned,
+            client: joined.client,
             channel,
         };
         let capacities = Capacities {
             broadcasts: options.broadcast_queue,
             presence: options.presence_queue,
+            states: STATE_QUEUE,
         };
-        let transport = Transport::new(
-            stream.try_clone().map_err(Error::Io)?,
-            stream.try_clone().map_err(Error::Io)?,
-        );
-        let peer_addr = stream.peer_addr().map_err(Error::Io)?;
+        let peer_addr = joined.peer_addr;
+        let session = Session::new(ids, joined.max_payload, joined.peers.clone(), capacities);
         let shared = Arc::new(Shared {
             ids,
-            limits,
             grace: options.deadline_grace,
-            session: Mutex::new(Session::new(
-                ids,
-                welcome.max_payload,
-                welcome.peers,
-                capacities,
-            )),
+            addrs,
+            options,
+            locked: Mutex::new(Locked {
+                session,
+                link: Some(Arc::clone(&link)),
+                limits: link.limits,
+                dialing: None,
+            }),
             requests_ready: Condvar::new(),
             broadcasts_ready: Condvar::new(),
             presence_ready: Condvar::new(),
-            transport,
+            states_ready: Condvar::new(),
+            backoff: Condvar::new(),
+            window_order: Mutex::new(()),
         });
-        let on_frame = Arc::clone(&shared);
-        let on_silence = Arc::clone(&shared);
-        let on_end = Arc::clone(&shared);
-        // The broker pings a silent client; the client, symmetrically, pings a silent broker
-        // and gives up on it after `heartbeat_misses` unanswered intervals.
-        let liveness = transport::Liveness {
-            interval: (!limits.heartbeat.is_zero()).then_some(limits.heartbeat),
-            misses: options.heartbeat_misses,
-        };
-        let reader = transport::spawn_reader(
-            stream,
-            decoder,
-            buf,
-            liveness,
-            move |frame| on_frame.handle_frame(frame),
-            move |sequence| {
-                let ping = on_silence.ids.frame(
-                    FrameType::Ping,
-                    Flags::NONE,
-                    RequestId::NIL,
-                    sequence,
-                    false,
-                    Bytes::new(),
-                );
-                on_silence.transport.send_control(ping);
-            },
-            move |reason| on_end.close(reason),
-        )
-        .map_err(Error::Io)?;
-        info!("client {assigned} joined channel {channel} at {peer_addr}");
+        let running = Arc::clone(&shared);
+        let link_thread = thread::Builder::new()
+            .name("switchyard-client-link".into())
+            .spawn(move || running.run_link(joined, link))
+            .map_err(Error::Io)?;
+        info!(
+            "client {} joined channel {channel} at {peer_addr}",
+            ids.client
+        );
         Ok(Client {
             shared,
-            reader: Mutex::new(Some(reader)),
+            link_thread: Mutex::new(Some(link_thread)),
         })
     }
 
-    /// This client's id (assigned by the broker when none was asked for).
+    /// This client's id (assigned by the broker when none was asked for). It stays the same
+    /// across reconnects.
     pub fn client_id(&self) -> ClientId {
         self.shared.ids.client
     }
@@ -504,21 +847,72 @@ impl Client {
         self.shared.ids.channel
     }
 
-    /// The broker's limits from the WELCOME.
+    /// The broker's limits from the last WELCOME.
     pub fn limits(&self) -> Limits {
-        self.shared.limits
+        self.shared.lock().limits
     }
 
     /// The other peers on the channel now: the WELCOME's list, kept current by PEER_JOINED /
-    /// PEER_LEFT.
+    /// PEER_LEFT (and replaced by the WELCOME of each reconnect).
     pub fn peers(&self) -> Vec<ClientId> {
-        self.shared.session().peers()
+        self.shared.lock().session.peers()
     }
 
-    /// True once the client is closed (by [`Client::close`], a fatal broker error, or a lost
-    /// connection).
+    /// True once the client is closed for good (by [`Client::close`], a fatal broker error, or a
+    /// lost connection that is not, or no longer, retried). False while reconnecting.
     pub fn is_closed(&self) -> bool {
-        self.shared.session().close_reason().is_some()
+        self.shared.lock().session.close_reason().is_some()
+    }
+
+    /// The state of the link to the broker now.
+    pub fn state(&self) -> ConnectionState {
+        self.shared.lock().session.connection_state()
+    }
+
+    /// Waits for the next change of [`Client::state`] (`None`: wait forever) and returns it
+    /// with its cause. Every change is reported once, in order (the oldest are dropped beyond
+    /// 64 unread ones); the last is the `Closed` change, after which this returns the close
+    /// reason. Several threads calling it share the changes (each gets different ones); to
+    /// wait for a state, use [`Client::wait_connected`].
+    ///
+    /// # Errors
+    /// [`Error::Timeout`] when nothing changed in time; the close reason once the `Closed`
+    /// change was taken.
+    pub fn next_state_change(&self, timeout: Option<Duration>) -> Result<StateChange, Error> {
+        let shared = &self.shared;
+        let deadline = timeout.and_then(|timeout| transport::now().checked_add(timeout));
+        let mut locked = shared.lock();
+        loop {
+            if let Some(change) = locked.session.pop_state_change() {
+                return Ok(change);
+            }
+            if let Some(reason) = locked.session.close_reason() {
+                return Err(reason);
+            }
+            locked = shared.wait(&shared.states_ready, locked, deadline)?;
+        }
+    }
+
+    /// Returns once the client is connected (at once if it is), waiting for a reconnect for at
+    /// most `timeout` (`None`: forever).
+    ///
+    /// # Errors
+    /// [`Error::Timeout`] when still reconnecting at the deadline; the close reason when the
+    /// client is (or becomes) closed, for example the last attempt's error.
+    pub fn wait_connected(&self, timeout: Option<Duration>) -> Result<(), Error> {
+        let shared = &self.shared;
+        let deadline = timeout.and_then(|timeout| transport::now().checked_add(timeout));
+        let mut locked = shared.lock();
+        loop {
+            match locked.session.connection_state() {
+                ConnectionState::Connected => return Ok(()),
+                ConnectionState::Closed => {
+                    return Err(locked.session.close_reason().unwrap_or(Error::Closed))
+                }
+                ConnectionState::Reconnecting { .. } => {}
+            }
+            locked = shared.wait(&shared.states_ready, locked, deadline)?;
+        }
     }
 
     // ----- sender side -----------------------------------------------------------------------
@@ -527,7 +921,9 @@ impl Client {
     ///
     /// # Errors
     /// [`Error::NoReceiver`], [`Error::Timeout`], [`Error::PeerGone`], [`Error::Cancelled`], the
-    /// other per-request broker errors as [`Error::Broker`], or a connection-fatal error.
+    /// other per-request broker errors as [`Error::Broker`], [`Error::ConnectionLost`] when the
+    /// connection dropped meanwhile, [`Error::Reconnecting`] when there was none, or a
+    /// connection-fatal error.
     pub fn request(&self, body: &[u8], timeout: Duration) -> Result<Vec<u8>, Error> {
         let mut body = body;
         self.request_with(
@@ -559,10 +955,11 @@ impl Client {
         let shared = &self.shared;
         shared.check_open()?;
         let (events, receiver) = mpsc::channel();
-        let id = shared.session().register_request(events)?;
-        let deadline = shared.deadline(options.timeout);
+        let (id, link) = shared.register(|session| session.register_request(events))?;
+        let deadline = link.deadline(options.timeout, shared.grace);
         let mut stream = BodyStream::new(
             Arc::clone(shared),
+            Arc::clone(&link),
             id,
             Direction::Outgoing,
             receiver,
@@ -576,6 +973,7 @@ impl Client {
         let wire_timeout = timeout_ms(options.timeout);
         let sent = send_body(
             shared,
+            &link,
             id,
             Flags::REQUEST,
             start_flags,
@@ -612,11 +1010,26 @@ impl Client {
     /// The window is *set*, not added to; 0 stops new assignments (held requests finish). A
     /// held request frees its slot when it completes, times out or is cancelled.
     ///
+    /// The window is a standing setting: the client re-issues it after every reconnect. While
+    /// reconnecting (or when the connection drops during this call) it is recorded, `Ok`, and
+    /// sent as soon as the link is back.
+    ///
     /// # Errors
     /// A connection-fatal error.
     pub fn set_receive_window(&self, window: u32) -> Result<(), Error> {
         let shared = &self.shared;
-        shared.check_open()?;
+        let _order = shared
+            .window_order
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let link = {
+            let mut locked = shared.lock();
+            locked.session.set_window(window)?;
+            locked.link.clone()
+        };
+        let Some(link) = link else {
+            return Ok(()); // Reconnecting: re-issued by the link thread.
+        };
         let frame = shared.ids.frame(
             FrameType::Receive,
             Flags::NONE,
@@ -625,23 +1038,32 @@ impl Client {
             false,
             encode_u32(window),
         );
-        shared.send(&frame)
+        match shared.send(&link, &frame) {
+            // Recorded: the next connection gets it.
+            Err(Error::ConnectionLost) => Ok(()),
+            other => other,
+        }
     }
 
     /// Waits for the next request assigned to this client (`None`: wait forever). Requests are
-    /// only assigned after [`Client::set_receive_window`] gave credit.
+    /// only assigned after [`Client::set_receive_window`] gave credit. The wait goes on across a
+    /// reconnect.
     ///
     /// # Errors
     /// [`Error::Timeout`] when none arrived in time, or a connection-fatal error.
     pub fn next_request(&self, timeout: Option<Duration>) -> Result<IncomingRequest, Error> {
         let shared = &self.shared;
-        let new = shared.wait_queue(&shared.requests_ready, timeout, Session::pop_request)?;
+        let (new, link) = shared.wait_queue(&shared.requests_ready, timeout, |locked| {
+            let link = locked.link.clone()?;
+            locked.session.pop_request().map(|new| (new, link))
+        })?;
         let remaining = Duration::from_millis(new.timeout_ms.into());
         let deadline = transport::now()
             .checked_add(remaining)
             .and_then(|d| d.checked_add(shared.grace));
         let mut stream = BodyStream::new(
             Arc::clone(shared),
+            link,
             new.id,
             Direction::Incoming,
             new.events,
@@ -662,19 +1084,20 @@ impl Client {
     ///
     /// # Errors
     /// [`Error::NoPeers`], [`Error::BroadcastIncomplete`] with the peers that did not ack,
-    /// [`Error::Timeout`] when the broker did not answer within the local deadline, or a
-    /// connection-fatal error.
+    /// [`Error::Timeout`] when the broker did not answer within the local deadline,
+    /// [`Error::ConnectionLost`] / [`Error::Reconnecting`], or a connection-fatal error.
     pub fn broadcast(&self, body: &[u8], timeout: Duration) -> Result<u32, Error> {
         let shared = &self.shared;
         shared.check_open()?;
         let (outcome, receiver) = mpsc::channel();
-        let id = shared.session().register_broadcast(outcome)?;
-        let deadline = shared.deadline(timeout);
+        let (id, link) = shared.register(|session| session.register_broadcast(outcome))?;
+        let deadline = link.deadline(timeout, shared.grace);
         let mut early = None;
         let flags = Flags::REQUEST | Flags::BROADCAST;
         let mut body = body;
         let sent = send_body(
             shared,
+            &link,
             id,
             flags,
             Flags::NONE,
@@ -686,12 +1109,12 @@ impl Client {
                     Ok(true)
                 }
                 Err(TryRecvError::Empty) => Ok(false),
-                Err(TryRecvError::Disconnected) => Err(shared.close_error()),
+                Err(TryRecvError::Disconnected) => Err(shared.lost_error()),
             },
         );
         let cancel = || {
-            if shared.session().forget_outgoing(id) {
-                shared.send_quietly(&shared.ids.cancel(id, flags));
+            if shared.lock().session.forget_outgoing(id) {
+                shared.send_quietly(&link, &shared.ids.cancel(id, flags));
             }
         };
         match sent {
@@ -705,7 +1128,7 @@ impl Client {
                 return Err(e);
             }
             Err(SendFailure::Ended(e)) => {
-                shared.session().forget_outgoing(id);
+                shared.lock().session.forget_outgoing(id);
                 return Err(e);
             }
         }
@@ -724,19 +1147,24 @@ impl Client {
                 cancel();
                 Err(Error::Timeout)
             }
-            Err(RecvTimeoutError::Disconnected) => Err(shared.close_error()),
+            Err(RecvTimeoutError::Disconnected) => Err(shared.lost_error()),
         }
     }
 
     /// Waits for the next broadcast from another peer (`None`: wait forever), sends its ACK and
-    /// returns it. A broadcast is handed out only once received in full.
+    /// returns it. A broadcast is handed out only once received in full. The wait goes on
+    /// across a reconnect (broadcasts received but not handed out when the connection dropped
+    /// are discarded: their ACK can no longer reach the broker).
     ///
     /// # Errors
-    /// [`Error::Timeout`] when none arrived in time, or a connection-fatal error (also when the
-    /// ACK could not be sent).
+    /// [`Error::Timeout`] when none arrived in time, [`Error::ConnectionLost`] when the ACK
+    /// could not be sent, or a connection-fatal error.
     pub fn next_broadcast(&self, timeout: Option<Duration>) -> Result<Broadcast, Error> {
         let shared = &self.shared;
-        let done = shared.wait_queue(&shared.broadcasts_ready, timeout, Session::pop_broadcast)?;
+        let (done, link) = shared.wait_queue(&shared.broadcasts_ready, timeout, |locked| {
+            let link = locked.link.clone()?;
+            locked.session.pop_broadcast().map(|done| (done, link))
+        })?;
         let ack = shared.ids.frame(
             FrameType::Ack,
             Flags::BROADCAST,
@@ -745,7 +1173,7 @@ impl Client {
             false,
             Bytes::new(),
         );
-        shared.send(&ack)?;
+        shared.send(&link, &ack)?;
         Ok(Broadcast {
             id: done.id,
             sender: done.sender,
@@ -753,45 +1181,46 @@ impl Client {
         })
     }
 
-    /// Waits for the next presence change (`None`: wait forever).
+    /// Waits for the next presence change (`None`: wait forever). The wait goes on across a
+    /// reconnect; after one, the difference between the old and the new WELCOME's peer lists is
+    /// reported as `Left` / `Joined` events.
     ///
     /// # Errors
     /// [`Error::Timeout`] when none arrived in time, or a connection-fatal error.
     pub fn next_presence(&self, timeout: Option<Duration>) -> Result<PresenceEvent, Error> {
         let shared = &self.shared;
-        shared.wait_queue(&shared.presence_ready, timeout, Session::pop_presence)
+        shared.wait_queue(&shared.presence_ready, timeout, |locked| {
+            locked.session.pop_presence()
+        })
     }
 
     /// Asks the broker for the current peer list of the channel (the others, including peers
     /// inside their presence grace period) and returns it; [`Client::peers`] is refreshed too.
     ///
     /// # Errors
-    /// [`Error::Timeout`] when no answer came within `timeout`, or a connection-fatal error.
+    /// [`Error::Timeout`] when no answer came within `timeout`, [`Error::ConnectionLost`] /
+    /// [`Error::Reconnecting`], or a connection-fatal error.
     pub fn fetch_peers(&self, timeout: Duration) -> Result<Vec<ClientId>, Error> {
         let shared = &self.shared;
         shared.check_open()?;
         let (waiter, receiver) = mpsc::channel();
         // Answers are matched to callers in registration order. Two callers racing may swap
         // answers, which is harmless: both lists are current (the lock is not held across the
-        // write, so the reader thread is never blocked behind a slow socket).
-        {
-            let mut session = shared.session();
-            session.register_peer_list(waiter)?;
-            let frame = shared.ids.frame(
-                FrameType::Peers,
-                Flags::NONE,
-                RequestId::NIL,
-                0,
-                false,
-                Bytes::new(),
-            );
-            drop(session);
-            shared.send(&frame)?;
-        }
+        // write, so the link thread is never blocked behind a slow socket).
+        let ((), link) = shared.register(|session| session.register_peer_list(waiter))?;
+        let frame = shared.ids.frame(
+            FrameType::Peers,
+            Flags::NONE,
+            RequestId::NIL,
+            0,
+            false,
+            Bytes::new(),
+        );
+        shared.send(&link, &frame)?;
         match receiver.recv_timeout(timeout) {
             Ok(peers) => Ok(peers),
             Err(RecvTimeoutError::Timeout) => Err(Error::Timeout),
-            Err(RecvTimeoutError::Disconnected) => Err(shared.close_error()),
+            Err(RecvTimeoutError::Disconnected) => Err(shared.lost_error()),
         }
     }
 
@@ -799,12 +1228,13 @@ impl Client {
     /// broker's PINGs on its own.)
     ///
     /// # Errors
-    /// [`Error::Timeout`] when no PONG came within `timeout`, or a connection-fatal error.
+    /// [`Error::Timeout`] when no PONG came within `timeout`, [`Error::ConnectionLost`] /
+    /// [`Error::Reconnecting`], or a connection-fatal error.
     pub fn ping(&self, timeout: Duration) -> Result<Duration, Error> {
         let shared = &self.shared;
         shared.check_open()?;
         let (waiter, receiver) = mpsc::channel();
-        let sequence = shared.session().register_ping(waiter)?;
+        let (sequence, link) = shared.register(|session| session.register_ping(waiter))?;
         let started = transport::now();
         let frame = shared.ids.frame(
             FrameType::Ping,
@@ -814,38 +1244,45 @@ impl Client {
             false,
             Bytes::new(),
         );
-        if let Err(e) = shared.send(&frame) {
-            shared.session().forget_ping(sequence);
+        if let Err(e) = shared.send(&link, &frame) {
+            shared.lock().session.forget_ping(sequence);
             return Err(e);
         }
         match receiver.recv_timeout(timeout) {
             Ok(()) => Ok(started.elapsed()),
             Err(RecvTimeoutError::Timeout) => {
-                shared.session().forget_ping(sequence);
+                shared.lock().session.forget_ping(sequence);
                 Err(Error::Timeout)
             }
-            Err(RecvTimeoutError::Disconnected) => Err(shared.close_error()),
+            Err(RecvTimeoutError::Disconnected) => Err(shared.lost_error()),
         }
     }
 
-    /// Closes the connection: shuts the socket down both ways, fails every pending operation
-    /// with [`Error::Closed`], wakes every blocked caller, and joins the reader thread.
-    /// Idempotent; every later call returns `Err(Error::Closed)` (or the earlier cause, when the
-    /// connection had already been lost).
+    /// Closes the client for good: shuts the connection down both ways (or stops reconnecting,
+    /// cutting a backoff short at once), fails every pending operation with [`Error::Closed`],
+    /// wakes every blocked caller, and joins the link thread. (A TCP connect of a reconnect
+    /// attempt cannot be interrupted: in that case this waits for it, at most
+    /// [`ClientOptions::connect_timeout`].) Idempotent; every later call returns
+    /// `Err(Error::Closed)` (or the earlier cause, when the client had already closed).
     pub fn close(&self) {
         self.shared.close(Error::Closed);
-        let reader = self
-            .reader
+        let link_thread = self
+            .link_thread
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .take();
-        if let Some(reader) = reader {
-            if reader.join().is_err() {
-                debug!("the client reader thread panicked");
+        if let Some(link_thread) = link_thread {
+            if link_thread.join().is_err() {
+                debug!("the client link thread panicked");
             }
         }
     }
 }
+
+/// Unread state changes kept for [`Client::next_state_change`]: enough for every change of an
+/// outage and its recovery to be seen by an application that reads them as they come; beyond
+/// that only the latest matter (the current state is always [`Client::state`]).
+const STATE_QUEUE: usize = 64;
 
 impl Drop for Client {
     /// Closes the client (see [`Client::close`]).
@@ -881,6 +1318,8 @@ enum StreamState {
 #[derive(Debug)]
 struct BodyStream {
     shared: Arc<Shared>,
+    /// The connection the operation was registered on: its only way out.
+    link: Arc<Link>,
     id: RequestId,
     direction: Direction,
     events: Receiver<StreamEvent>,
@@ -901,6 +1340,7 @@ struct BodyStream {
 impl BodyStream {
     fn new(
         shared: Arc<Shared>,
+        link: Arc<Link>,
         id: RequestId,
         direction: Direction,
         events: Receiver<StreamEvent>,
@@ -908,6 +1348,7 @@ impl BodyStream {
     ) -> BodyStream {
         BodyStream {
             shared,
+            link,
             id,
             direction,
             events,
@@ -922,7 +1363,7 @@ impl BodyStream {
     }
 
     fn forget(&self) -> bool {
-        let mut session = self.shared.session();
+        let session = &mut self.shared.lock().session;
         match self.direction {
             Direction::Outgoing => session.forget_outgoing(self.id),
             Direction::Incoming => session.forget_incoming(self.id),
@@ -942,7 +1383,7 @@ impl BodyStream {
             // Even an unrouted incoming request is worth cancelling: the broker only drops it.
             if was_routed || self.direction == Direction::Incoming {
                 self.shared
-                    .send_quietly(&self.shared.ids.cancel(self.id, flags));
+                    .send_quietly(&self.link, &self.shared.ids.cancel(self.id, flags));
             }
         }
     }
@@ -972,7 +1413,7 @@ impl BodyStream {
                 self.cancel();
                 Err(Error::Timeout)
             }
-            Err(RecvTimeoutError::Disconnected) => Err(self.shared.close_error()),
+            Err(RecvTimeoutError::Disconnected) => Err(self.shared.lost_error()),
         }
     }
 
@@ -1116,7 +1557,7 @@ impl BodyStream {
                 }
                 Err(TryRecvError::Empty) => return Ok(self.final_queued),
                 Err(TryRecvError::Disconnected) => {
-                    let e = self.shared.close_error();
+                    let e = self.shared.lost_error();
                     self.fail(&e);
                     return Err(e);
                 }
@@ -1232,9 +1673,11 @@ impl IncomingRequest {
     pub fn respond_with(mut self, body: &mut dyn Read) -> Result<(), Error> {
         self.stream.pump()?;
         let shared = Arc::clone(&self.stream.shared);
+        let link = Arc::clone(&self.stream.link);
         let stream = &mut self.stream;
         let sent = send_body(
             &shared,
+            &link,
             stream.id,
             Flags::RESPONSE,
             Flags::NONE,
@@ -1299,8 +1742,10 @@ fn read_chunk(body: &mut dyn Read, max: u64) -> io::Result<Bytes> {
 /// last frame carries FINAL. `check` runs between frames: `Err` stops with [`SendFailure::Ended`]
 /// (the counterpart ended the stream), `Ok(true)` stops successfully (the counterpart completed
 /// the exchange; more frames would only be answered with UNKNOWN_REQUEST).
+#[allow(clippy::too_many_arguments)] // One call per direction; a struct would only rename them.
 fn send_body(
     shared: &Shared,
+    link: &Link,
     id: RequestId,
     flags: Flags,
     start_flags: Flags,
@@ -1308,7 +1753,7 @@ fn send_body(
     body: &mut dyn Read,
     mut check: impl FnMut() -> Result<bool, Error>,
 ) -> Result<(), SendFailure> {
-    let max = shared.chunk_size();
+    let max = link.chunk_size();
     let mut sequence = 0u32;
     let mut current = read_chunk(body, max).map_err(|error| SendFailure::Read {
         error,
@@ -1342,12 +1787,12 @@ fn send_body(
         if sequence == 0 {
             frame.header.timeout_ms = timeout_ms;
         }
-        shared.send(&frame).map_err(SendFailure::Ended)?;
+        shared.send(link, &frame).map_err(SendFailure::Ended)?;
         let Some(next) = next else {
             return Ok(());
         };
         if sequence == MAX_SEQUENCE {
-            let max_payload = shared.limits.max_payload;
+            let max_payload = link.limits.max_payload;
             return Err(SendFailure::Abort(Error::TooLarge { max_payload }));
         }
         sequence += 1;

@@ -42,9 +42,21 @@
 //! - Presence events queue up to `presence_capacity`; beyond that the oldest is dropped
 //!   ([`Session::peers`] stays exact regardless).
 //!
+//! # The link
+//! The session also tracks the link to the broker (`LinkState`, diagram in `reconnect.rs`):
+//! `Connected`, `Reconnecting { attempt }`, `Closed(reason)`. Its transitions are methods fed by
+//! the link thread ([`Session::handle_disconnect`], [`Session::handle_attempt_failed`],
+//! [`Session::handle_reconnected`], [`Session::close`]); each queues a
+//! [`StateChange`](super::StateChange) for the application. Operations register only while
+//! `Connected`.
+//!
 //! # Invariants
 //! - A route is removed when its stream ends (FINAL delivered, error delivered, cancel delivered)
 //!   or when its owner forgets it, so nothing is delivered after an operation ended.
+//! - After [`Session::handle_disconnect`], every route is gone: stream and broadcast routes got
+//!   `ConnectionLost`, ping and peer-list waiters see their channel disconnect; the queues of
+//!   things the old connection owed an answer for (incoming requests not handed out, broadcasts
+//!   not acked) are emptied, since the broker already ended them. Presence events stay.
 //! - After [`Session::close`], every route and queue is empty and every `Sender` dropped, so every
 //!   blocked `recv` returns at once; registration then fails with the close reason.
 
@@ -56,6 +68,7 @@ use bytes::{Bytes, BytesMut};
 use log::debug;
 
 use super::error::{Error, ProtocolViolation};
+use super::reconnect::{ConnectionState, StateChange};
 use super::PresenceEvent;
 use crate::ids::{ChannelId, ClientId, RequestId};
 use crate::protocol::{
@@ -101,6 +114,7 @@ pub(crate) struct Wakeups {
     pub(crate) requests: bool,
     pub(crate) broadcasts: bool,
     pub(crate) presence: bool,
+    pub(crate) states: bool,
 }
 
 /// Capacities of the application queues (see the module docs, "Memory").
@@ -108,6 +122,19 @@ pub(crate) struct Wakeups {
 pub(crate) struct Capacities {
     pub(crate) broadcasts: usize,
     pub(crate) presence: usize,
+    /// State changes held for `next_state_change`; beyond this the oldest is dropped.
+    pub(crate) states: usize,
+}
+
+/// The link to the broker, as the session sees it (diagram in `reconnect.rs`).
+#[derive(Debug)]
+enum LinkState {
+    /// Joined; operations may register.
+    Connected,
+    /// Lost; the link thread waits for or makes attempt `attempt`.
+    Reconnecting { attempt: u32 },
+    /// Terminal, with the first close reason.
+    Closed(Error),
 }
 
 /// An operation we started and the broker answers.
@@ -198,7 +225,11 @@ pub(crate) struct Session {
     presence: VecDeque<PresenceEvent>,
     output: VecDeque<Frame>,
     wakeups: Wakeups,
-    closed: Option<Error>,
+    link: LinkState,
+    /// Transitions of `link` not yet taken by `next_state_change`.
+    state_changes: VecDeque<StateChange>,
+    /// The receive window last set by the application (re-issued after a reconnect).
+    window: u32,
     /// The broker sent GOING_AWAY: no new request or broadcast (those in flight go on).
     going_away: bool,
 }
@@ -228,7 +259,9 @@ impl Session {
             presence: VecDeque::new(),
             output: VecDeque::new(),
             wakeups: Wakeups::default(),
-            closed: None,
+            link: LinkState::Connected,
+            state_changes: VecDeque::new(),
+            window: 0,
             going_away: false,
         }
     }
@@ -244,10 +277,13 @@ impl Session {
         Ok(())
     }
 
+    /// Connected: an operation may register. Reconnecting: [`Error::Reconnecting`]. Closed: the
+    /// close reason.
     fn check_open(&self) -> Result<(), Error> {
-        match &self.closed {
-            Some(reason) => Err(reason.duplicate()),
-            None => Ok(()),
+        match &self.link {
+            LinkState::Connected => Ok(()),
+            LinkState::Reconnecting { .. } => Err(Error::Reconnecting),
+            LinkState::Closed(reason) => Err(reason.duplicate()),
         }
     }
 
@@ -370,7 +406,140 @@ impl Session {
 
     /// The close reason, once closed.
     pub(crate) fn close_reason(&self) -> Option<Error> {
-        self.closed.as_ref().map(Error::duplicate)
+        match &self.link {
+            LinkState::Closed(reason) => Some(reason.duplicate()),
+            LinkState::Connected | LinkState::Reconnecting { .. } => None,
+        }
+    }
+
+    /// The link's state, for the application.
+    pub(crate) fn connection_state(&self) -> ConnectionState {
+        match self.link {
+            LinkState::Connected => ConnectionState::Connected,
+            LinkState::Reconnecting { attempt } => ConnectionState::Reconnecting { attempt },
+            LinkState::Closed(_) => ConnectionState::Closed,
+        }
+    }
+
+    /// The next state change not yet taken (delivered even after the close: the last one is
+    /// the `Closed` change).
+    pub(crate) fn pop_state_change(&mut self) -> Option<StateChange> {
+        self.state_changes.pop_front()
+    }
+
+    /// Records the receive window the application set (sent by the caller while connected;
+    /// re-issued by the link thread after every reconnect).
+    ///
+    /// # Errors
+    /// The close reason when closed (while reconnecting the window is recorded: `Ok`).
+    pub(crate) fn set_window(&mut self, window: u32) -> Result<(), Error> {
+        if let Some(reason) = self.close_reason() {
+            return Err(reason);
+        }
+        self.window = window;
+        Ok(())
+    }
+
+    /// The receive window last set.
+    pub(crate) fn window(&self) -> u32 {
+        self.window
+    }
+
+    /// The one place the link state changes: logs `old => new` at trace and queues the change
+    /// for the application.
+    fn set_link(&mut self, link: LinkState, cause: Option<Error>) {
+        log::trace!(
+            "client {} link: {:?} => {:?}",
+            self.ids.client,
+            self.link,
+            link
+        );
+        self.link = link;
+        if self.state_changes.len() >= self.capacities.states.max(1) {
+            debug!("state change queue full; dropping the oldest change");
+            self.state_changes.pop_front();
+        }
+        self.state_changes.push_back(StateChange {
+            state: self.connection_state(),
+            cause,
+        });
+        self.wakeups.states = true;
+    }
+
+    /// The link to the broker is lost (`Connected => Reconnecting { attempt: 1 }`): every
+    /// operation in flight fails with [`Error::ConnectionLost`] and what the old connection owed
+    /// is dropped (see the module invariants). Returns false, changing nothing, unless connected.
+    pub(crate) fn handle_disconnect(&mut self, cause: Error) -> bool {
+        match self.link {
+            LinkState::Connected => {}
+            // Already down (a second report of the same loss) or closed for good.
+            LinkState::Reconnecting { .. } | LinkState::Closed(_) => return false,
+        }
+        // After GOING_AWAY the broker closing the connection is the announced end, not a fault.
+        let cause = match cause {
+            Error::Io(_) if self.going_away => Error::GoingAway,
+            other => other,
+        };
+        for (_, route) in self.outgoing.drain() {
+            match route {
+                Outgoing::Request { events, .. } => {
+                    drop(events.send(StreamEvent::Failed(Error::ConnectionLost)))
+                }
+                Outgoing::Broadcast { outcome } => drop(outcome.send(Err(Error::ConnectionLost))),
+            }
+        }
+        for (_, route) in self.incoming.drain() {
+            let _ = route
+                .events
+                .send(StreamEvent::Failed(Error::ConnectionLost));
+        }
+        // The waiters see their channel disconnect: the client maps that to ConnectionLost.
+        self.pings.clear();
+        self.peer_lists.clear();
+        self.partial_broadcasts.clear();
+        self.unacked_broadcasts.clear();
+        self.requests.clear();
+        self.broadcasts.clear();
+        self.output.clear();
+        self.set_link(LinkState::Reconnecting { attempt: 1 }, Some(cause));
+        true
+    }
+
+    /// A connection attempt failed with `cause` (`Reconnecting { n } => Reconnecting { n + 1 }`).
+    /// Returns false, changing nothing, unless reconnecting.
+    pub(crate) fn handle_attempt_failed(&mut self, cause: Error) -> bool {
+        match self.link {
+            LinkState::Reconnecting { attempt } => {
+                let next = attempt.saturating_add(1);
+                self.set_link(LinkState::Reconnecting { attempt: next }, Some(cause));
+                true
+            }
+            // Closed meanwhile (close() won the race); never while connected.
+            LinkState::Connected | LinkState::Closed(_) => false,
+        }
+    }
+
+    /// A new connection completed its handshake (`Reconnecting => Connected`): the broker's new
+    /// limit and peer list replace the old ones, and presence events are queued for the
+    /// difference, so that `peers()` stays the sum of the events. Returns false, changing
+    /// nothing, unless reconnecting (the caller MUST then drop the new connection).
+    pub(crate) fn handle_reconnected(&mut self, max_payload: u32, peers: Vec<ClientId>) -> bool {
+        match self.link {
+            LinkState::Reconnecting { .. } => {}
+            LinkState::Connected | LinkState::Closed(_) => return false,
+        }
+        let old = std::mem::take(&mut self.peers);
+        for gone in old.iter().filter(|peer| !peers.contains(peer)) {
+            self.push_presence(PresenceEvent::Left(*gone));
+        }
+        for new in peers.iter().filter(|peer| !old.contains(peer)) {
+            self.push_presence(PresenceEvent::Joined(*new));
+        }
+        self.peers = peers;
+        self.max_payload = max_payload;
+        self.going_away = false;
+        self.set_link(LinkState::Connected, None);
+        true
     }
 
     /// Number of tracked operations (outgoing, incoming, partial broadcasts, pings); for tests.
@@ -382,15 +551,17 @@ impl Session {
     /// Closes the session: drops every route (waking every waiter with a disconnect) and every
     /// queued item. Returns false if it was already closed (the first reason is kept).
     pub(crate) fn close(&mut self, reason: Error) -> bool {
-        if self.closed.is_some() {
-            return false;
+        match self.link {
+            LinkState::Connected | LinkState::Reconnecting { .. } => {}
+            LinkState::Closed(_) => return false,
         }
         // After GOING_AWAY the broker closing the connection is the announced end, not a fault.
         let reason = match reason {
             Error::Io(_) if self.going_away => Error::GoingAway,
             other => other,
         };
-        self.closed = Some(reason);
+        let cause = reason.duplicate();
+        self.set_link(LinkState::Closed(reason), Some(cause));
         self.outgoing.clear();
         self.incoming.clear();
         self.partial_broadcasts.clear();
@@ -405,6 +576,7 @@ impl Session {
             requests: true,
             broadcasts: true,
             presence: true,
+            states: true,
         };
         true
     }
@@ -431,8 +603,11 @@ impl Session {
     /// A connection-fatal error (a fatal ERROR code, or a connection-level protocol violation):
     /// the caller MUST close the connection with it. Stream-level trouble never returns `Err`.
     pub(crate) fn handle_frame(&mut self, frame: Frame) -> Result<(), Error> {
-        if self.closed.is_some() {
-            return Ok(());
+        match self.link {
+            LinkState::Connected => {}
+            // A frame still decoded after the close: nobody is interested any more. (The link
+            // thread reads a connection only while connected, so never while reconnecting.)
+            LinkState::Reconnecting { .. } | LinkState::Closed(_) => return Ok(()),
         }
         let header = frame.header;
         // ERROR frames are exempt: a broker may send a connection-fatal error with no channel.
@@ -882,6 +1057,7 @@ mod tests {
             Capacities {
                 broadcasts: 2,
                 presence: 2,
+                states: 2,
             },
         )
     }
@@ -966,6 +1142,59 @@ mod tests {
             true,
         );
         assert!(s.handle_frame(f).is_err());
+    }
+
+    #[test]
+    fn a_lost_link_fails_what_is_in_flight_and_keeps_the_window() {
+        let mut s = session();
+        assert!(s.set_window(4).is_ok());
+        let (tx, rx) = std::sync::mpsc::channel();
+        let id = s.register_request(tx).unwrap();
+        s.handle_frame(frame(&s, FrameType::Start, Flags::REQUEST, id, 0, false))
+            .unwrap();
+        assert!(s.pop_request().is_some());
+        let queued = RequestId::random();
+        s.handle_frame(frame(&s, FrameType::Start, Flags::REQUEST, queued, 0, true))
+            .unwrap();
+        assert!(s.handle_disconnect(Error::Io(std::io::ErrorKind::UnexpectedEof.into())));
+        assert!(!s.handle_disconnect(Error::Closed), "already down");
+        assert!(matches!(
+            rx.try_recv(),
+            Ok(StreamEvent::Failed(Error::ConnectionLost))
+        ));
+        assert_eq!(s.tracked(), 0);
+        assert!(
+            s.pop_request().is_none(),
+            "the old connection's requests are gone"
+        );
+        let (tx, _rx) = std::sync::mpsc::channel();
+        assert!(matches!(s.register_request(tx), Err(Error::Reconnecting)));
+        assert!(s.handle_attempt_failed(Error::Timeout));
+        assert_eq!(
+            s.connection_state(),
+            ConnectionState::Reconnecting { attempt: 2 }
+        );
+        let peer = ClientId::random();
+        assert!(s.handle_reconnected(2048, vec![peer]));
+        assert_eq!(s.connection_state(), ConnectionState::Connected);
+        assert_eq!(s.window(), 4);
+        assert_eq!(s.pop_presence(), Some(PresenceEvent::Joined(peer)));
+        let states: Vec<_> = std::iter::from_fn(|| s.pop_state_change())
+            .map(|change| change.state)
+            .collect();
+        // The queue holds 2: the oldest (attempt 1) was dropped.
+        assert_eq!(
+            states,
+            [
+                ConnectionState::Reconnecting { attempt: 2 },
+                ConnectionState::Connected
+            ]
+        );
+        assert!(s.close(Error::Closed));
+        assert!(
+            !s.handle_reconnected(1024, Vec::new()),
+            "closed is terminal"
+        );
     }
 
     #[test]

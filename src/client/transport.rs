@@ -2,12 +2,13 @@
 //! reader thread.
 //!
 //! # Threading model
-//! One TCP stream, three handles to it (`TcpStream::try_clone`):
-//! - the **read half** is owned by the reader thread ([`spawn_reader`]), the only code that reads
-//!   after the handshake. It decodes frames and hands each to a callback; it never blocks on
+//! One TCP stream per connection, three handles to it (`TcpStream::try_clone`):
+//! - the **read half** is read by the client's link thread ([`read_frames`]), the only code that
+//!   reads after the handshake. It decodes frames and hands each to a callback; it never blocks on
 //!   anything but the socket read (delivery is into unbounded queues) and never waits for the
 //!   writer lock (see below). It ends when the socket reports EOF or an error — which
-//!   [`Transport::shutdown`] provokes — or when the callback says stop.
+//!   [`Transport::shutdown`] provokes — or when the callback says stop. The link thread then
+//!   reconnects (a new stream, a new [`Transport`]) or ends.
 //! - the **write half** sits in a `Mutex`; [`Transport::send`] holds it for exactly one frame
 //!   (header and payload, then any queued control frames) so frames from different threads never
 //!   interleave. No other lock is ever taken while it is held except the control queue's.
@@ -25,7 +26,6 @@ use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError, TryLockError};
-use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -38,8 +38,8 @@ use crate::protocol::{Decoder, Frame, HEADER_LEN};
 /// of a large one per system call.
 const READ_CHUNK: usize = 64 * 1024;
 
-/// The clock, read only by the blocking client's calling threads (for their deadlines) and the
-/// handshake; the sans-IO session never sees it.
+/// The clock, read only by the blocking client's calling threads (for their deadlines), the
+/// handshake, and the link thread's reconnect backoff; the sans-IO session never sees it.
 #[allow(clippy::disallowed_methods)] // The client's blocking API is the one place allowed a clock.
 pub(crate) fn now() -> Instant {
     Instant::now()
@@ -144,80 +144,72 @@ pub(crate) fn read_frame_until(
     }
 }
 
-/// What the reader thread's frame callback wants next.
+/// What the frame callback of [`read_frames`] wants next.
 pub(crate) enum Flow {
     /// Keep reading.
     Continue,
-    /// Stop: the connection is being closed.
-    Stop,
+    /// Stop reading this connection, for this reason.
+    Stop(Error),
 }
 
-/// Starts the reader thread on `stream`, which it owns. `buf` holds bytes already read (past the
-/// WELCOME). `on_frame` gets every frame in order; `on_end` gets the reason the stream ended
-/// unless `on_frame` stopped it.
-///
-/// # Errors
-/// The OS error if the thread cannot be spawned.
-pub(crate) fn spawn_reader(
-    mut stream: TcpStream,
-    mut decoder: Decoder,
-    mut buf: BytesMut,
+/// Reads `stream` on the calling thread (the link thread) until it ends, and returns why.
+/// `buf` holds bytes already read (past the WELCOME). `on_frame` gets every frame in order;
+/// `on_silence` gets the count of each silent heartbeat interval (it should PING).
+pub(crate) fn read_frames(
+    stream: &mut TcpStream,
+    decoder: &mut Decoder,
+    buf: &mut BytesMut,
     liveness: Liveness,
-    mut on_frame: impl FnMut(Frame) -> Flow + Send + 'static,
-    mut on_silence: impl FnMut(u32) + Send + 'static,
-    on_end: impl FnOnce(Error) + Send + 'static,
-) -> io::Result<JoinHandle<()>> {
-    if let Some(interval) = liveness.interval {
-        stream.set_read_timeout(Some(interval))?;
+    mut on_frame: impl FnMut(Frame) -> Flow,
+    mut on_silence: impl FnMut(u32),
+) -> Error {
+    if let Err(e) = stream.set_read_timeout(liveness.interval) {
+        return Error::Io(e);
     }
-    thread::Builder::new()
-        .name("switchyard-client-reader".into())
-        .spawn(move || {
-            let mut chunk = vec![0u8; READ_CHUNK];
-            // Consecutive read timeouts: whole intervals in which the broker said nothing.
-            let mut silent_intervals = 0u32;
-            let reason = loop {
-                match decoder.decode(&mut buf) {
-                    Ok(Some(frame)) => match on_frame(frame) {
-                        Flow::Continue => continue,
-                        Flow::Stop => return,
-                    },
-                    Ok(None) => {}
-                    Err(e) => break Error::Protocol(ProtocolViolation::Decode(e)),
+    let mut chunk = vec![0u8; READ_CHUNK];
+    // Consecutive read timeouts: whole intervals in which the broker said nothing.
+    let mut silent_intervals = 0u32;
+    let reason = loop {
+        match decoder.decode(buf) {
+            Ok(Some(frame)) => match on_frame(frame) {
+                Flow::Continue => continue,
+                Flow::Stop(reason) => break reason,
+            },
+            Ok(None) => {}
+            Err(e) => break Error::Protocol(ProtocolViolation::Decode(e)),
+        }
+        match stream.read(&mut chunk) {
+            Ok(0) => {
+                break Error::Io(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the broker closed the connection",
+                ))
+            }
+            Ok(n) => {
+                silent_intervals = 0;
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                silent_intervals += 1;
+                if silent_intervals > liveness.misses {
+                    break Error::Io(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "the broker stopped answering (heartbeat)",
+                    ));
                 }
-                match stream.read(&mut chunk) {
-                    Ok(0) => {
-                        break Error::Io(io::Error::new(
-                            io::ErrorKind::UnexpectedEof,
-                            "the broker closed the connection",
-                        ))
-                    }
-                    Ok(n) => {
-                        silent_intervals = 0;
-                        buf.extend_from_slice(&chunk[..n]);
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e)
-                        if matches!(
-                            e.kind(),
-                            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                        ) =>
-                    {
-                        silent_intervals += 1;
-                        if silent_intervals > liveness.misses {
-                            break Error::Io(io::Error::new(
-                                io::ErrorKind::TimedOut,
-                                "the broker stopped answering (heartbeat)",
-                            ));
-                        }
-                        on_silence(silent_intervals);
-                    }
-                    Err(e) => break Error::Io(e),
-                }
-            };
-            debug!("client reader thread ends: {reason}");
-            on_end(reason);
-        })
+                on_silence(silent_intervals);
+            }
+            Err(e) => break Error::Io(e),
+        }
+    };
+    debug!("client stops reading the connection: {reason}");
+    reason
 }
 
 /// How the reader thread decides the broker is dead: after `misses + 1` consecutive `interval`s

@@ -1,0 +1,744 @@
+//! The Prometheus metrics endpoint: `GET /metrics` in the text exposition format 0.0.4, served
+//! on its own listener by the broker's own poll loop (no thread, no lock: the numbers are read
+//! from the router and the server between two loop turns).
+//!
+//! # Contract
+//! - The metrics listener and its connections use the fixed token block
+//!   `METRICS_LISTENER_OFFSET .. CONN_OFFSET` of the server's range (see `mod.rs`): one token for
+//!   the listener, one per scrape slot. At most [`MAX_SCRAPES`] scrapes are open at once; a
+//!   connection beyond that is accepted and closed at once, without an answer.
+//! - Requests are parsed with `httparse`. The request head may be at most [`MAX_REQUEST`] bytes
+//!   (431 beyond). `GET /metrics` (any query string) gets 200, another path 404, another method
+//!   405, unparsable bytes 400. Every answer says `Connection: close`: after it is written the
+//!   server shuts its write side, discards what the scraper sent beyond its request head (so the
+//!   close does not turn into a reset that could destroy the answer in flight) and closes.
+//! - A scrape never costs the broker more than its own buffers: sockets are non-blocking and
+//!   edge-triggered, a scrape owns an 8 KiB request buffer and its answer, and every scrape has a
+//!   deadline ([`ServerConfig::metrics_timeout`](super::ServerConfig::metrics_timeout), from
+//!   its accept) after which it is closed wherever it is, silent or slow to read. The deadline is
+//!   driven by the server's clock: it is part of [`Server::poll_timeout`] and enforced in
+//!   [`Server::handle_timeout`], like the router's timers. (A byte or turn bound alone would not
+//!   do: a scraper that sends nothing produces no event to count.)
+//! - The body is rendered once per loop turn, at the end of the turn, for every scrape whose
+//!   request completed in it: all of them see the same consistent snapshot.
+//!
+//! A misbehaving scraper gets a debug line and is counted in
+//! `switchyard_metrics_scrapes_total{outcome=...}`; successful scrapes are logged at trace (a
+//! scrape every few seconds would drown the per-connection info lines).
+
+use bytes::Bytes;
+use mio::event::Event;
+use mio::net::{TcpListener, TcpStream};
+use mio::{Interest, Registry, Token};
+use std::fmt::Write as _;
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr};
+use std::time::{Duration, Instant};
+
+use super::{Server, ServerStats, METRICS_CONN_OFFSET, METRICS_LISTENER_OFFSET};
+use crate::ids::ChannelId;
+use crate::protocol::ErrorCode;
+
+/// Simultaneous metrics connections. One Prometheus server scrapes over one connection at a
+/// time; 16 leaves room for several scrapers and a curl without letting idle sockets pile up.
+pub(crate) const MAX_SCRAPES: usize = 16;
+
+/// Largest request head accepted, bytes: a scrape's request line and headers are a few hundred
+/// bytes; 8 KiB is the common server default (nginx, Go's net/http allow more, but need not).
+pub(crate) const MAX_REQUEST: usize = 8 * 1024;
+
+/// Headers parsed per request; Prometheus sends about six.
+const MAX_HEADERS: usize = 32;
+
+/// Bytes discarded after the answer before closing (a request body, pipelined requests). Past
+/// it the socket is closed anyway: the scraper sent what it was not asked for.
+const MAX_DISCARD: usize = 64 * 1024;
+
+/// The only path served.
+const PATH: &str = "/metrics";
+
+/// The exposition format's content type (text format 0.0.4).
+const CONTENT_TYPE: &str = "text/plain; version=0.0.4";
+
+/// How one scrape ended, for `switchyard_metrics_scrapes_total{outcome=...}`.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Outcome {
+    /// 200 with the metrics.
+    Ok,
+    /// 404: another path.
+    NotFound,
+    /// 405: another method.
+    MethodNotAllowed,
+    /// 400: bytes that are not an HTTP/1.x request head.
+    BadRequest,
+    /// 431: the request head did not fit in [`MAX_REQUEST`] bytes (or had too many headers).
+    TooLarge,
+    /// Closed at its deadline, before its answer was written.
+    TimedOut,
+    /// Closed at once: [`MAX_SCRAPES`] were already open.
+    Refused,
+    /// The scraper closed (or its socket failed) before its answer was written.
+    Aborted,
+}
+
+impl Outcome {
+    const ALL: [Outcome; 8] = [
+        Outcome::Ok,
+        Outcome::NotFound,
+        Outcome::MethodNotAllowed,
+        Outcome::BadRequest,
+        Outcome::TooLarge,
+        Outcome::TimedOut,
+        Outcome::Refused,
+        Outcome::Aborted,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::NotFound => "not_found",
+            Outcome::MethodNotAllowed => "method_not_allowed",
+            Outcome::BadRequest => "bad_request",
+            Outcome::TooLarge => "too_large",
+            Outcome::TimedOut => "timed_out",
+            Outcome::Refused => "refused",
+            Outcome::Aborted => "aborted",
+        }
+    }
+}
+
+/// One metrics connection. `Reading → (AwaitingRender →) Writing → closed`; any state may be
+/// closed by the deadline or a socket error.
+struct Scrape {
+    stream: TcpStream,
+    peer: Option<SocketAddr>,
+    deadline: Instant,
+    state: ScrapeState,
+    /// What the answer says, counted when it has been written.
+    outcome: Outcome,
+}
+
+enum ScrapeState {
+    /// Waiting for a complete request head: the buffer (`MAX_REQUEST` bytes) and its fill.
+    Reading { buf: Box<[u8]>, filled: usize },
+    /// `GET /metrics` arrived: the body is rendered at the end of the turn.
+    AwaitingRender,
+    /// Writing the answer.
+    Writing { answer: Bytes, written: usize },
+}
+
+/// What a step of a scrape asks of the endpoint.
+enum Step {
+    /// Wait for the next event.
+    Wait,
+    /// Close now and count this outcome.
+    Close(Outcome),
+}
+
+/// The listener and the open scrapes. Owned by [`Server`] when `metrics_listen` is set.
+pub(crate) struct MetricsEndpoint {
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    timeout: Duration,
+    /// Scrape slots; slot `i` uses token `token_base + METRICS_CONN_OFFSET + i`.
+    scrapes: [Option<Scrape>; MAX_SCRAPES],
+    open: usize,
+    /// Scrapes ended, by [`Outcome`] (index in `Outcome::ALL`).
+    outcomes: [u64; Outcome::ALL.len()],
+}
+
+impl MetricsEndpoint {
+    /// Binds the listener (registered later, with the server's).
+    pub(crate) fn bind(addr: SocketAddr, timeout: Duration) -> io::Result<MetricsEndpoint> {
+        let listener = TcpListener::bind(addr)
+            .map_err(|e| io::Error::new(e.kind(), format!("metrics listener {addr}: {e}")))?;
+        let local_addr = listener.local_addr()?;
+        Ok(MetricsEndpoint {
+            listener,
+            local_addr,
+            timeout,
+            scrapes: std::array::from_fn(|_| None),
+            open: 0,
+            outcomes: [0; Outcome::ALL.len()],
+        })
+    }
+
+    pub(crate) fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Open metrics connections.
+    pub(crate) fn open(&self) -> usize {
+        self.open
+    }
+
+    pub(crate) fn register(&mut self, registry: &Registry, token: Token) -> io::Result<()> {
+        registry.register(&mut self.listener, token, Interest::READABLE)
+    }
+
+    fn wants_render(&self) -> bool {
+        self.scrapes
+            .iter()
+            .flatten()
+            .any(|s| matches!(s.state, ScrapeState::AwaitingRender))
+    }
+
+    /// The earliest scrape deadline.
+    fn next_deadline(&self) -> Option<Instant> {
+        self.scrapes.iter().flatten().map(|s| s.deadline).min()
+    }
+
+    fn count(&mut self, outcome: Outcome) {
+        if let Some(i) = Outcome::ALL.iter().position(|o| *o == outcome) {
+            self.outcomes[i] += 1;
+        }
+    }
+
+    fn accept_all(&mut self, registry: &Registry, token_base: usize, now: Instant) {
+        loop {
+            let (mut stream, addr) = match self.listener.accept() {
+                Ok(accepted) => accepted,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => continue,
+                Err(e) => {
+                    // As for the broker's listener: leave the rest in the backlog.
+                    log::warn!("metrics: accept failed: {e}");
+                    return;
+                }
+            };
+            let Some(slot) = self.scrapes.iter().position(Option::is_none) else {
+                // Dropping the stream closes it: the scraper sees EOF without an answer.
+                log::debug!("metrics: {addr} refused: {MAX_SCRAPES} scrapes already open");
+                self.count(Outcome::Refused);
+                continue;
+            };
+            let token = Token(token_base + METRICS_CONN_OFFSET + slot);
+            if let Err(e) =
+                registry.register(&mut stream, token, Interest::READABLE | Interest::WRITABLE)
+            {
+                log::warn!("metrics: {addr}: register failed: {e}");
+                continue;
+            }
+            self.scrapes[slot] = Some(Scrape {
+                stream,
+                peer: Some(addr),
+                deadline: now + self.timeout,
+                state: ScrapeState::Reading {
+                    buf: vec![0; MAX_REQUEST].into_boxed_slice(),
+                    filled: 0,
+                },
+                outcome: Outcome::Ok,
+            });
+            self.open += 1;
+            log::trace!("metrics: scrape from {addr}");
+        }
+    }
+
+    fn handle_scrape_event(&mut self, registry: &Registry, slot: usize, event: &Event) {
+        let Some(scrape) = self.scrapes.get_mut(slot).and_then(Option::as_mut) else {
+            // A stale event for a scrape closed earlier in this batch.
+            return;
+        };
+        let step = match scrape.state {
+            ScrapeState::Reading { .. }
+                if event.is_readable() || event.is_read_closed() || event.is_error() =>
+            {
+                scrape.read_request()
+            }
+            ScrapeState::Writing { .. } if event.is_writable() || event.is_error() => {
+                scrape.write_answer()
+            }
+            // Readiness that the current state does not wait on: nothing to do until the state
+            // changes (the socket is edge-triggered, and each state tries its I/O on entry).
+            ScrapeState::Reading { .. }
+            | ScrapeState::AwaitingRender
+            | ScrapeState::Writing { .. } => Step::Wait,
+        };
+        if let Step::Close(outcome) = step {
+            self.close(registry, slot, outcome);
+        }
+    }
+
+    /// Answers every scrape awaiting the metrics with `body`.
+    fn answer_rendered(&mut self, registry: &Registry, body: &str) {
+        let answer = response("200 OK", CONTENT_TYPE, &[], body);
+        for slot in 0..MAX_SCRAPES {
+            let Some(scrape) = self.scrapes[slot].as_mut() else {
+                continue;
+            };
+            if !matches!(scrape.state, ScrapeState::AwaitingRender) {
+                continue;
+            }
+            scrape.state = ScrapeState::Writing {
+                answer: answer.clone(),
+                written: 0,
+            };
+            if let Step::Close(outcome) = scrape.write_answer() {
+                self.close(registry, slot, outcome);
+            }
+        }
+    }
+
+    /// Closes every scrape whose deadline has passed.
+    fn expire(&mut self, registry: &Registry, now: Instant) {
+        for slot in 0..MAX_SCRAPES {
+            if self.scrapes[slot]
+                .as_ref()
+                .is_some_and(|s| s.deadline <= now)
+            {
+                self.close(registry, slot, Outcome::TimedOut);
+            }
+        }
+    }
+
+    fn close(&mut self, registry: &Registry, slot: usize, outcome: Outcome) {
+        let Some(mut scrape) = self.scrapes.get_mut(slot).and_then(Option::take) else {
+            return;
+        };
+        let _ = registry.deregister(&mut scrape.stream);
+        self.open -= 1;
+        self.count(outcome);
+        let peer = scrape.peer.map_or_else(String::new, |a| a.to_string());
+        match outcome {
+            Outcome::Ok => log::trace!("metrics: scrape from {peer} answered"),
+            _ => log::debug!("metrics: scrape from {peer} closed: {}", outcome.label()),
+        }
+    }
+}
+
+impl Scrape {
+    /// Reads until the request head is complete, the buffer is full, or `WouldBlock`; then
+    /// parses and, when it is complete, moves on to the answer.
+    fn read_request(&mut self) -> Step {
+        let ScrapeState::Reading { buf, filled } = &mut self.state else {
+            return Step::Wait;
+        };
+        let mut eof = false;
+        while *filled < buf.len() {
+            match self.stream.read(&mut buf[*filled..]) {
+                Ok(0) => {
+                    eof = true;
+                    break;
+                }
+                Ok(n) => *filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(_) => return Step::Close(Outcome::Aborted),
+            }
+        }
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut request = httparse::Request::new(&mut headers);
+        let (status, reason, extra, body): (_, _, &[(&str, &str)], _) =
+            match request.parse(&buf[..*filled]) {
+                Ok(httparse::Status::Complete(_)) => {
+                    let path = request.path.unwrap_or("");
+                    let path = path.split_once('?').map_or(path, |(path, _query)| path);
+                    if request.method != Some("GET") {
+                        (
+                            Outcome::MethodNotAllowed,
+                            "405 Method Not Allowed",
+                            &[("Allow", "GET")],
+                            "only GET is served\n",
+                        )
+                    } else if path != PATH {
+                        (
+                            Outcome::NotFound,
+                            "404 Not Found",
+                            &[],
+                            "not found: try /metrics\n",
+                        )
+                    } else {
+                        self.state = ScrapeState::AwaitingRender;
+                        return Step::Wait;
+                    }
+                }
+                Ok(httparse::Status::Partial) if *filled == buf.len() => (
+                    Outcome::TooLarge,
+                    "431 Request Header Fields Too Large",
+                    &[],
+                    "request head too large\n",
+                ),
+                Ok(httparse::Status::Partial) if eof => return Step::Close(Outcome::Aborted),
+                Ok(httparse::Status::Partial) => return Step::Wait,
+                Err(httparse::Error::TooManyHeaders) => (
+                    Outcome::TooLarge,
+                    "431 Request Header Fields Too Large",
+                    &[],
+                    "too many headers\n",
+                ),
+                Err(_) => (
+                    Outcome::BadRequest,
+                    "400 Bad Request",
+                    &[],
+                    "not an HTTP/1.x request\n",
+                ),
+            };
+        self.outcome = status;
+        self.state = ScrapeState::Writing {
+            answer: response(reason, "text/plain", extra, body),
+            written: 0,
+        };
+        self.write_answer()
+    }
+
+    /// Writes the rest of the answer; once it is all written, shuts the write side, discards
+    /// what the scraper sent beyond its request head, and asks to be closed.
+    fn write_answer(&mut self) -> Step {
+        let ScrapeState::Writing { answer, written } = &mut self.state else {
+            return Step::Wait;
+        };
+        while *written < answer.len() {
+            match self.stream.write(&answer[*written..]) {
+                Ok(0) => return Step::Close(Outcome::Aborted),
+                Ok(n) => *written += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Step::Wait,
+                Err(_) => return Step::Close(Outcome::Aborted),
+            }
+        }
+        // The answer is in the kernel's hands. Closing with unread input would send a reset,
+        // which may make the scraper's kernel drop the answer before it is read: read it first.
+        let _ = self.stream.shutdown(Shutdown::Write);
+        let mut sink = [0u8; 1024];
+        let mut discarded = 0;
+        while discarded < MAX_DISCARD {
+            match self.stream.read(&mut sink) {
+                Ok(0) => break,
+                Ok(n) => discarded += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => break,
+            }
+        }
+        Step::Close(self.outcome)
+    }
+}
+
+/// A complete `Connection: close` answer.
+fn response(status: &str, content_type: &str, extra: &[(&str, &str)], body: &str) -> Bytes {
+    let mut head = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
+         Connection: close\r\n",
+        body.len()
+    );
+    for (name, value) in extra {
+        let _ = write!(head, "{name}: {value}\r\n");
+    }
+    head.push_str("\r\n");
+    let mut answer = Vec::with_capacity(head.len() + body.len());
+    answer.extend_from_slice(head.as_bytes());
+    answer.extend_from_slice(body.as_bytes());
+    Bytes::from(answer)
+}
+
+/// The server's side of the endpoint: event dispatch, the deadline, and the snapshot.
+impl Server {
+    /// Handles an event for a token in the metrics block (`offset` from the token base).
+    pub(super) fn handle_metrics_event(&mut self, offset: usize, event: &Event, now: Instant) {
+        let (Some(metrics), Some(registry)) = (self.metrics.as_mut(), self.registry.as_ref())
+        else {
+            return;
+        };
+        if offset == METRICS_LISTENER_OFFSET {
+            metrics.accept_all(registry, self.token_base, now);
+        } else if let Some(slot) = offset.checked_sub(METRICS_CONN_OFFSET) {
+            metrics.handle_scrape_event(registry, slot, event);
+        }
+    }
+
+    /// When the endpoint next needs [`Server::handle_timeout`]: now if a scrape awaits its
+    /// answer, else the earliest scrape deadline.
+    pub(super) fn metrics_timeout(&self) -> Option<Instant> {
+        let metrics = self.metrics.as_ref()?;
+        if metrics.wants_render() {
+            return Some(self.now);
+        }
+        metrics.next_deadline()
+    }
+
+    /// End of the turn: answers the scrapes whose request completed in it with one rendering,
+    /// and closes those past their deadline.
+    pub(super) fn serve_metrics(&mut self, now: Instant) {
+        let Some(metrics) = self.metrics.as_ref() else {
+            return;
+        };
+        let body = metrics.wants_render().then(|| self.render_metrics());
+        let (Some(metrics), Some(registry)) = (self.metrics.as_mut(), self.registry.as_ref())
+        else {
+            return;
+        };
+        if let Some(body) = body {
+            metrics.answer_rendered(registry, &body);
+        }
+        metrics.expire(registry, now);
+    }
+
+    /// The exposition text of the broker's current state.
+    fn render_metrics(&self) -> String {
+        let mut channels = self.router.channel_sizes();
+        channels.sort_unstable_by_key(|(id, _)| *id);
+        let outcomes = self
+            .metrics
+            .as_ref()
+            .map_or([0; Outcome::ALL.len()], |m| m.outcomes);
+        render(
+            &self.stats(),
+            &self.router.errors_sent(),
+            &channels,
+            &outcomes,
+        )
+    }
+}
+
+/// Renders the exposition text (format 0.0.4): `# HELP`, `# TYPE`, then the samples, per family.
+fn render(
+    stats: &ServerStats,
+    errors: &[(ErrorCode, u64)],
+    channels: &[(ChannelId, usize)],
+    outcomes: &[u64; Outcome::ALL.len()],
+) -> String {
+    let r = &stats.router;
+    let mut out = String::with_capacity(4096 + 64 * channels.len());
+    let mut family = |name: &str, kind: &str, help: &str, samples: &[(String, u64)]| {
+        let _ = writeln!(out, "# HELP switchyard_{name} {help}");
+        let _ = writeln!(out, "# TYPE switchyard_{name} {kind}");
+        for (labels, value) in samples {
+            let _ = writeln!(out, "switchyard_{name}{labels} {value}");
+        }
+    };
+    let one = |value: u64| [(String::new(), value)];
+    let gauge = |value: usize| one(value as u64);
+
+    family(
+        "connections",
+        "gauge",
+        "Open broker connections.",
+        &gauge(stats.sockets),
+    );
+    family(
+        "connections_opened_total",
+        "counter",
+        "Broker connections accepted.",
+        &one(stats.accepted),
+    );
+    family(
+        "connections_closed_total",
+        "counter",
+        "Broker connections closed, for any reason.",
+        &one(stats.closed),
+    );
+    family(
+        "takeovers_total",
+        "counter",
+        "Connections replaced by a newer one with the same client id.",
+        &one(r.takeovers),
+    );
+    family(
+        "handshake_failures_total",
+        "counter",
+        "Handshakes refused.",
+        &one(r.handshake_failures),
+    );
+    family(
+        "channels",
+        "gauge",
+        "Channels with at least one member.",
+        &gauge(r.channels),
+    );
+    let peers: Vec<(String, u64)> = channels
+        .iter()
+        .map(|(id, n)| {
+            (
+                format!("{{channel=\"{}\"}}", escape(&id.to_string())),
+                *n as u64,
+            )
+        })
+        .collect();
+    family("channel_peers", "gauge", "Members of each channel.", &peers);
+    family(
+        "requests_pending",
+        "gauge",
+        "Requests waiting for a receiver.",
+        &gauge(r.pending_requests),
+    );
+    family(
+        "requests_in_flight",
+        "gauge",
+        "Requests assigned to a receiver and not yet complete.",
+        &gauge(r.assignments),
+    );
+    family(
+        "broadcasts_in_flight",
+        "gauge",
+        "Broadcasts not yet complete.",
+        &gauge(r.broadcasts),
+    );
+    family(
+        "timers_armed",
+        "gauge",
+        "Armed timers (requests, broadcasts, heartbeats, presence grace, drain).",
+        &gauge(r.armed_timers),
+    );
+    family(
+        "buffered_bytes",
+        "gauge",
+        "Bytes held for clients: read buffers, outbound queues and frames of waiting requests.",
+        &gauge(stats.buffered_bytes()),
+    );
+    family(
+        "frames_in_total",
+        "counter",
+        "Frames decoded from connections.",
+        &one(stats.frames_in),
+    );
+    family(
+        "frames_out_total",
+        "counter",
+        "Frames queued to connections.",
+        &one(r.frames_out),
+    );
+    family(
+        "bytes_in_total",
+        "counter",
+        "Bytes read from connections.",
+        &one(stats.bytes_in),
+    );
+    family(
+        "bytes_out_total",
+        "counter",
+        "Bytes written to connections.",
+        &one(r.bytes_out),
+    );
+    let by_code: Vec<(String, u64)> = errors
+        .iter()
+        .map(|(code, n)| (format!("{{code=\"{}\"}}", code_name(*code)), *n))
+        .collect();
+    family(
+        "errors_sent_total",
+        "counter",
+        "Error frames sent, by code (codes never sent are absent).",
+        &by_code,
+    );
+    family(
+        "request_timeouts_total",
+        "counter",
+        "Requests that timed out (no receiver in time, or no complete response).",
+        &one(r.timeouts),
+    );
+    family(
+        "late_frames_dropped_total",
+        "counter",
+        "Frames dropped because their request had ended or never existed.",
+        &one(r.late_frames_dropped),
+    );
+    family(
+        "backpressure_pauses_total",
+        "counter",
+        "Times a producer's reading was paused by flow control.",
+        &one(r.backpressure_pauses),
+    );
+    family(
+        "paused_connections",
+        "gauge",
+        "Connections whose reading is paused by flow control.",
+        &gauge(r.paused_connections),
+    );
+    family(
+        "presence_ghosts",
+        "gauge",
+        "Departed peers still present for the others during their presence grace period.",
+        &gauge(r.ghosts),
+    );
+    let scrapes: Vec<(String, u64)> = Outcome::ALL
+        .iter()
+        .zip(outcomes)
+        .map(|(o, n)| (format!("{{outcome=\"{}\"}}", o.label()), *n))
+        .collect();
+    family(
+        "metrics_scrapes_total",
+        "counter",
+        "Metrics connections ended, by outcome (this scrape is not yet counted).",
+        &scrapes,
+    );
+    out
+}
+
+/// The code's name as PROTOCOL.md spells it.
+fn code_name(code: ErrorCode) -> &'static str {
+    match code {
+        ErrorCode::UnsupportedVersion => "UNSUPPORTED_VERSION",
+        ErrorCode::MalformedFrame => "MALFORMED_FRAME",
+        ErrorCode::UnknownFrameType => "UNKNOWN_FRAME_TYPE",
+        ErrorCode::PayloadTooLarge => "PAYLOAD_TOO_LARGE",
+        ErrorCode::HandshakeRequired => "HANDSHAKE_REQUIRED",
+        ErrorCode::DuplicateHello => "DUPLICATE_HELLO",
+        ErrorCode::ChannelMismatch => "CHANNEL_MISMATCH",
+        ErrorCode::UnexpectedFrame => "UNEXPECTED_FRAME",
+        ErrorCode::ClientIdInUse => "CLIENT_ID_IN_USE",
+        ErrorCode::GoingAway => "GOING_AWAY",
+        ErrorCode::HeartbeatTimeout => "HEARTBEAT_TIMEOUT",
+        ErrorCode::Replaced => "REPLACED",
+        ErrorCode::NoReceiver => "NO_RECEIVER",
+        ErrorCode::Timeout => "TIMEOUT",
+        ErrorCode::PeerGone => "PEER_GONE",
+        ErrorCode::Cancelled => "CANCELLED",
+        ErrorCode::NoPeers => "NO_PEERS",
+        ErrorCode::BroadcastIncomplete => "BROADCAST_INCOMPLETE",
+        ErrorCode::UnknownRequest => "UNKNOWN_REQUEST",
+        ErrorCode::DuplicateRequest => "DUPLICATE_REQUEST",
+        ErrorCode::StreamOrder => "STREAM_ORDER",
+        ErrorCode::LimitExceeded => "LIMIT_EXCEEDED",
+        ErrorCode::ShuttingDown => "SHUTTING_DOWN",
+    }
+}
+
+/// A label value escaped as the text format requires (backslash, double quote, newline).
+fn escape(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_family_has_help_and_type_and_labels_are_escaped() {
+        let stats = ServerStats::default();
+        let text = render(
+            &stats,
+            &[(ErrorCode::NoReceiver, 2)],
+            &[(ChannelId::NIL, 3)],
+            &[0; Outcome::ALL.len()],
+        );
+        assert!(text.contains("switchyard_errors_sent_total{code=\"NO_RECEIVER\"} 2\n"));
+        assert!(text.contains(&format!(
+            "switchyard_channel_peers{{channel=\"{}\"}} 3\n",
+            ChannelId::NIL
+        )));
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let name = line.split(['{', ' ']).next().unwrap();
+            assert!(text.contains(&format!("# HELP {name} ")), "{name}");
+            assert!(text.contains(&format!("# TYPE {name} ")), "{name}");
+        }
+        assert_eq!(escape("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
+
+    #[test]
+    fn answers_are_complete_connection_close_responses() {
+        let answer = response("404 Not Found", "text/plain", &[], "nope\n");
+        let text = std::str::from_utf8(&answer).unwrap();
+        assert!(text.starts_with("HTTP/1.1 404 Not Found\r\n"), "{text}");
+        assert!(text.contains("Content-Length: 5\r\n"), "{text}");
+        assert!(text.contains("Connection: close\r\n"), "{text}");
+        assert!(text.ends_with("\r\n\r\nnope\n"), "{text}");
+    }
+}
