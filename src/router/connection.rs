@@ -57,6 +57,10 @@ pub(super) struct Connection {
     pub(super) pinged_at: u64,
     /// A newer connection took over its client id: it leaves its channel silently.
     pub(super) replaced: bool,
+    /// The peer's address, for log lines only (given by the I/O layer).
+    pub(super) peer_addr: Option<std::net::SocketAddr>,
+    /// Channel and client of its handshake, kept after it closes, for log lines.
+    pub(super) identity: Option<(ChannelId, ClientId)>,
 }
 
 impl Connection {
@@ -78,12 +82,30 @@ impl Connection {
             unanswered_pings: 0,
             pinged_at: 0,
             replaced: false,
+            peer_addr: None,
+            identity: None,
         }
     }
 
     pub(super) fn set_state(&mut self, state: ConnState) {
         log::trace!("{}: {:?} => {:?}", self.id, self.state, state);
+        if let ConnState::Open { channel, client } = state {
+            self.identity = Some((channel, client));
+        }
         self.state = state;
+    }
+
+    /// "conn#3.7 127.0.0.1:5000 channel C client X": who this is, for log lines.
+    pub(super) fn describe(&self) -> String {
+        let addr = self
+            .peer_addr
+            .map_or_else(|| String::from("-"), |a| a.to_string());
+        match self.identity {
+            Some((channel, client)) => {
+                format!("{} {addr} channel {channel} client {client}", self.id)
+            }
+            None => format!("{} {addr} (no handshake)", self.id),
+        }
     }
 
     pub(super) fn is_read_paused(&self) -> bool {

@@ -288,11 +288,16 @@ impl Router {
 
     /// "channel C client X" for a connection that completed its handshake, for log lines.
     pub fn describe(&self, conn: ConnId) -> String {
-        match self.conns.get(conn_key(conn)).map(|c| c.state) {
-            Some(ConnState::Open { channel, client }) => {
-                format!("channel {channel} client {client}")
-            }
-            _ => String::from("(no handshake)"),
+        match self.conns.get(conn_key(conn)) {
+            Some(c) => c.describe(),
+            None => format!("{conn} (closed)"),
+        }
+    }
+
+    /// Records the peer's address of a connection, for its log lines.
+    pub fn set_peer_addr(&mut self, conn: ConnId, addr: std::net::SocketAddr) {
+        if let Some(c) = self.conns.get_mut(conn_key(conn)) {
+            c.peer_addr = Some(addr);
         }
     }
 
@@ -695,7 +700,16 @@ impl Router {
             return;
         }
         if let Some((code, text)) = error {
-            log::debug!("{conn}: closing on {code:?}: {text}");
+            // One info line per connection event: a refused handshake is one; a misbehaving
+            // established peer is a debug line (its close gets the server's info line).
+            if matches!(c.state, ConnState::AwaitingHello) || code == ErrorCode::Replaced {
+                log::info!(
+                    "{}: handshake failed or replaced: {code:?}: {text}",
+                    c.describe()
+                );
+            } else {
+                log::debug!("{}: closing on {code:?}: {text}", c.describe());
+            }
             self.send_error(conn, code, RequestId::NIL, text);
         }
         self.release_connection(conn);

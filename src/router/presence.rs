@@ -82,10 +82,9 @@ impl Router {
                 client,
             });
         }
-        log::info!(
-            "{conn}: joined channel {channel_id} as client {client} ({} peers)",
-            peers.len()
-        );
+        if let Some(c) = self.conns.get(conn_key(conn)) {
+            log::info!("{}: handshake done ({} peers)", c.describe(), peers.len());
+        }
         let welcome = WelcomeBody {
             max_payload: self.config.max_payload,
             default_timeout_ms: duration_ms(self.config.default_timeout),

@@ -13,7 +13,6 @@
 use bytes::BytesMut;
 use mio::net::TcpStream;
 use std::io::{self, Read};
-use std::net::SocketAddr;
 
 use crate::ids::ConnId;
 use crate::pool::BufferPool;
@@ -49,7 +48,6 @@ pub(crate) enum Fill {
 pub(crate) struct IoConnection {
     pub(crate) id: ConnId,
     pub(crate) stream: TcpStream,
-    pub(crate) peer_addr: Option<SocketAddr>,
     pub(crate) read_buf: BytesMut,
     pub(crate) decoder: Decoder,
     /// Queued in the server's to-read list (avoids duplicates).
@@ -60,11 +58,9 @@ pub(crate) struct IoConnection {
 
 impl IoConnection {
     pub(crate) fn new(id: ConnId, stream: TcpStream, max_payload: u32) -> IoConnection {
-        let peer_addr = stream.peer_addr().ok();
         IoConnection {
             id,
             stream,
-            peer_addr,
             read_buf: BytesMut::new(),
             decoder: Decoder::new(max_payload),
             queued_for_read: false,

@@ -497,6 +497,7 @@ impl Server {
             return;
         };
         let id = self.router.handle_connect(now);
+        self.router.set_peer_addr(id, addr);
         let token = Token(self.token_base + CONN_OFFSET + id.slot as usize);
         if let Err(e) =
             registry.register(&mut stream, token, Interest::READABLE | Interest::WRITABLE)
@@ -652,10 +653,7 @@ impl Server {
         self.drain_outputs();
         self.sockets -= 1;
         self.stats.closed += 1;
-        match c.peer_addr {
-            Some(addr) => log::info!("{id}: closed ({reason:?}) {addr} {who}"),
-            None => log::info!("{id}: closed ({reason:?}) {who}"),
-        }
+        log::info!("{who}: closed ({reason:?})");
     }
 }
 
