@@ -433,22 +433,10 @@ impl Router {
         );
         if offender == sender {
             if let Some(receiver) = receiver.filter(|r| *r != offender) {
-                self.send_control(
-                    receiver,
-                    FrameType::Cancel,
-                    CANCEL_TO_RECEIVER,
-                    sender_client,
-                    id,
-                );
+                self.cancel_receiver(receiver, sender_client, id);
             }
         } else {
-            self.send_control(
-                sender,
-                FrameType::Cancel,
-                CANCEL_TO_SENDER,
-                receiver_client,
-                id,
-            );
+            self.cancel_sender(sender, receiver_client, id);
         }
         self.finish_request(key, now);
     }
@@ -474,13 +462,7 @@ impl Router {
                     id,
                     "the response did not complete in time",
                 );
-                self.send_control(
-                    receiver,
-                    FrameType::Cancel,
-                    CANCEL_TO_RECEIVER,
-                    sender_client,
-                    id,
-                );
+                self.cancel_receiver(receiver, sender_client, id);
             }
         }
         self.finish_request(key, now);
@@ -494,13 +476,7 @@ impl Router {
         };
         let (id, sender, sender_client) = (request.id, request.sender, request.sender_client);
         if let Some(receiver) = request.receiver() {
-            self.send_control(
-                receiver,
-                FrameType::Cancel,
-                CANCEL_TO_RECEIVER,
-                sender_client,
-                id,
-            );
+            self.cancel_receiver(receiver, sender_client, id);
         }
         self.send_error(
             sender,
@@ -520,18 +496,34 @@ impl Router {
         let receiver = request.receiver();
         if departed == sender {
             if let Some(receiver) = receiver.filter(|r| *r != departed) {
-                self.send_control(
-                    receiver,
-                    FrameType::Cancel,
-                    CANCEL_TO_RECEIVER,
-                    sender_client,
-                    id,
-                );
+                self.cancel_receiver(receiver, sender_client, id);
             }
         } else {
             self.send_error(sender, ErrorCode::PeerGone, id, "the receiver disconnected");
         }
         self.finish_request(key, now);
+    }
+
+    /// CANCEL to a request's receiver, naming the request's sender.
+    fn cancel_receiver(&mut self, receiver: ConnId, sender_client: ClientId, id: RequestId) {
+        self.send_control(
+            receiver,
+            FrameType::Cancel,
+            CANCEL_TO_RECEIVER,
+            sender_client,
+            id,
+        );
+    }
+
+    /// CANCEL to a request's sender, naming the request's receiver.
+    fn cancel_sender(&mut self, sender: ConnId, receiver_client: ClientId, id: RequestId) {
+        self.send_control(
+            sender,
+            FrameType::Cancel,
+            CANCEL_TO_SENDER,
+            receiver_client,
+            id,
+        );
     }
 
     /// Removes a request and every trace of it; frees the receiver's slot and hands it the next
