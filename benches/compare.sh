@@ -104,8 +104,11 @@ start_broker() { # label port
     local label="$1" port="$2"
     case "$label" in
         switchyard)
+            # Every load-generator connection comes from 127.0.0.1, and idle-conns opens 10 000 of
+            # them: lift the connection limits (defaults 10 000 in all, 1 000 per address).
             # shellcheck disable=SC2086 # word splitting of the extra flags is intended
             "${BROKER_CPU[@]}" "$BIN/switchyard" --listen "127.0.0.1:$port" --log-level warn --metrics-listen off \
+                --max-connections 100000 --max-connections-per-ip 100000 \
                 $SWITCHYARD_ARGS >"$WORK/$label.log" 2>&1 &
             ;;
         nats|nats-gomaxprocs1)

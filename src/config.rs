@@ -58,6 +58,19 @@ pub struct BrokerConfig {
     pub drain_deadline_ms: u64,
     /// Address of the Prometheus endpoint (`GET /metrics`), or `off`.
     pub metrics_listen: String,
+    /// Broker connections open at once; one more gets LIMIT_EXCEEDED and is closed.
+    pub max_connections: u64,
+    /// Broker connections open at once from one IP address.
+    pub max_connections_per_ip: u64,
+    /// Channels that may exist at once.
+    pub max_channels: u64,
+    /// Peers (members and departed peers in their grace period) per channel.
+    pub max_peers_per_channel: u64,
+    /// Requests and broadcasts one connection may have in flight as their sender.
+    pub max_in_flight_per_connection: u64,
+    /// A connection without a completed handshake this long after accept is closed,
+    /// milliseconds; 0 disables.
+    pub handshake_timeout_ms: u64,
 }
 
 /// The broker binary's metrics address (the library's [`ServerConfig`] serves no metrics by
@@ -86,6 +99,12 @@ impl Default for BrokerConfig {
             presence_grace_ms: router.presence_grace.as_millis() as u64,
             drain_deadline_ms: server.drain_deadline.as_millis() as u64,
             metrics_listen: String::from(DEFAULT_METRICS_LISTEN),
+            max_connections: server.max_connections as u64,
+            max_connections_per_ip: server.max_connections_per_ip as u64,
+            max_channels: router.max_channels as u64,
+            max_peers_per_channel: router.max_peers_per_channel as u64,
+            max_in_flight_per_connection: router.max_in_flight_per_connection as u64,
+            handshake_timeout_ms: router.handshake_timeout.as_millis() as u64,
         }
     }
 }
@@ -197,6 +216,24 @@ pub struct Overrides {
     /// Prometheus endpoint (GET /metrics): a socket address, or `off` [default: 127.0.0.1:7879].
     #[arg(long)]
     pub metrics_listen: Option<String>,
+    /// Connections open at once; more get LIMIT_EXCEEDED [default: 10000; 1 ..= 1000000].
+    #[arg(long)]
+    pub max_connections: Option<u64>,
+    /// Connections open at once from one IP [default: 1000; 1 ..= max-connections].
+    #[arg(long)]
+    pub max_connections_per_ip: Option<u64>,
+    /// Channels that may exist at once [default: 100000; 1 ..= 10000000].
+    #[arg(long)]
+    pub max_channels: Option<u64>,
+    /// Peers per channel [default: 10000; 1 ..= 65534].
+    #[arg(long)]
+    pub max_peers_per_channel: Option<u64>,
+    /// Requests and broadcasts in flight per sending connection [default: 10000; 1 ..= 1000000].
+    #[arg(long)]
+    pub max_in_flight_per_connection: Option<u64>,
+    /// Close a connection without a handshake after this long, ms; 0 = off [default: 10000; 0 ..= 3600000].
+    #[arg(long)]
+    pub handshake_timeout_ms: Option<u64>,
 }
 
 impl BrokerConfig {
@@ -245,7 +282,13 @@ impl BrokerConfig {
             heartbeat_misses,
             presence_grace_ms,
             drain_deadline_ms,
-            metrics_listen
+            metrics_listen,
+            max_connections,
+            max_connections_per_ip,
+            max_channels,
+            max_peers_per_channel,
+            max_in_flight_per_connection,
+            handshake_timeout_ms
         );
     }
 
@@ -307,6 +350,33 @@ impl BrokerConfig {
         )?;
         check("busy_poll_us", self.busy_poll_us, 0, 10_000)?;
         self.metrics_addr()?;
+        check("max_connections", self.max_connections, 1, 1_000_000)?;
+        check(
+            "max_connections_per_ip",
+            self.max_connections_per_ip,
+            1,
+            self.max_connections,
+        )?;
+        check("max_channels", self.max_channels, 1, 10_000_000)?;
+        // A WELCOME lists every other peer: 65 534 is what the default max payload carries.
+        check(
+            "max_peers_per_channel",
+            self.max_peers_per_channel,
+            1,
+            65_534,
+        )?;
+        check(
+            "max_in_flight_per_connection",
+            self.max_in_flight_per_connection,
+            1,
+            1_000_000,
+        )?;
+        check(
+            "handshake_timeout_ms",
+            self.handshake_timeout_ms,
+            0,
+            3_600_000,
+        )?;
         Ok(())
     }
 
@@ -357,6 +427,10 @@ impl BrokerConfig {
                 heartbeat_interval: Duration::from_millis(self.heartbeat_interval_ms),
                 heartbeat_misses: u32::try_from(self.heartbeat_misses).unwrap_or(u32::MAX),
                 presence_grace: Duration::from_millis(self.presence_grace_ms),
+                max_channels: clamp(self.max_channels),
+                max_peers_per_channel: clamp(self.max_peers_per_channel),
+                max_in_flight_per_connection: clamp(self.max_in_flight_per_connection),
+                handshake_timeout: Duration::from_millis(self.handshake_timeout_ms),
             },
             read_budget: clamp(self.read_budget_bytes),
             write_budget: clamp(self.write_budget_bytes),
@@ -364,6 +438,8 @@ impl BrokerConfig {
             drain_deadline: Duration::from_millis(self.drain_deadline_ms),
             metrics_listen: self.metrics_addr().ok().flatten(),
             metrics_timeout: ServerConfig::default().metrics_timeout,
+            max_connections: clamp(self.max_connections),
+            max_connections_per_ip: clamp(self.max_connections_per_ip),
         }
     }
 }
@@ -394,6 +470,106 @@ mod tests {
         assert_eq!(server.router.max_payload, expected.router.max_payload);
         assert_eq!(server.router.high_watermark, expected.router.high_watermark);
         assert_eq!(server.read_budget, expected.read_budget);
+        assert_eq!(server.max_connections, expected.max_connections);
+        assert_eq!(
+            server.max_connections_per_ip,
+            expected.max_connections_per_ip
+        );
+        assert_eq!(server.router.max_channels, expected.router.max_channels);
+        assert_eq!(
+            server.router.max_peers_per_channel,
+            expected.router.max_peers_per_channel
+        );
+        assert_eq!(
+            server.router.max_in_flight_per_connection,
+            expected.router.max_in_flight_per_connection
+        );
+        assert_eq!(
+            server.router.handshake_timeout,
+            expected.router.handshake_timeout
+        );
+    }
+
+    #[test]
+    fn resource_limits_are_keys_and_flags_with_ranges() {
+        let mut config = BrokerConfig::from_toml(
+            "max_connections = 50\nmax_channels = 7\nhandshake_timeout_ms = 0\n",
+            Path::new("x"),
+        )
+        .unwrap();
+        config.apply(&Overrides {
+            max_connections_per_ip: Some(5),
+            max_peers_per_channel: Some(3),
+            max_in_flight_per_connection: Some(2),
+            ..Overrides::default()
+        });
+        config.validate().unwrap();
+        let server = config.server_config();
+        assert_eq!(
+            (server.max_connections, server.max_connections_per_ip),
+            (50, 5)
+        );
+        assert_eq!(server.router.max_channels, 7);
+        assert_eq!(server.router.max_peers_per_channel, 3);
+        assert_eq!(server.router.max_in_flight_per_connection, 2);
+        assert!(server.router.handshake_timeout.is_zero());
+
+        let refused = |config: BrokerConfig, key: &str, range: &str| {
+            let err = config.validate().unwrap_err().to_string();
+            assert!(
+                err.contains(&format!("`{key}`")) && err.contains(range),
+                "{err}"
+            );
+        };
+        let base = BrokerConfig::default();
+        refused(
+            BrokerConfig {
+                max_connections: 0,
+                ..base.clone()
+            },
+            "max_connections",
+            "1 ..= 1000000",
+        );
+        refused(
+            BrokerConfig {
+                max_connections_per_ip: 20_000,
+                ..base.clone()
+            },
+            "max_connections_per_ip",
+            "1 ..= 10000",
+        );
+        refused(
+            BrokerConfig {
+                max_channels: 0,
+                ..base.clone()
+            },
+            "max_channels",
+            "1 ..= 10000000",
+        );
+        refused(
+            BrokerConfig {
+                max_peers_per_channel: 70_000,
+                ..base.clone()
+            },
+            "max_peers_per_channel",
+            "1 ..= 65534",
+        );
+        refused(
+            BrokerConfig {
+                max_in_flight_per_connection: 0,
+                ..base.clone()
+            },
+            "max_in_flight_per_connection",
+            "1 ..= 1000000",
+        );
+        refused(
+            BrokerConfig {
+                handshake_timeout_ms: 3_600_001,
+                ..base
+            },
+            "handshake_timeout_ms",
+            "0 ..= 3600000",
+        );
     }
 
     #[test]

@@ -667,10 +667,14 @@ fn client_lifecycle_edge_cases() {
 
 #[test]
 fn a_paused_sender_that_disconnects_is_noticed() {
-    // The server's drive_input returns at once for a read-paused connection, whatever the
-    // event (read-closed, error), so a producer paused by a consumer that never drains is never
-    // read again: its EOF goes unseen, the connection, its assigned request and the receiver's
-    // slot stay until the receiver itself goes away.
+    // A producer paused by a consumer that never drains is not read. When it goes away, the
+    // broker learns it one of two ways: a reset (the client had unread input) arrives as an
+    // error event and closes it at once; a FIN, though, waits in the client's kernel behind the
+    // data the broker is not reading (zero window), so no event comes. Either way the state is
+    // bounded by the request's own timeout: it ends the request, which lifts the pause, and the
+    // broker then reads the rest and the EOF. So: a short request timeout, and everything must
+    // be freed within it plus a margin, never "whenever the stuck receiver drains or leaves".
+    let request_timeout = Duration::from_secs(2);
     let handle = start(RouterConfig {
         max_payload: 64 * 1024,
         high_watermark: 256 << 10,
@@ -695,7 +699,10 @@ fn a_paused_sender_that_disconnects_is_noticed() {
     thread::scope(|s| {
         let filling = s.spawn(|| {
             sender
-                .request_with(&mut PatternReader::new(1, 64 << 20), options(LONG))
+                .request_with(
+                    &mut PatternReader::new(1, 64 << 20),
+                    options(request_timeout),
+                )
                 .map(|_| ())
         });
         handle
@@ -709,7 +716,7 @@ fn a_paused_sender_that_disconnects_is_noticed() {
     // stuck receiver drains or leaves.
     let freed = handle.wait_until(
         |st| st.router.connections == 1 && st.router.assignments == 0,
-        WAIT,
+        request_timeout + WAIT,
     );
     let stats = handle.stats().unwrap();
     drop(stuck);

@@ -777,7 +777,8 @@ impl Client {
     /// - [`Error::ConnectionRefused`]: no address accepted the TCP connection;
     /// - [`Error::Timeout`]: no WELCOME in time;
     /// - [`Error::Broker`]: the broker refused the handshake (`CLIENT_ID_IN_USE`,
-    ///   `CHANNEL_MISMATCH` for a nil channel, `GOING_AWAY`, …);
+    ///   `CHANNEL_MISMATCH` for a nil channel, `GOING_AWAY`, `LIMIT_EXCEEDED` when the broker is
+    ///   at a connection, channel or peer limit, …);
     /// - [`Error::Protocol`]: the broker answered something else than a valid WELCOME;
     /// - [`Error::Io`]: the connection failed during the handshake.
     pub fn connect_with(

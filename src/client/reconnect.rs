@@ -33,8 +33,9 @@
 //!
 //! A link is re-established after transport trouble and after the broker's own "come back
 //! later" answers: I/O errors and EOF, the client's heartbeat giving up, `HEARTBEAT_TIMEOUT`,
-//! `GOING_AWAY` (the broker drains; another may come up on the same address), a refused or timed
-//! out connection attempt. Anything else closes the client for good, because a new connection
+//! `GOING_AWAY` (the broker drains; another may come up on the same address), `LIMIT_EXCEEDED`
+//! with a nil request id (the broker is at a connection, channel or peer limit; a slot may free
+//! up), a refused or timed out connection attempt. Anything else closes the client for good, because a new connection
 //! would meet the same fate: `REPLACED` (another connection took over this client id: fighting
 //! for it would flap forever), protocol violations, `TooLarge`, channel mismatches.
 
@@ -99,7 +100,12 @@ pub(crate) fn is_recoverable(reason: &Error) -> bool {
         | Error::ConnectionLost => true,
         Error::Broker { .. } => matches!(
             reason.code(),
-            Some(ErrorCode::HeartbeatTimeout | ErrorCode::GoingAway | ErrorCode::ShuttingDown)
+            Some(
+                ErrorCode::HeartbeatTimeout
+                    | ErrorCode::GoingAway
+                    | ErrorCode::ShuttingDown
+                    | ErrorCode::LimitExceeded
+            )
         ),
         Error::Closed
         | Error::Reconnecting
@@ -287,6 +293,7 @@ mod tests {
             message: String::new(),
         };
         assert!(is_recoverable(&broker(ErrorCode::HeartbeatTimeout)));
+        assert!(is_recoverable(&broker(ErrorCode::LimitExceeded)));
         assert!(!is_recoverable(&broker(ErrorCode::Replaced)));
         assert!(!is_recoverable(&broker(ErrorCode::ChannelMismatch)));
         assert!(!is_recoverable(&Error::Closed));

@@ -955,7 +955,11 @@ impl Session {
             self.going_away = true;
             return Ok(());
         }
-        if body.code < 0x0100 {
+        // LIMIT_EXCEEDED with a nil request id is a connection limit (PROTOCOL.md §4): the
+        // broker closes the connection after it, like a code below 0x0100.
+        let connection_limit =
+            body.known_code() == Some(ErrorCode::LimitExceeded) && header.request_id.is_nil();
+        if body.code < 0x0100 || connection_limit {
             return Err(Error::from_error_body(body, Some(self.max_payload)));
         }
         let id = header.request_id;
@@ -1142,6 +1146,39 @@ mod tests {
             true,
         );
         assert!(s.handle_frame(f).is_err());
+    }
+
+    #[test]
+    fn limit_exceeded_is_fatal_with_a_nil_request_id_only() {
+        let mut s = session();
+        // For an untracked request: ignored, the connection goes on.
+        let mut f = frame(
+            &s,
+            FrameType::Error,
+            Flags::NONE,
+            RequestId::random(),
+            0,
+            true,
+        );
+        f.payload = encode_error(0x0109, "queue full", &[]);
+        assert!(s.handle_frame(f).is_ok());
+        // For a tracked one: that request fails.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let id = s.register_request(tx).unwrap();
+        let mut f = frame(&s, FrameType::Error, Flags::NONE, id, 0, true);
+        f.payload = encode_error(0x0109, "too many in flight", &[]);
+        assert!(s.handle_frame(f).is_ok());
+        assert!(matches!(
+            rx.try_recv(),
+            Ok(StreamEvent::Failed(Error::Broker { code: 0x0109, .. }))
+        ));
+        // With a nil request id: a connection limit, fatal for the connection.
+        let mut f = frame(&s, FrameType::Error, Flags::NONE, RequestId::NIL, 0, true);
+        f.payload = encode_error(0x0109, "too many peers", &[]);
+        assert!(matches!(
+            s.handle_frame(f),
+            Err(Error::Broker { code: 0x0109, .. })
+        ));
     }
 
     #[test]

@@ -245,7 +245,8 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    /// True when the broker closes the connection after sending this code.
+    /// True when the broker always closes the connection after sending this code. (It also
+    /// closes it after `LimitExceeded` with a nil request id: a connection-level limit.)
     pub fn is_connection_fatal(self) -> bool {
         (self as u16) < 0x0100
     }

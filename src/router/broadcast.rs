@@ -136,6 +136,10 @@ impl Router {
             );
             return None;
         }
+        if let Some(text) = self.sent_limit_reached(from.conn) {
+            self.send_error(from.conn, ErrorCode::LimitExceeded, id, &text);
+            return None;
+        }
         let peers: Vec<BroadcastPeer> = match self.channels.get(&from.channel) {
             Some(channel) => channel
                 .peers_except(from.conn)
@@ -170,6 +174,9 @@ impl Router {
             finished: false,
         });
         self.streams.insert(id, StreamKey::Broadcast(key));
+        if let Some(c) = self.conns.get_mut(conn_key(from.conn)) {
+            c.sent_in_flight += 1;
+        }
         let mut members = Vec::new();
         if let Some(b) = self.broadcasts.get(key) {
             members.push(b.sender);
@@ -421,6 +428,7 @@ impl Router {
         };
         self.wheel.remove(broadcast.timer);
         self.streams.remove(&broadcast.id);
+        self.forget_sent(broadcast.sender);
         self.forget_stream(broadcast.sender, StreamKey::Broadcast(key));
         for peer in &broadcast.peers {
             self.forget_stream(peer.conn, StreamKey::Broadcast(key));

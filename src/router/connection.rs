@@ -51,6 +51,12 @@ pub(super) struct Connection {
     pub(super) last_activity: u64,
     /// Its armed heartbeat timer (none when heartbeats are off, or while closing).
     pub(super) heartbeat: Option<crate::wheel::TimerKey>,
+    /// Its handshake deadline's timer: armed at accept, removed at the handshake or the close
+    /// (none when the handshake timeout is off).
+    pub(super) handshake_timer: Option<crate::wheel::TimerKey>,
+    /// Requests and broadcasts it started that are still in flight (bounded by
+    /// `max_in_flight_per_connection`).
+    pub(super) sent_in_flight: usize,
     /// Pings sent since it was last heard from.
     pub(super) unanswered_pings: u32,
     /// Tick at which the last ping was sent (a frame at or after it answers it).
@@ -79,6 +85,8 @@ impl Connection {
             paused_by_held: false,
             last_activity: 0,
             heartbeat: None,
+            handshake_timer: None,
+            sent_in_flight: 0,
             unanswered_pings: 0,
             pinged_at: 0,
             replaced: false,

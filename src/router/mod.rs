@@ -84,6 +84,18 @@ pub struct RouterConfig {
     /// How long a departed peer stays present for the others before PEER_LEFT goes out; a
     /// reconnect with the same client id within it is invisible. Zero: PEER_LEFT at once.
     pub presence_grace: Duration,
+    /// Channels that may exist at once (a channel lives while it has members or ghosts); a HELLO
+    /// that would create one more gets `LimitExceeded` (nil request id) and is closed.
+    pub max_channels: usize,
+    /// Peers of one channel (members and ghosts); a HELLO that would add one more gets
+    /// `LimitExceeded` (nil request id) and is closed. A takeover or a ghost's return adds none.
+    pub max_peers_per_channel: usize,
+    /// Requests and broadcasts one connection may have in flight as their sender; one more START
+    /// gets `LimitExceeded` for that request id, and the connection stays open.
+    pub max_in_flight_per_connection: usize,
+    /// A connection that has not completed its handshake this long after its accept is closed
+    /// with `HandshakeRequired` (slowloris); zero disables the limit.
+    pub handshake_timeout: Duration,
 }
 
 impl Default for RouterConfig {
@@ -99,6 +111,14 @@ impl Default for RouterConfig {
             heartbeat_interval: Duration::from_secs(10),
             heartbeat_misses: 3,
             presence_grace: Duration::from_millis(1_000),
+            // Each limit is far above what a legitimate deployment of one single-threaded
+            // broker uses, and low enough that one client cannot make the broker's state (and
+            // every HELLO's WELCOME: 16 bytes per peer, 160 KB at 10 000) grow without bound.
+            max_channels: 100_000,
+            max_peers_per_channel: 10_000,
+            max_in_flight_per_connection: 10_000,
+            // The heartbeat's default interval: an honest client sends HELLO right after connect.
+            handshake_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -171,6 +191,8 @@ enum TimerTarget {
     Broadcast(Key),
     /// A connection's liveness check (see `heartbeat.rs`).
     Heartbeat(Key),
+    /// The deadline of a connection's handshake (see `presence.rs`).
+    Handshake(Key),
     /// A departed peer's grace period (see `presence.rs`).
     Ghost(ChannelId, ClientId),
     /// The end of a graceful shutdown's drain (see [`Router::begin_drain`]).
@@ -245,6 +267,7 @@ impl Router {
         let key = self.conns.insert_with(|key| Connection::new(conn_id(key)));
         let conn = conn_id(key);
         self.arm_heartbeat(conn, now);
+        self.arm_handshake_timeout(conn, now);
         conn
     }
 
@@ -269,6 +292,7 @@ impl Router {
                 TimerTarget::Request(key) => self.expire_request(key, now),
                 TimerTarget::Broadcast(key) => self.expire_broadcast(key),
                 TimerTarget::Heartbeat(key) => self.expire_heartbeat(key, now),
+                TimerTarget::Handshake(key) => self.expire_handshake(key),
                 TimerTarget::Ghost(channel, client) => self.expire_ghost(channel, client),
                 TimerTarget::DrainDeadline => self.expire_drain(now),
             }
@@ -369,6 +393,9 @@ impl Router {
         self.release_connection(conn);
         if let Some(mut c) = self.conns.remove(key) {
             if let Some(timer) = c.heartbeat.take() {
+                self.wheel.remove(timer);
+            }
+            if let Some(timer) = c.handshake_timer.take() {
                 self.wheel.remove(timer);
             }
             self.outbound_bytes -= c.outbound.len();
@@ -713,6 +740,7 @@ impl Router {
             self.send_error(conn, code, RequestId::NIL, text);
         }
         self.release_connection(conn);
+        self.disarm_handshake_timeout(conn);
         if let Some(c) = self.conns.get_mut(conn_key(conn)) {
             c.set_state(ConnState::Closing);
         }
@@ -793,6 +821,18 @@ impl Router {
         self.unpause(producer, PauseCause::Consumer);
     }
 
+    /// A request or broadcast `sender` started has ended: one less of its own in flight.
+    fn forget_sent(&mut self, sender: ConnId) {
+        if let Some(c) = self.conns.get_mut(conn_key(sender)) {
+            // INVARIANT: counted up once per stream it started, down once when that stream ends.
+            debug_assert!(
+                c.sent_in_flight > 0,
+                "{sender}: sent in-flight count underflow"
+            );
+            c.sent_in_flight = c.sent_in_flight.saturating_sub(1);
+        }
+    }
+
     /// Removes `stream` from the stream list of `conn`.
     fn forget_stream(&mut self, conn: ConnId, stream: StreamKey) {
         if let Some(c) = self.conns.get_mut(conn_key(conn)) {
@@ -847,10 +887,27 @@ impl Router {
             .iter()
             .filter(|(_, c)| c.heartbeat.is_some())
             .count();
+        let handshakes = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.handshake_timer.is_some())
+            .inspect(|(_, c)| {
+                assert!(
+                    matches!(c.state, ConnState::AwaitingHello),
+                    "{}: handshake timer after the handshake",
+                    c.id
+                )
+            })
+            .count();
         let drain = usize::from(self.drain_timer.is_some());
         assert_eq!(
             self.wheel.len(),
-            self.requests.len() + self.broadcasts.len() + heartbeats + self.ghost_timers() + drain,
+            self.requests.len()
+                + self.broadcasts.len()
+                + heartbeats
+                + handshakes
+                + self.ghost_timers()
+                + drain,
             "timers"
         );
         let mut outbound = 0;
@@ -870,6 +927,17 @@ impl Router {
                 .collect();
             let in_flight = held.len() as u32;
             assert_eq!(in_flight, c.in_flight, "{}: in-flight count", c.id);
+            let sent = self
+                .requests
+                .iter()
+                .filter(|(_, r)| r.sender == c.id)
+                .count()
+                + self
+                    .broadcasts
+                    .iter()
+                    .filter(|(_, b)| b.sender == c.id)
+                    .count();
+            assert_eq!(sent, c.sent_in_flight, "{}: sent in-flight count", c.id);
         }
         assert_eq!(outbound, self.outbound_bytes, "outbound bytes");
     }

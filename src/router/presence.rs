@@ -10,6 +10,13 @@
 //!  member leaves ───┬─ grace > 0 ──▶ ghost; PEER_LEFT only when the grace timer fires
 //!                   └─ grace = 0 ──▶ PEER_LEFT at once
 //! ```
+//! Limits, checked before anything changes: a HELLO that would create a channel beyond
+//! `max_channels`, or add a peer (member or ghost) to a channel beyond `max_peers_per_channel`,
+//! gets ERROR LIMIT_EXCEEDED with a nil request id and is closed; a takeover or a ghost's return
+//! adds no peer and is always let in. A connection that has not completed its handshake
+//! `handshake_timeout` after its accept gets ERROR HANDSHAKE_REQUIRED and is closed: one timer per
+//! connection awaiting its hello, removed at the handshake or the close.
+//!
 //! So a peer that reconnects within the grace period — however often, whatever the interleaving
 //! of the old connection's close and the new one's hello — is seen by the others as never having
 //! left. A ghost is visible in WELCOME and PEERS lists (it is still present for the others) but
@@ -17,9 +24,11 @@
 //! members or ghosts.
 
 use bytes::Bytes;
+use std::time::Instant;
 
 use super::channel::{duration_ms, Ghost, Member};
 use super::connection::ConnState;
+use super::store::Key;
 use super::{conn_key, insert_timer, Router, TimerTarget};
 use crate::ids::{ChannelId, ClientId, ConnId};
 use crate::protocol::{encode_peers, ErrorCode, Frame, FrameType, Header, WelcomeBody};
@@ -45,6 +54,10 @@ impl Router {
         } else {
             frame.header.client_id
         };
+        if let Some(text) = self.hello_limit_reached(channel_id, client) {
+            self.counters.handshake_failures += 1;
+            return self.fail_connection(conn, ErrorCode::LimitExceeded, &text);
+        }
         let channel = self.channels.entry(channel_id).or_default();
         let returning_ghost = match channel.ghosts.iter().position(|g| g.client == client) {
             Some(pos) => {
@@ -82,6 +95,7 @@ impl Router {
                 client,
             });
         }
+        self.disarm_handshake_timeout(conn);
         if let Some(c) = self.conns.get(conn_key(conn)) {
             log::info!("{}: handshake done ({} peers)", c.describe(), peers.len());
         }
@@ -101,6 +115,66 @@ impl Router {
         if !returning_ghost && previous.is_none() {
             self.announce(conn, channel_id, FrameType::PeerJoined, client);
         }
+    }
+
+    /// When a HELLO of `client` for `channel_id` would go over `max_channels` or
+    /// `max_peers_per_channel`, the text of the `LimitExceeded` refusing it.
+    fn hello_limit_reached(&self, channel_id: ChannelId, client: ClientId) -> Option<String> {
+        let Some(channel) = self.channels.get(&channel_id) else {
+            let max = self.config.max_channels;
+            return (self.channels.len() >= max)
+                .then(|| format!("the broker already has {max} channels"));
+        };
+        // A takeover or a returning ghost takes an existing peer's place.
+        let known = channel.members.iter().any(|m| m.client == client)
+            || channel.ghosts.iter().any(|g| g.client == client);
+        let max = self.config.max_peers_per_channel;
+        let peers = channel.members.len() + channel.ghosts.len();
+        (!known && peers >= max).then(|| format!("channel {channel_id} already has {max} peers"))
+    }
+
+    /// Arms the handshake deadline of a new connection (awaiting its hello).
+    pub(super) fn arm_handshake_timeout(&mut self, conn: ConnId, now: Instant) {
+        let timeout = self.config.handshake_timeout;
+        if timeout.is_zero() {
+            return;
+        }
+        let deadline = self.deadline_tick(now, timeout);
+        let key = conn_key(conn);
+        let timer = insert_timer(&mut self.wheel, deadline, TimerTarget::Handshake(key));
+        if let Some(c) = self.conns.get_mut(key) {
+            c.handshake_timer = Some(timer);
+        }
+    }
+
+    /// Removes the handshake deadline (the handshake completed, or the connection is closing).
+    pub(super) fn disarm_handshake_timeout(&mut self, conn: ConnId) {
+        if let Some(timer) = self
+            .conns
+            .get_mut(conn_key(conn))
+            .and_then(|c| c.handshake_timer.take())
+        {
+            self.wheel.remove(timer);
+        }
+    }
+
+    /// A connection's handshake deadline passed: close it if it is still awaiting its hello.
+    pub(super) fn expire_handshake(&mut self, key: Key) {
+        let Some(c) = self.conns.get_mut(key) else {
+            return;
+        };
+        c.handshake_timer = None;
+        if !matches!(c.state, ConnState::AwaitingHello) {
+            return;
+        }
+        let conn = c.id;
+        let timeout_ms = duration_ms(self.config.handshake_timeout);
+        self.counters.handshake_failures += 1;
+        self.fail_connection(
+            conn,
+            ErrorCode::HandshakeRequired,
+            &format!("no hello within {timeout_ms} ms of connecting"),
+        );
     }
 
     /// PEERS: the current peer list of the caller's channel.

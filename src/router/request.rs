@@ -182,6 +182,9 @@ impl Router {
                 "a start carries sequence 0",
             );
         }
+        if let Some(text) = self.sent_limit_reached(from.conn) {
+            return self.send_error(from.conn, ErrorCode::LimitExceeded, id, &text);
+        }
         let receiver = self.pop_ready_receiver(from.channel);
         if receiver.is_none() {
             if frame.header.flags.contains(Flags::NO_WAIT) {
@@ -224,6 +227,7 @@ impl Router {
         self.streams.insert(id, StreamKey::Request(key));
         if let Some(c) = self.conns.get_mut(conn_key(from.conn)) {
             c.streams.push(StreamKey::Request(key));
+            c.sent_in_flight += 1;
         }
         match receiver {
             Some(receiver) => {
@@ -235,6 +239,14 @@ impl Router {
                 self.hold_frame(key, frame);
             }
         }
+    }
+
+    /// When `conn` already has `max_in_flight_per_connection` requests and broadcasts of its own
+    /// in flight, the text of the `LimitExceeded` refusing one more.
+    pub(super) fn sent_limit_reached(&self, conn: ConnId) -> Option<String> {
+        let max = self.config.max_in_flight_per_connection;
+        let sent = self.conns.get(conn_key(conn))?.sent_in_flight;
+        (sent >= max).then(|| format!("{max} requests and broadcasts of yours are in flight"))
     }
 
     /// Sends a request-direction frame onward: to the receiver, or into the held queue.
@@ -534,6 +546,7 @@ impl Router {
         };
         self.wheel.remove(request.timer);
         self.streams.remove(&request.id);
+        self.forget_sent(request.sender);
         self.forget_stream(request.sender, StreamKey::Request(key));
         match request.state {
             RequestState::Queued { held_bytes, .. } => {

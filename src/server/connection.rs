@@ -13,6 +13,7 @@
 use bytes::BytesMut;
 use mio::net::TcpStream;
 use std::io::{self, Read};
+use std::net::IpAddr;
 
 use crate::ids::ConnId;
 use crate::pool::BufferPool;
@@ -48,6 +49,8 @@ pub(crate) enum Fill {
 pub(crate) struct IoConnection {
     pub(crate) id: ConnId,
     pub(crate) stream: TcpStream,
+    /// The peer's IP address (for the per-address connection limit).
+    pub(crate) ip: IpAddr,
     pub(crate) read_buf: BytesMut,
     pub(crate) decoder: Decoder,
     /// Queued in the server's to-read list (avoids duplicates).
@@ -57,10 +60,11 @@ pub(crate) struct IoConnection {
 }
 
 impl IoConnection {
-    pub(crate) fn new(id: ConnId, stream: TcpStream, max_payload: u32) -> IoConnection {
+    pub(crate) fn new(id: ConnId, stream: TcpStream, ip: IpAddr, max_payload: u32) -> IoConnection {
         IoConnection {
             id,
             stream,
+            ip,
             read_buf: BytesMut::new(),
             decoder: Decoder::new(max_payload),
             queued_for_read: false,

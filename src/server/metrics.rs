@@ -522,6 +522,12 @@ fn render(
         &one(stats.accepted),
     );
     family(
+        "connections_refused_total",
+        "counter",
+        "Broker connections refused at accept by a connection limit (LIMIT_EXCEEDED).",
+        &one(stats.refused),
+    );
+    family(
         "connections_closed_total",
         "counter",
         "Broker connections closed, for any reason.",

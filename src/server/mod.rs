@@ -27,6 +27,13 @@
 //!   writes, up to a byte budget.
 //! - A connection the router closes gets its queued error frame written first, best effort.
 //!
+//! # Connection limits
+//! Beyond [`ServerConfig::max_connections`] open connections, or
+//! [`ServerConfig::max_connections_per_ip`] from one address, an accepted connection gets one
+//! ERROR LIMIT_EXCEEDED (nil request id), written straight to the fresh socket, and is closed
+//! at once; the router never sees it. Accepting it (rather than leaving it in the backlog) keeps
+//! the edge-triggered listener drained, so a flood of connections never makes the loop spin.
+//!
 //! # Metrics
 //! With [`ServerConfig::metrics_listen`] set, the same loop serves Prometheus' `GET /metrics` on
 //! a second listener (see `metrics.rs`): a few connections with their own small buffers and a
@@ -37,18 +44,20 @@ mod metrics;
 
 pub use connection::CloseReason;
 
+use hashbrown::HashMap;
 use mio::event::Event;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Registry, Token, Waker};
 use std::collections::VecDeque;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::ids::ConnId;
+use crate::ids::{ConnId, RequestId};
 use crate::pool::BufferPool;
+use crate::protocol::{encode_error, ErrorCode, FrameType, Header};
 use crate::router::{Output, Router, RouterConfig, RouterStats, WriteStatus};
 use connection::{Fill, IoConnection};
 
@@ -76,6 +85,11 @@ pub struct ServerConfig {
     /// How long a metrics connection may stay open, from its accept: a scraper that has not sent
     /// its request and read the answer by then is closed.
     pub metrics_timeout: Duration,
+    /// Broker connections open at once. One more is accepted, sent ERROR LIMIT_EXCEEDED (nil
+    /// request id) and closed at once, so the backlog drains and the listener never spins.
+    pub max_connections: usize,
+    /// Broker connections open at once from one IP address; beyond it, as `max_connections`.
+    pub max_connections_per_ip: usize,
 }
 
 impl Default for ServerConfig {
@@ -90,6 +104,11 @@ impl Default for ServerConfig {
             metrics_listen: None,
             // Prometheus' own default scrape timeout.
             metrics_timeout: Duration::from_secs(10),
+            // The scale one single-threaded loop is built for (C10K), well under common
+            // descriptor limits; raise it (and `ulimit -n`) for more idle connections.
+            max_connections: 10_000,
+            // A tenth of the whole: one host (or NAT gateway) cannot take every slot.
+            max_connections_per_ip: 1_000,
         }
     }
 }
@@ -115,6 +134,9 @@ pub struct ServerStats {
     pub bytes_in: u64,
     /// Open connections of the metrics endpoint (not counted in `sockets`).
     pub metrics_connections: usize,
+    /// Cumulative: connections refused at accept by `max_connections` or
+    /// `max_connections_per_ip` (not counted in `accepted`).
+    pub refused: u64,
 }
 
 impl ServerStats {
@@ -154,6 +176,8 @@ pub struct Server {
     /// I/O halves of connections, indexed by `ConnId::slot` (the router's slab slot).
     conns: Vec<Option<IoConnection>>,
     sockets: usize,
+    /// Open broker connections per peer IP address (entries at zero are removed).
+    per_ip: HashMap<IpAddr, usize>,
     router: Router,
     to_read: VecDeque<ConnId>,
     to_flush: Vec<ConnId>,
@@ -201,6 +225,7 @@ impl Server {
             token_base: 0,
             conns: Vec::new(),
             sockets: 0,
+            per_ip: HashMap::new(),
             router,
             to_read: VecDeque::new(),
             to_flush: Vec::new(),
@@ -493,6 +518,20 @@ impl Server {
         if let Err(e) = stream.set_nodelay(true) {
             log::debug!("{addr}: set_nodelay failed: {e}");
         }
+        let ip = addr.ip();
+        let from_ip = self.per_ip.get(&ip).copied().unwrap_or(0);
+        if self.sockets >= self.config.max_connections {
+            let max = self.config.max_connections;
+            return self.refuse(stream, addr, &format!("the broker has {max} connections"));
+        }
+        if from_ip >= self.config.max_connections_per_ip {
+            let max = self.config.max_connections_per_ip;
+            return self.refuse(
+                stream,
+                addr,
+                &format!("{max} connections from {ip} are open"),
+            );
+        }
         let Some(registry) = self.registry.as_ref() else {
             return;
         };
@@ -513,11 +552,48 @@ impl Server {
         self.conns[slot] = Some(IoConnection::new(
             id,
             stream,
+            ip,
             self.config.router.max_payload,
         ));
+        *self.per_ip.entry(ip).or_default() += 1;
         self.sockets += 1;
         self.stats.accepted += 1;
         log::info!("{id}: accepted from {addr}");
+    }
+
+    /// Refuses an accepted connection over a connection limit: one ERROR LIMIT_EXCEEDED (nil
+    /// request id), best effort, then close. The router never sees it.
+    fn refuse(&mut self, mut stream: TcpStream, addr: SocketAddr, text: &str) {
+        use std::io::{Read, Write};
+        self.stats.refused += 1;
+        // A debug line and a counter, not an info line: a connection flood must not flood the log.
+        log::debug!("{addr}: refused: {text}");
+        let payload = encode_error(ErrorCode::LimitExceeded as u16, text, &[]);
+        let header = Header {
+            request_id: RequestId::NIL,
+            is_final: true,
+            payload_len: payload.len() as u32,
+            ..Header::new(FrameType::Error)
+        };
+        let mut frame = Vec::with_capacity(header.encode().len() + payload.len());
+        frame.extend_from_slice(&header.encode());
+        frame.extend_from_slice(&payload);
+        // A fresh socket's send buffer takes a small frame whole; if not, the peer gets only the
+        // close. Nothing here blocks: the stream is non-blocking.
+        if let Err(e) = stream.write_all(&frame) {
+            log::debug!("{addr}: refusal not written: {e}");
+        }
+        // FIN after the frame; then discard what the peer already sent (its HELLO), so that the
+        // close does not turn into a reset that could destroy the frame before it is read.
+        let _ = stream.shutdown(std::net::Shutdown::Write);
+        let mut sink = [0u8; 1024];
+        for _ in 0..64 {
+            match stream.read(&mut sink) {
+                Ok(n) if n > 0 => continue,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                _ => break,
+            }
+        }
     }
 
     /// Decodes buffered frames and reads more, within the budget, until paused or drained.
@@ -651,6 +727,12 @@ impl Server {
         let who = self.router.describe(id);
         self.router.handle_disconnect(id, now);
         self.drain_outputs();
+        if let hashbrown::hash_map::Entry::Occupied(mut open) = self.per_ip.entry(c.ip) {
+            *open.get_mut() -= 1;
+            if *open.get() == 0 {
+                open.remove();
+            }
+        }
         self.sockets -= 1;
         self.stats.closed += 1;
         log::info!("{who}: closed ({reason:?})");

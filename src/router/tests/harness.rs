@@ -26,11 +26,13 @@ pub(super) struct Harness {
     channels: HashMap<ConnId, ChannelId>,
 }
 
-/// The default configuration with heartbeats and the presence grace period off (each has its
-/// own tests), so that timer counts and presence are those of the behaviour under test.
+/// The default configuration with heartbeats, the handshake timeout and the presence grace
+/// period off (each has its own tests), so that timer counts and presence are those of the
+/// behaviour under test.
 pub(super) fn quiet() -> RouterConfig {
     RouterConfig {
         heartbeat_interval: Duration::ZERO,
+        handshake_timeout: Duration::ZERO,
         presence_grace: Duration::ZERO,
         ..RouterConfig::default()
     }

@@ -6,6 +6,7 @@ mod broadcast;
 mod flow_control;
 mod handshake;
 mod heartbeat;
+mod limits;
 mod presence;
 mod random;
 mod request_reply;
