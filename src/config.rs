@@ -7,11 +7,16 @@
 //! invalid configuration.
 
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use uuid::Uuid;
+
+use crate::auth::{AccessToken, ChannelToken, Tokens};
+use crate::ids::ChannelId;
 use crate::protocol::{DEFAULT_MAX_PAYLOAD, MAX_PAYLOAD_CEILING};
 use crate::router::RouterConfig;
 use crate::server::ServerConfig;
@@ -71,6 +76,16 @@ pub struct BrokerConfig {
     /// A connection without a completed handshake this long after accept is closed,
     /// milliseconds; 0 disables.
     pub handshake_timeout_ms: u64,
+    /// Let the broker listen on a non-loopback address with no access token configured.
+    pub allow_unauthenticated: bool,
+    /// Broker-wide access token: required in the HELLO of every channel without its own token.
+    /// Printed as `<redacted>`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auth_token: Option<AccessToken>,
+    /// Per-channel access tokens (`"channel uuid" = "token"`); a channel's own token wins over
+    /// `auth_token`. Printed as `<redacted>`.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub channel_tokens: BTreeMap<String, AccessToken>,
 }
 
 /// The broker binary's metrics address (the library's [`ServerConfig`] serves no metrics by
@@ -105,6 +120,9 @@ impl Default for BrokerConfig {
             max_peers_per_channel: router.max_peers_per_channel as u64,
             max_in_flight_per_connection: router.max_in_flight_per_connection as u64,
             handshake_timeout_ms: router.handshake_timeout.as_millis() as u64,
+            allow_unauthenticated: false,
+            auth_token: None,
+            channel_tokens: BTreeMap::new(),
         }
     }
 }
@@ -135,6 +153,12 @@ pub enum ConfigError {
         /// The accepted range, in words.
         accepted: String,
     },
+    /// No access token is configured and the listen address is not a loopback address, without
+    /// `allow_unauthenticated`.
+    Unauthenticated {
+        /// The listen address.
+        listen: SocketAddr,
+    },
 }
 
 impl fmt::Display for ConfigError {
@@ -154,6 +178,13 @@ impl fmt::Display for ConfigError {
                 f,
                 "invalid value {value} for `{key}` (--{}): accepted {accepted}",
                 key.replace('_', "-")
+            ),
+            ConfigError::Unauthenticated { listen } => write!(
+                f,
+                "refusing to listen on {listen} (not a loopback address) with no access tokens \
+                 configured: any client could join any channel; set `auth_token` \
+                 (--auth-token) or `channel_tokens` (--channel-token UUID=TOKEN), or set \
+                 `allow_unauthenticated = true` (--allow-unauthenticated) to accept that"
             ),
         }
     }
@@ -234,6 +265,15 @@ pub struct Overrides {
     /// Close a connection without a handshake after this long, ms; 0 = off [default: 10000; 0 ..= 3600000].
     #[arg(long)]
     pub handshake_timeout_ms: Option<u64>,
+    /// Broker-wide access token clients send in HELLO (a file keeps it out of the process list).
+    #[arg(long, value_name = "TOKEN")]
+    pub auth_token: Option<AccessToken>,
+    /// One channel's access token, wins over --auth-token there; repeatable.
+    #[arg(long = "channel-token", value_name = "UUID=TOKEN")]
+    pub channel_tokens: Vec<ChannelToken>,
+    /// Allow a non-loopback --listen address with no access token configured.
+    #[arg(long)]
+    pub allow_unauthenticated: bool,
 }
 
 impl BrokerConfig {
@@ -290,6 +330,74 @@ impl BrokerConfig {
             max_in_flight_per_connection,
             handshake_timeout_ms
         );
+        if let Some(token) = &flags.auth_token {
+            self.auth_token = Some(token.clone());
+        }
+        for flag in &flags.channel_tokens {
+            self.channel_tokens
+                .insert(flag.channel.clone(), flag.token.clone());
+        }
+        if flags.allow_unauthenticated {
+            self.allow_unauthenticated = true;
+        }
+    }
+
+    /// True when at least one access token is configured.
+    pub fn has_tokens(&self) -> bool {
+        self.auth_token.is_some() || !self.channel_tokens.is_empty()
+    }
+
+    /// The access tokens (call [`BrokerConfig::validate`] first: channels that do not parse
+    /// are skipped here).
+    pub fn tokens(&self) -> Tokens {
+        Tokens {
+            broker: self.auth_token.clone(),
+            channels: self
+                .channel_tokens
+                .iter()
+                .filter_map(|(channel, token)| {
+                    Some((ChannelId(Uuid::parse_str(channel).ok()?), token.clone()))
+                })
+                .collect(),
+        }
+    }
+
+    fn validate_tokens(&self) -> Result<(), ConfigError> {
+        // A token travels as a HELLO payload: it cannot be longer than the max payload.
+        let token_range = |key: &'static str, token: &AccessToken| {
+            if token.is_empty() || token.len() as u64 > self.max_payload {
+                Err(ConfigError::OutOfRange {
+                    key,
+                    // Never the token itself.
+                    value: format!("a token of {} bytes", token.len()),
+                    accepted: format!("1 ..= max_payload ({}) bytes", self.max_payload),
+                })
+            } else {
+                Ok(())
+            }
+        };
+        if let Some(token) = &self.auth_token {
+            token_range("auth_token", token)?;
+        }
+        for (channel, token) in &self.channel_tokens {
+            match Uuid::parse_str(channel) {
+                Ok(id) if !id.is_nil() => {}
+                _ => {
+                    return Err(ConfigError::OutOfRange {
+                        key: "channel_tokens",
+                        value: format!("{channel:?}"),
+                        accepted: String::from("a non-nil channel UUID as the key"),
+                    })
+                }
+            }
+            token_range("channel_tokens", token)?;
+        }
+        if !self.has_tokens() && !self.allow_unauthenticated && !self.listen.ip().is_loopback() {
+            return Err(ConfigError::Unauthenticated {
+                listen: self.listen,
+            });
+        }
+        Ok(())
     }
 
     /// Checks every value against its accepted range.
@@ -377,7 +485,7 @@ impl BrokerConfig {
             0,
             3_600_000,
         )?;
-        Ok(())
+        self.validate_tokens()
     }
 
     /// The metrics endpoint's address: `None` for `off`.
@@ -403,7 +511,8 @@ impl BrokerConfig {
         self.log_level.parse().unwrap_or(log::LevelFilter::Info)
     }
 
-    /// The configuration as TOML, every key present: what `--print-config` shows.
+    /// The configuration as TOML, every key present (tokens only when set, as `<redacted>`):
+    /// what `--print-config` shows.
     pub fn to_toml(&self) -> String {
         // Serializing a struct of plain scalars cannot fail.
         toml::to_string(self).unwrap_or_default()
@@ -431,6 +540,7 @@ impl BrokerConfig {
                 max_peers_per_channel: clamp(self.max_peers_per_channel),
                 max_in_flight_per_connection: clamp(self.max_in_flight_per_connection),
                 handshake_timeout: Duration::from_millis(self.handshake_timeout_ms),
+                tokens: self.tokens(),
             },
             read_budget: clamp(self.read_budget_bytes),
             write_budget: clamp(self.write_budget_bytes),
@@ -666,6 +776,72 @@ mod tests {
             err.contains("metrics_listen") && err.contains("off"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn tokens_come_from_the_file_and_flags_and_never_print() {
+        let ch = "6f1c1a52-35b1-4b8e-9c5e-2f0a9d3c7e11";
+        let mut config = BrokerConfig::from_toml(
+            &format!(
+                "auth_token = \"broker-secret\"\n[channel_tokens]\n\"{ch}\" = \"file-secret\"\n"
+            ),
+            Path::new("x"),
+        )
+        .unwrap();
+        config.validate().unwrap();
+        let other = "0b7f0ab5-8d3a-4c52-a3c9-9d0f1e6b2a44";
+        config.apply(&Overrides {
+            channel_tokens: vec![format!("{other}=flag-secret").parse().unwrap()],
+            ..Overrides::default()
+        });
+        config.validate().unwrap();
+        let tokens = config.server_config().router.tokens;
+        let id = |s: &str| ChannelId(Uuid::parse_str(s).unwrap());
+        assert!(tokens.admits(id(ch), b"file-secret") && !tokens.admits(id(ch), b"broker-secret"));
+        assert!(tokens.admits(id(other), b"flag-secret"));
+        assert!(tokens.admits(ChannelId::random(), b"broker-secret"));
+        assert!(!tokens.admits(ChannelId::random(), b""));
+
+        for shown in [
+            config.to_toml(),
+            format!("{config:?}"),
+            format!("{:?}", config.server_config()),
+        ] {
+            assert!(!shown.contains("secret"), "{shown}");
+            assert!(shown.contains("<redacted>"), "{shown}");
+        }
+    }
+
+    #[test]
+    fn no_tokens_beyond_loopback_needs_allow_unauthenticated() {
+        let mut config = BrokerConfig {
+            listen: "0.0.0.0:7878".parse().unwrap(),
+            ..BrokerConfig::default()
+        };
+        let err = config.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("`allow_unauthenticated = true`") && err.contains("0.0.0.0:7878"),
+            "{err}"
+        );
+        config.allow_unauthenticated = true;
+        config.validate().unwrap();
+        config.allow_unauthenticated = false;
+        config.auth_token = Some("t".parse().unwrap());
+        config.validate().unwrap();
+        config.auth_token = Some(AccessToken::new(Vec::new()));
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("`auth_token`"), "{err}");
+        config.auth_token = None;
+        config
+            .channel_tokens
+            .insert("nope".into(), "hidden".parse().unwrap());
+        let err = config.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("`channel_tokens`") && !err.contains("hidden"),
+            "{err}"
+        );
+        // Loopback needs no token (the default).
+        BrokerConfig::default().validate().unwrap();
     }
 
     #[test]

@@ -41,6 +41,9 @@ fn main() -> ExitCode {
         .filter_level(config.log_filter())
         .parse_default_env()
         .init();
+    if !config.has_tokens() {
+        log::warn!("no access tokens configured: any client may join any channel");
+    }
     let server = match Server::bind(config.server_config()) {
         Ok(server) => server,
         Err(e) => {

@@ -69,6 +69,7 @@ pub use error::{Error, ProtocolViolation};
 pub use reconnect::{ConnectionState, ReconnectPolicy, StateChange};
 
 use std::collections::VecDeque;
+use std::fmt;
 use std::io::{self, Read};
 use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, TryRecvError};
@@ -88,8 +89,8 @@ use reconnect::{is_recoverable, Backoff};
 use session::{Capacities, Ids, Session, StreamEvent, Wakeups};
 use transport::{Flow, Transport};
 
-/// Options for [`Client::connect_with`].
-#[derive(Clone, Debug)]
+/// Options for [`Client::connect_with`]. `Debug` shows the token as `<redacted>`.
+#[derive(Clone)]
 pub struct ClientOptions {
     /// The client id to join with; `None` lets the broker assign one.
     pub client_id: Option<ClientId>,
@@ -115,6 +116,26 @@ pub struct ClientOptions {
     /// long-lived service should outlive a broker restart; operations in flight at the drop
     /// still fail ([`Error::ConnectionLost`]), so nothing is silently retried.
     pub reconnect: Option<ReconnectPolicy>,
+    /// The access token sent as the HELLO's payload (on every connection, reconnects
+    /// included), for a broker that requires one on this channel; `None` sends an empty
+    /// payload. A missing or wrong token fails the connect with ERROR UNAUTHORIZED, which is
+    /// not retried. Default `None`.
+    pub token: Option<Vec<u8>>,
+}
+
+impl fmt::Debug for ClientOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientOptions")
+            .field("client_id", &self.client_id)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("deadline_grace", &self.deadline_grace)
+            .field("heartbeat_misses", &self.heartbeat_misses)
+            .field("broadcast_queue", &self.broadcast_queue)
+            .field("presence_queue", &self.presence_queue)
+            .field("reconnect", &self.reconnect)
+            .field("token", &self.token.as_ref().map(|_| crate::auth::REDACTED))
+            .finish()
+    }
 }
 
 impl Default for ClientOptions {
@@ -127,6 +148,7 @@ impl Default for ClientOptions {
             broadcast_queue: 1024,
             presence_queue: 1024,
             reconnect: Some(ReconnectPolicy::default()),
+            token: None,
         }
     }
 }
@@ -666,7 +688,10 @@ fn handshake(
         RequestId::NIL,
         0,
         false,
-        Bytes::new(),
+        options
+            .token
+            .as_ref()
+            .map_or_else(Bytes::new, |token| Bytes::copy_from_slice(token)),
     );
     transport::write_frame(&mut stream, &hello).map_err(Error::Io)?;
 

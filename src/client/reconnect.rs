@@ -295,6 +295,7 @@ mod tests {
         assert!(is_recoverable(&broker(ErrorCode::HeartbeatTimeout)));
         assert!(is_recoverable(&broker(ErrorCode::LimitExceeded)));
         assert!(!is_recoverable(&broker(ErrorCode::Replaced)));
+        assert!(!is_recoverable(&broker(ErrorCode::Unauthorized)));
         assert!(!is_recoverable(&broker(ErrorCode::ChannelMismatch)));
         assert!(!is_recoverable(&Error::Closed));
     }

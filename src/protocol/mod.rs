@@ -216,6 +216,9 @@ pub enum ErrorCode {
     HeartbeatTimeout = 0x000B,
     /// A newer connection joined with the same client id on the same channel (takeover).
     Replaced = 0x000C,
+    /// The HELLO's access token (its payload) is missing or wrong for the channel. Sent before
+    /// the connection learns anything about the channel; the broker closes it.
+    Unauthorized = 0x000D,
 
     /// No receiver with credit took the request within its timeout (or at once, with NO_WAIT).
     NoReceiver = 0x0100,
@@ -270,6 +273,7 @@ impl TryFrom<u16> for ErrorCode {
             0x000A => GoingAway,
             0x000B => HeartbeatTimeout,
             0x000C => Replaced,
+            0x000D => Unauthorized,
             0x0100 => NoReceiver,
             0x0101 => Timeout,
             0x0102 => PeerGone,

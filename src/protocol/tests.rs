@@ -313,6 +313,7 @@ fn error_code_roundtrip() {
         (0x000A, ErrorCode::GoingAway),
         (0x000B, ErrorCode::HeartbeatTimeout),
         (0x000C, ErrorCode::Replaced),
+        (0x000D, ErrorCode::Unauthorized),
         (0x0100, ErrorCode::NoReceiver),
         (0x0101, ErrorCode::Timeout),
         (0x0102, ErrorCode::PeerGone),

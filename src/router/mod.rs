@@ -46,6 +46,7 @@ use std::collections::VecDeque;
 use std::io;
 use std::time::{Duration, Instant};
 
+use crate::auth::Tokens;
 use crate::ids::{ChannelId, ClientId, ConnId, RequestId};
 use crate::pool::BufferPool;
 use crate::protocol::{
@@ -96,6 +97,10 @@ pub struct RouterConfig {
     /// A connection that has not completed its handshake this long after its accept is closed
     /// with `HandshakeRequired` (slowloris); zero disables the limit.
     pub handshake_timeout: Duration,
+    /// Access tokens a HELLO must carry (its payload) to join a channel; empty: none needed.
+    /// A missing or wrong token gets `Unauthorized` and is closed before anything is learnt
+    /// about the channel.
+    pub tokens: Tokens,
 }
 
 impl Default for RouterConfig {
@@ -119,6 +124,7 @@ impl Default for RouterConfig {
             max_in_flight_per_connection: 10_000,
             // The heartbeat's default interval: an honest client sends HELLO right after connect.
             handshake_timeout: Duration::from_secs(10),
+            tokens: Tokens::default(),
         }
     }
 }

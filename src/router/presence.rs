@@ -10,6 +10,9 @@
 //!  member leaves ───┬─ grace > 0 ──▶ ghost; PEER_LEFT only when the grace timer fires
 //!                   └─ grace = 0 ──▶ PEER_LEFT at once
 //! ```
+//! Access tokens, checked first (after the nil channel id): a HELLO whose payload is not the
+//! channel's token (or the broker-wide one) gets ERROR UNAUTHORIZED and is closed, with a text
+//! that says nothing about the channel, before any limit or presence state is looked at.
 //! Limits, checked before anything changes: a HELLO that would create a channel beyond
 //! `max_channels`, or add a peer (member or ghost) to a channel beyond `max_peers_per_channel`,
 //! gets ERROR LIMIT_EXCEEDED with a nil request id and is closed; a takeover or a ghost's return
@@ -43,6 +46,16 @@ impl Router {
                 conn,
                 ErrorCode::ChannelMismatch,
                 "hello needs a non-nil channel id",
+            );
+        }
+        // Before anything that depends on the channel's state (limits, peers): a client without
+        // the right token learns nothing about the channel, not even whether it exists.
+        if !self.config.tokens.admits(channel_id, &frame.payload) {
+            self.counters.handshake_failures += 1;
+            return self.fail_connection(
+                conn,
+                ErrorCode::Unauthorized,
+                "access token missing or wrong",
             );
         }
         if self.draining {
@@ -84,9 +97,8 @@ impl Router {
                 &format!("client {client} connected again on channel {channel_id}"),
             );
         }
-        let Some(channel) = self.channels.get_mut(&channel_id) else {
-            return;
-        };
+        // Entered again: a takeover of the channel's only member has just emptied and dropped it.
+        let channel = self.channels.entry(channel_id).or_default();
         let peers = channel.visible_peers_except(conn);
         channel.members.push(Member { conn, client });
         if let Some(c) = self.conns.get_mut(conn_key(conn)) {

@@ -684,6 +684,7 @@ fn code_name(code: ErrorCode) -> &'static str {
         ErrorCode::GoingAway => "GOING_AWAY",
         ErrorCode::HeartbeatTimeout => "HEARTBEAT_TIMEOUT",
         ErrorCode::Replaced => "REPLACED",
+        ErrorCode::Unauthorized => "UNAUTHORIZED",
         ErrorCode::NoReceiver => "NO_RECEIVER",
         ErrorCode::Timeout => "TIMEOUT",
         ErrorCode::PeerGone => "PEER_GONE",

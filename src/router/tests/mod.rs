@@ -2,8 +2,10 @@
 
 mod harness;
 
+mod auth;
 mod broadcast;
 mod flow_control;
+mod fuzz_scenarios;
 mod handshake;
 mod heartbeat;
 mod limits;
