@@ -1443,15 +1443,14 @@ impl BodyStream {
         }
     }
 
+    /// The next event; failing to get one (a deadline, a lost connection) fails the stream too.
+    fn next_event_or_fail(&mut self) -> Result<StreamEvent, Error> {
+        self.next_event().inspect_err(|e| self.fail(e))
+    }
+
     /// Waits for the response START; returns the responder.
     fn await_start(&mut self) -> Result<ClientId, Error> {
-        let event = match self.next_event() {
-            Ok(event) => event,
-            Err(e) => {
-                self.fail(&e);
-                return Err(e);
-            }
-        };
+        let event = self.next_event_or_fail()?;
         match event {
             StreamEvent::Start {
                 peer,
@@ -1510,13 +1509,7 @@ impl BodyStream {
                 StreamState::Failed(e) => return Err(e.duplicate()),
                 StreamState::Open => {}
             }
-            let event = match self.next_event() {
-                Ok(event) => event,
-                Err(e) => {
-                    self.fail(&e);
-                    return Err(e);
-                }
-            };
+            let event = self.next_event_or_fail()?;
             match event {
                 StreamEvent::Start { data, is_final, .. }
                 | StreamEvent::Data { data, is_final } => {
