@@ -4,7 +4,8 @@
 //! Every key of the file is also a flag (`max_payload` ⇔ `--max-payload`). A file may set any
 //! subset of the keys; unknown keys are errors, so a typo never silently falls back to a default.
 //! [`BrokerConfig::validate`] runs after the layers are merged; the broker does not start with an
-//! invalid configuration.
+//! invalid configuration. Validation reads the TLS certificate and key files (when TLS is on), so
+//! a missing or unusable file stops the broker before it binds anything.
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -19,7 +20,8 @@ use crate::auth::{AccessToken, ChannelToken, Tokens};
 use crate::ids::ChannelId;
 use crate::protocol::{DEFAULT_MAX_PAYLOAD, MAX_PAYLOAD_CEILING};
 use crate::router::RouterConfig;
-use crate::server::ServerConfig;
+use crate::server::{ServerConfig, TlsListenerConfig};
+use crate::tls::TlsConfigError;
 
 const KIB: u64 = 1024;
 const MIB: u64 = 1024 * 1024;
@@ -63,6 +65,14 @@ pub struct BrokerConfig {
     pub drain_deadline_ms: u64,
     /// Address of the Prometheus endpoint (`GET /metrics`), or `off`.
     pub metrics_listen: String,
+    /// Address of the TLS listener, or `off` (plain TCP only). Needs `tls_cert` and `tls_key`.
+    pub tls_listen: String,
+    /// PEM file with the TLS certificate chain (the broker's certificate first).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM file with the TLS certificate's private key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
     /// Broker connections open at once; one more gets LIMIT_EXCEEDED and is closed.
     pub max_connections: u64,
     /// Broker connections open at once from one IP address.
@@ -114,6 +124,9 @@ impl Default for BrokerConfig {
             presence_grace_ms: router.presence_grace.as_millis() as u64,
             drain_deadline_ms: server.drain_deadline.as_millis() as u64,
             metrics_listen: String::from(DEFAULT_METRICS_LISTEN),
+            tls_listen: String::from("off"),
+            tls_cert: None,
+            tls_key: None,
             max_connections: server.max_connections as u64,
             max_connections_per_ip: server.max_connections_per_ip as u64,
             max_channels: router.max_channels as u64,
@@ -159,6 +172,16 @@ pub enum ConfigError {
         /// The listen address.
         listen: SocketAddr,
     },
+    /// A key is set (or missing) in a way that contradicts another one: the TLS files without
+    /// `tls_listen`, or `tls_listen` without one of the files.
+    Inconsistent {
+        /// The key at fault (as in the file; the flag is the same with dashes).
+        key: &'static str,
+        /// What is wrong with it, in words.
+        message: &'static str,
+    },
+    /// The TLS certificate or key file is unusable (the error names the file).
+    Tls(TlsConfigError),
 }
 
 impl fmt::Display for ConfigError {
@@ -186,11 +209,23 @@ impl fmt::Display for ConfigError {
                  (--auth-token) or `channel_tokens` (--channel-token UUID=TOKEN), or set \
                  `allow_unauthenticated = true` (--allow-unauthenticated) to accept that"
             ),
+            ConfigError::Inconsistent { key, message } => {
+                write!(f, "`{key}` (--{}) {message}", key.replace('_', "-"))
+            }
+            ConfigError::Tls(error) => write!(f, "TLS: {error}"),
         }
     }
 }
 
-impl std::error::Error for ConfigError {}
+impl std::error::Error for ConfigError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ConfigError::Read { error, .. } => Some(error),
+            ConfigError::Tls(error) => Some(error),
+            _ => None,
+        }
+    }
+}
 
 /// Command-line overrides: one optional flag per key. Unset flags leave the file's (or the
 /// default) value.
@@ -247,6 +282,15 @@ pub struct Overrides {
     /// Prometheus endpoint (GET /metrics): a socket address, or `off` [default: 127.0.0.1:7879].
     #[arg(long)]
     pub metrics_listen: Option<String>,
+    /// TLS listener: a socket address, or `off`; needs --tls-cert and --tls-key [default: off].
+    #[arg(long, value_name = "ADDR")]
+    pub tls_listen: Option<String>,
+    /// PEM file with the TLS certificate chain (the broker's own certificate first).
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM file with the TLS certificate's private key (PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
     /// Connections open at once; more get LIMIT_EXCEEDED [default: 10000; 1 ..= 1000000].
     #[arg(long)]
     pub max_connections: Option<u64>,
@@ -323,6 +367,7 @@ impl BrokerConfig {
             presence_grace_ms,
             drain_deadline_ms,
             metrics_listen,
+            tls_listen,
             max_connections,
             max_connections_per_ip,
             max_channels,
@@ -330,6 +375,12 @@ impl BrokerConfig {
             max_in_flight_per_connection,
             handshake_timeout_ms
         );
+        if let Some(path) = &flags.tls_cert {
+            self.tls_cert = Some(path.clone());
+        }
+        if let Some(path) = &flags.tls_key {
+            self.tls_key = Some(path.clone());
+        }
         if let Some(token) = &flags.auth_token {
             self.auth_token = Some(token.clone());
         }
@@ -392,10 +443,13 @@ impl BrokerConfig {
             }
             token_range("channel_tokens", token)?;
         }
-        if !self.has_tokens() && !self.allow_unauthenticated && !self.listen.ip().is_loopback() {
-            return Err(ConfigError::Unauthenticated {
-                listen: self.listen,
-            });
+        if !self.has_tokens() && !self.allow_unauthenticated {
+            let tls_listen = self.tls_addr().ok().flatten();
+            for listen in std::iter::once(self.listen).chain(tls_listen) {
+                if !listen.ip().is_loopback() {
+                    return Err(ConfigError::Unauthenticated { listen });
+                }
+            }
         }
         Ok(())
     }
@@ -485,7 +539,60 @@ impl BrokerConfig {
             0,
             3_600_000,
         )?;
+        self.validate_tls()?;
         self.validate_tokens()
+    }
+
+    /// `tls_listen` and both files together, or none of them; then the files are read and the
+    /// key checked against the certificate.
+    fn validate_tls(&self) -> Result<(), ConfigError> {
+        let inconsistent = |key, message| Err(ConfigError::Inconsistent { key, message });
+        if self.tls_addr()?.is_none() {
+            if self.tls_cert.is_some() {
+                return inconsistent("tls_cert", "is set but `tls_listen` is off");
+            }
+            if self.tls_key.is_some() {
+                return inconsistent("tls_key", "is set but `tls_listen` is off");
+            }
+            return Ok(());
+        }
+        if self.tls_cert.is_none() {
+            return inconsistent("tls_cert", "is required with `tls_listen`");
+        }
+        if self.tls_key.is_none() {
+            return inconsistent("tls_key", "is required with `tls_listen`");
+        }
+        if let Some(tls) = self.tls_listener() {
+            tls.load().map_err(ConfigError::Tls)?;
+        }
+        Ok(())
+    }
+
+    /// The TLS listener's address: `None` for `off`.
+    ///
+    /// # Errors
+    /// [`ConfigError::OutOfRange`] when `tls_listen` is neither `off` nor a socket address.
+    pub fn tls_addr(&self) -> Result<Option<SocketAddr>, ConfigError> {
+        if self.tls_listen.eq_ignore_ascii_case("off") {
+            return Ok(None);
+        }
+        self.tls_listen
+            .parse()
+            .map(Some)
+            .map_err(|_| ConfigError::OutOfRange {
+                key: "tls_listen",
+                value: format!("{:?}", self.tls_listen),
+                accepted: String::from("a socket address (IP:port) or `off`"),
+            })
+    }
+
+    /// The TLS listener this describes, when `tls_listen` and both files are set.
+    pub fn tls_listener(&self) -> Option<TlsListenerConfig> {
+        Some(TlsListenerConfig {
+            listen: self.tls_addr().ok().flatten()?,
+            cert_path: self.tls_cert.clone()?,
+            key_path: self.tls_key.clone()?,
+        })
     }
 
     /// The metrics endpoint's address: `None` for `off`.
@@ -550,6 +657,7 @@ impl BrokerConfig {
             metrics_timeout: ServerConfig::default().metrics_timeout,
             max_connections: clamp(self.max_connections),
             max_connections_per_ip: clamp(self.max_connections_per_ip),
+            tls: self.tls_listener(),
         }
     }
 }
@@ -842,6 +950,112 @@ mod tests {
         );
         // Loopback needs no token (the default).
         BrokerConfig::default().validate().unwrap();
+    }
+
+    #[test]
+    fn tls_needs_the_listener_and_both_files_and_errors_name_the_key_or_file() {
+        use crate::tls::testing::Scratch;
+        let dir = Scratch::new("config");
+        let (cert, key) = dir.self_signed("broker");
+        let (_, other_key) = dir.self_signed("other");
+        let on = |cert: Option<&Path>, key: Option<&Path>| BrokerConfig {
+            tls_listen: "127.0.0.1:0".into(),
+            tls_cert: cert.map(Path::to_owned),
+            tls_key: key.map(Path::to_owned),
+            ..BrokerConfig::default()
+        };
+        let message = |config: BrokerConfig| config.validate().unwrap_err().to_string();
+
+        // Off by default: no TLS listener.
+        assert_eq!(BrokerConfig::default().server_config().tls, None);
+
+        // The pieces must come together.
+        let err = message(on(None, Some(&key)));
+        assert!(err.contains("`tls_cert` (--tls-cert) is required"), "{err}");
+        let err = message(on(Some(&cert), None));
+        assert!(err.contains("`tls_key` (--tls-key) is required"), "{err}");
+        let err = message(BrokerConfig {
+            tls_key: Some(key.clone()),
+            ..BrokerConfig::default()
+        });
+        assert!(
+            err.contains("`tls_key`") && err.contains("`tls_listen` is off"),
+            "{err}"
+        );
+        let err = message(BrokerConfig {
+            tls_cert: Some(cert.clone()),
+            ..BrokerConfig::default()
+        });
+        assert!(
+            err.contains("`tls_cert`") && err.contains("`tls_listen` is off"),
+            "{err}"
+        );
+        let err = message(BrokerConfig {
+            tls_listen: "port 7443".into(),
+            ..on(Some(&cert), Some(&key))
+        });
+        assert!(err.contains("`tls_listen`") && err.contains("off"), "{err}");
+
+        // The files are read at validation, and the errors name them.
+        let missing = dir.0.join("missing.crt");
+        let err = on(Some(&missing), Some(&key)).validate().unwrap_err();
+        assert!(
+            matches!(&err, ConfigError::Tls(TlsConfigError::Read { path, .. }) if *path == missing),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("missing.crt"), "{err}");
+        let err = on(Some(&key), Some(&key)).validate().unwrap_err();
+        assert!(
+            matches!(&err, ConfigError::Tls(TlsConfigError::NoCertificate { path }) if *path == key),
+            "{err:?}"
+        );
+        let err = on(Some(&cert), Some(&cert)).validate().unwrap_err();
+        assert!(
+            matches!(&err, ConfigError::Tls(TlsConfigError::NoKey { path }) if *path == cert),
+            "{err:?}"
+        );
+        let err = on(Some(&cert), Some(&other_key)).validate().unwrap_err();
+        assert!(
+            matches!(&err, ConfigError::Tls(TlsConfigError::KeyMismatch { .. })),
+            "{err:?}"
+        );
+        assert!(
+            err.to_string().contains("other.key") && err.to_string().contains("broker.crt"),
+            "{err}"
+        );
+
+        // Flags set the same keys; a good pair is a TLS listener; print-config shows it.
+        let mut config = BrokerConfig::default();
+        config.apply(&Overrides {
+            tls_listen: Some("127.0.0.1:7443".into()),
+            tls_cert: Some(cert.clone()),
+            tls_key: Some(key.clone()),
+            ..Overrides::default()
+        });
+        config.validate().unwrap();
+        let tls = config.server_config().tls.expect("a TLS listener");
+        assert_eq!(tls.listen, "127.0.0.1:7443".parse().unwrap());
+        assert_eq!((tls.cert_path, tls.key_path), (cert.clone(), key.clone()));
+        let printed = config.to_toml();
+        assert!(
+            printed.contains("tls_listen = \"127.0.0.1:7443\""),
+            "{printed}"
+        );
+        assert!(printed.contains("tls_cert = "), "{printed}");
+        assert_eq!(
+            BrokerConfig::from_toml(&printed, Path::new("x")).unwrap(),
+            config
+        );
+        assert!(BrokerConfig::default()
+            .to_toml()
+            .contains("tls_listen = \"off\""));
+
+        // A TLS listener beyond loopback needs tokens like the plain one.
+        let err = message(BrokerConfig {
+            tls_listen: "0.0.0.0:7443".into(),
+            ..on(Some(&cert), Some(&key))
+        });
+        assert!(err.contains("0.0.0.0:7443"), "{err}");
     }
 
     #[test]

@@ -18,6 +18,7 @@
 //! - [`wheel`]: the hierarchical timer wheel.
 //! - [`server`]: the mio glue — listener, connections, the poll loop; embeddable.
 //! - [`client`]: a blocking, multiplexing client library.
+//! - [`tls`]: what the broker and the client share for TLS (PEM loading, typed errors).
 //!
 //! ## Promise
 //! [`protocol`], [`router`] and [`wheel`] never touch a socket and never read a clock: they are
@@ -35,4 +36,9 @@ mod pool;
 pub mod protocol;
 pub mod router;
 pub mod server;
+pub mod tls;
 pub mod wheel;
+
+/// The rustls version this crate's TLS types come from ([`client::ClientTls::from_config`],
+/// [`client::Error::Tls`]), so applications name the same one.
+pub use rustls;

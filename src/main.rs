@@ -48,14 +48,18 @@ fn main() -> ExitCode {
         Ok(server) => server,
         Err(e) => {
             log::error!(
-                "cannot listen on {} (metrics: {}): {e}",
+                "cannot listen on {} (TLS: {}, metrics: {}): {e}",
                 config.listen,
+                config.tls_listen,
                 config.metrics_listen
             );
             return ExitCode::FAILURE;
         }
     };
     log::info!("switchyard listening on {}", server.local_addr());
+    if let Some(addr) = server.tls_addr() {
+        log::info!("switchyard listening for TLS on {addr}");
+    }
     match server.metrics_addr() {
         Some(addr) => log::info!("metrics on http://{addr}/metrics"),
         None => log::info!("metrics off"),

@@ -129,4 +129,55 @@ fn connection_events_are_one_info_line_each_and_frames_are_not_logged_at_info() 
         3,
         "one close line per connection: {lines:?}"
     );
+    tls_connections_say_so_and_a_failed_tls_handshake_gives_its_reason();
+}
+
+/// On a broker with a TLS listener: the accept line of a TLS connection says `(tls)`, and a peer
+/// that does not speak TLS gets one info line with rustls' reason and one close line.
+fn tls_connections_say_so_and_a_failed_tls_handshake_gives_its_reason() {
+    let dir = std::env::temp_dir().join(format!(
+        "switchyard-logs-{}-{}",
+        std::process::id(),
+        ChannelId::random()
+    ));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let made = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("cert");
+    let (cert, key) = (dir.join("broker.crt"), dir.join("broker.key"));
+    std::fs::write(&cert, made.cert.pem()).expect("write");
+    std::fs::write(&key, made.signing_key.serialize_pem()).expect("write");
+    let mut config = ServerConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        tls: Some(switchyard::server::TlsListenerConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            cert_path: cert,
+            key_path: key,
+        }),
+        ..Default::default()
+    };
+    config.router.presence_grace = Duration::ZERO;
+    let handle = Server::spawn(config).expect("broker");
+    let _ = std::fs::remove_dir_all(&dir); // read at bind
+    let before = info_lines().len();
+
+    let mut raw = std::net::TcpStream::connect(handle.tls_addr().unwrap()).expect("raw");
+    let hello = switchyard::protocol::Header::new(switchyard::protocol::FrameType::Hello).encode();
+    std::io::Write::write_all(&mut raw, &hello).expect("write");
+    let mut sink = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut raw, &mut sink);
+    handle.wait_idle(Duration::from_secs(5)).expect("idle");
+
+    let lines = info_lines()[before..].to_vec();
+    assert_eq!(lines.len(), 3, "accepted, failed, closed: {lines:?}");
+    assert!(
+        lines[0].contains("accepted from 127.0.0.1:") && lines[0].ends_with("(tls)"),
+        "{lines:?}"
+    );
+    assert!(
+        lines[1].contains("TLS handshake failed: ") && lines[1].contains("127.0.0.1:"),
+        "{lines:?}"
+    );
+    assert!(
+        lines[2].contains("closed (TlsError) before completing its TLS handshake"),
+        "{lines:?}"
+    );
 }

@@ -3,8 +3,8 @@
 //!
 //! Scope of each variant, at a glance:
 //! - connection-wide (the client is closed, every later call fails too): [`Error::Io`],
-//!   [`Error::Closed`], [`Error::Protocol`], [`Error::TooLarge`], and [`Error::Broker`] with a
-//!   code below `0x0100`;
+//!   [`Error::Closed`], [`Error::Protocol`], [`Error::Tls`], [`Error::TooLarge`], and
+//!   [`Error::Broker`] with a code below `0x0100`;
 //! - the link, not the client (reconnection is on and under way: retry later):
 //!   [`Error::ConnectionLost`] (the operation was in flight when the link dropped) and
 //!   [`Error::Reconnecting`] (the operation was never sent);
@@ -74,6 +74,13 @@ pub enum Error {
     },
     /// The broker broke the protocol; the client closed the connection. Report it.
     Protocol(ProtocolViolation),
+    /// TLS failed ([`ClientOptions::tls`](super::ClientOptions::tls)): the broker's certificate
+    /// is not trusted or not valid for the server name (`InvalidCertificate`), the two ends
+    /// share no protocol version or cipher suite, the broker sent an alert, or the other end
+    /// does not speak TLS at all (a plain-TCP port: `InvalidMessage`). The client is closed and
+    /// does not reconnect: a new connection would meet the same certificate. Check the trusted
+    /// CA, the server name and the port.
+    Tls(rustls::Error),
     /// Any other error code the broker sent: `UNKNOWN_REQUEST`, `DUPLICATE_REQUEST`,
     /// `STREAM_ORDER`, `LIMIT_EXCEEDED` on one request, or a connection-fatal code (below
     /// `0x0100`, for example `CLIENT_ID_IN_USE` at connect or `GOING_AWAY`), or a code newer than
@@ -103,6 +110,7 @@ impl Error {
             | Error::Io(_)
             | Error::Closed
             | Error::Protocol(_)
+            | Error::Tls(_)
             | Error::TooLarge { .. } => true,
             Error::Broker { code, .. } => *code < 0x0100,
             _ => false,
@@ -154,6 +162,7 @@ impl Error {
                 max_payload: *max_payload,
             },
             Error::Protocol(v) => Error::Protocol(v.clone()),
+            Error::Tls(e) => Error::Tls(e.clone()),
             Error::Broker { code, message } => Error::Broker {
                 code: *code,
                 message: message.clone(),
@@ -199,6 +208,7 @@ impl fmt::Display for Error {
                 )
             }
             Error::Protocol(v) => write!(f, "broker protocol violation: {v}"),
+            Error::Tls(e) => write!(f, "TLS with the broker failed: {e}"),
             Error::Broker { code, message } => write!(f, "broker error 0x{code:04x}: {message}"),
         }
     }
@@ -209,6 +219,7 @@ impl std::error::Error for Error {
         match self {
             Error::ConnectionRefused(e) | Error::Io(e) => Some(e),
             Error::Protocol(v) => Some(v),
+            Error::Tls(e) => Some(e),
             _ => None,
         }
     }
@@ -228,7 +239,7 @@ impl From<Error> for io::Error {
                     Error::ConnectionLost => io::ErrorKind::ConnectionAborted,
                     Error::PeerGone => io::ErrorKind::ConnectionAborted,
                     Error::Cancelled => io::ErrorKind::ConnectionReset,
-                    Error::Protocol(_) => io::ErrorKind::InvalidData,
+                    Error::Protocol(_) | Error::Tls(_) => io::ErrorKind::InvalidData,
                     _ => io::ErrorKind::Other,
                 };
                 io::Error::new(kind, other)

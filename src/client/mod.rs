@@ -28,6 +28,9 @@
 //!   (`TCP_NODELAY`, no flush timer). Callers then block on their operation's own queue (an
 //!   `mpsc` channel, or a condvar-guarded queue for `next_*`), never on a lock held across I/O.
 //!
+//! With [`ClientOptions::tls`] the connection is TLS ([`ClientTls`]): the same threads, with the
+//! rustls session in a lock of its own that is never held across blocking I/O (`transport.rs`).
+//!
 //! # Invariants
 //! - An operation registers its route in the session *before* its first frame is written, so
 //!   an answer cannot arrive unrouted.
@@ -63,10 +66,12 @@
 mod error;
 mod reconnect;
 mod session;
+mod tls;
 mod transport;
 
 pub use error::{Error, ProtocolViolation};
 pub use reconnect::{ConnectionState, ReconnectPolicy, StateChange};
+pub use tls::ClientTls;
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -87,7 +92,7 @@ use crate::protocol::{
 };
 use reconnect::{is_recoverable, Backoff};
 use session::{Capacities, Ids, Session, StreamEvent, Wakeups};
-use transport::{Flow, Transport};
+use transport::{Flow, SharedTls, Transport};
 
 /// Options for [`Client::connect_with`]. `Debug` shows the token as `<redacted>`.
 #[derive(Clone)]
@@ -121,6 +126,11 @@ pub struct ClientOptions {
     /// payload. A missing or wrong token fails the connect with ERROR UNAUTHORIZED, which is
     /// not retried. Default `None`.
     pub token: Option<Vec<u8>>,
+    /// Connect with TLS (to the broker's TLS listener), trusting the certificates and verifying
+    /// the name [`ClientTls`] holds; every reconnect uses it too. `None` (the default) speaks
+    /// plain TCP. A certificate the client does not trust fails the connect with
+    /// [`Error::Tls`], which is not retried.
+    pub tls: Option<ClientTls>,
 }
 
 impl fmt::Debug for ClientOptions {
@@ -134,6 +144,7 @@ impl fmt::Debug for ClientOptions {
             .field("presence_queue", &self.presence_queue)
             .field("reconnect", &self.reconnect)
             .field("token", &self.token.as_ref().map(|_| crate::auth::REDACTED))
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -149,6 +160,7 @@ impl Default for ClientOptions {
             presence_queue: 1024,
             reconnect: Some(ReconnectPolicy::default()),
             token: None,
+            tls: None,
         }
     }
 }
@@ -463,10 +475,14 @@ impl Shared {
                 interval: (!heartbeat.is_zero()).then_some(heartbeat),
                 misses: self.options.heartbeat_misses,
             };
+            let inbound = transport::Inbound {
+                stream: &mut joined.stream,
+                tls: joined.tls.as_ref(),
+                decoder: &mut joined.decoder,
+                buf: &mut joined.buf,
+            };
             let reason = transport::read_frames(
-                &mut joined.stream,
-                &mut joined.decoder,
-                &mut joined.buf,
+                inbound,
                 liveness,
                 |frame| self.handle_frame(&link, frame),
                 |sequence| {
@@ -480,6 +496,7 @@ impl Shared {
                     );
                     link.transport.send_control(ping);
                 },
+                || link.transport.flush_pending(),
             );
             let backoff = match backoff.as_mut() {
                 Some(backoff) if is_recoverable(&reason) => backoff,
@@ -589,7 +606,7 @@ impl Shared {
         // From here on nothing blocks on the new stream for long (one small write into an
         // empty socket buffer), so a close need not cut it.
         self.lock().dialing = None;
-        let mut joined = joined?;
+        let joined = joined?;
         let link = Arc::new(joined.link()?);
         // The window goes out on the new connection before anything an operation can send, and
         // under `window_order`, so a concurrent `set_receive_window` is either recorded before
@@ -608,8 +625,10 @@ impl Shared {
                 false,
                 encode_u32(window),
             );
-            transport::write_frame(&mut joined.stream, &receive).map_err(Error::Io)?;
+            // Through the new link's transport (not published yet: nothing else writes on it).
+            link.transport.send(&receive).map_err(Error::Io)?;
         }
+        let mut joined = joined;
         let wakeups = {
             let mut locked = self.lock();
             if !locked
@@ -636,6 +655,8 @@ impl Shared {
 #[derive(Debug)]
 struct Joined {
     stream: TcpStream,
+    /// The TLS session, for a TLS connection.
+    tls: Option<SharedTls>,
     decoder: Decoder,
     /// Bytes read past the WELCOME.
     buf: BytesMut,
@@ -653,15 +674,17 @@ impl Joined {
             transport: Transport::new(
                 self.stream.try_clone().map_err(Error::Io)?,
                 self.stream.try_clone().map_err(Error::Io)?,
+                self.tls.clone(),
             ),
             limits: self.limits,
         })
     }
 }
 
-/// Connects to `addrs`, sends HELLO with `requested` (nil: assign one) for `channel`, and waits
-/// for the WELCOME, all within `options.connect_timeout`. `on_connected` sees the stream once
-/// the TCP connection is up (its error aborts the attempt).
+/// Connects to `addrs`, runs the TLS handshake (with [`ClientOptions::tls`]), sends HELLO with
+/// `requested` (nil: assign one) for `channel`, and waits for the WELCOME, all within
+/// `options.connect_timeout`. `on_connected` sees the stream once the TCP connection is up (its
+/// error aborts the attempt).
 ///
 /// # Errors
 /// As [`Client::connect_with`].
@@ -678,6 +701,16 @@ fn handshake(
         .unwrap_or_else(|| transport::now() + Duration::from_secs(365 * 24 * 3600));
     let mut stream = transport::connect(addrs, options.connect_timeout)?;
     on_connected(&stream)?;
+    let mut buf = BytesMut::new();
+    let tls = match &options.tls {
+        None => None,
+        Some(client_tls) => {
+            let peer = stream.peer_addr().map_err(Error::Io)?;
+            let tls = transport::share(client_tls.session(peer).map_err(Error::Tls)?);
+            transport::tls_handshake(&mut stream, &tls, &mut buf, deadline)?;
+            Some(tls)
+        }
+    };
     let hello_ids = Ids {
         client: requested,
         channel,
@@ -693,14 +726,19 @@ fn handshake(
             .as_ref()
             .map_or_else(Bytes::new, |token| Bytes::copy_from_slice(token)),
     );
-    transport::write_frame(&mut stream, &hello).map_err(Error::Io)?;
+    transport::write_frame_on(&mut stream, tls.as_ref(), &hello).map_err(Error::Io)?;
 
     // The client trusts the broker's frames up to the protocol's hard ceiling; the WELCOME's
     // own max payload only governs what the client sends.
     let mut decoder = Decoder::new(MAX_PAYLOAD_CEILING);
-    let mut buf = BytesMut::new();
     let (header, welcome) = loop {
-        let frame = transport::read_frame_until(&mut stream, &mut decoder, &mut buf, deadline)?;
+        let frame = transport::read_frame_until(
+            &mut stream,
+            tls.as_ref(),
+            &mut decoder,
+            &mut buf,
+            deadline,
+        )?;
         let bad_payload = |frame_type, error| {
             Error::Protocol(ProtocolViolation::BadPayload { frame_type, error })
         };
@@ -725,7 +763,7 @@ fn handshake(
                     h.is_final,
                     Bytes::new(),
                 );
-                transport::write_frame(&mut stream, &pong).map_err(Error::Io)?;
+                transport::write_frame_on(&mut stream, tls.as_ref(), &pong).map_err(Error::Io)?;
             }
             frame_type => {
                 return Err(Error::Protocol(ProtocolViolation::UnexpectedFrame {
@@ -755,6 +793,7 @@ fn handshake(
     let peer_addr = stream.peer_addr().map_err(Error::Io)?;
     Ok(Joined {
         stream,
+        tls,
         decoder,
         buf,
         client: assigned,
@@ -805,6 +844,8 @@ impl Client {
     ///   `CHANNEL_MISMATCH` for a nil channel, `GOING_AWAY`, `LIMIT_EXCEEDED` when the broker is
     ///   at a connection, channel or peer limit, …);
     /// - [`Error::Protocol`]: the broker answered something else than a valid WELCOME;
+    /// - [`Error::Tls`]: with [`ClientOptions::tls`], the TLS handshake failed (an untrusted
+    ///   certificate, a wrong server name, a port that does not speak TLS);
     /// - [`Error::Io`]: the connection failed during the handshake.
     pub fn connect_with(
         addr: impl ToSocketAddrs,

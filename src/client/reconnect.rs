@@ -37,7 +37,8 @@
 //! with a nil request id (the broker is at a connection, channel or peer limit; a slot may free
 //! up), a refused or timed out connection attempt. Anything else closes the client for good, because a new connection
 //! would meet the same fate: `REPLACED` (another connection took over this client id: fighting
-//! for it would flap forever), protocol violations, `TooLarge`, channel mismatches.
+//! for it would flap forever), protocol violations, TLS failures (an untrusted or wrong
+//! certificate does not fix itself), `TooLarge`, channel mismatches.
 
 use std::time::Duration;
 
@@ -115,7 +116,10 @@ pub(crate) fn is_recoverable(reason: &Error) -> bool {
         | Error::NoPeers
         | Error::BroadcastIncomplete { .. }
         | Error::TooLarge { .. }
-        | Error::Protocol(_) => false,
+        | Error::Protocol(_)
+        // A certificate the client does not trust, a protocol the two ends do not share, or a
+        // port that does not speak TLS: a new connection meets the same.
+        | Error::Tls(_) => false,
     }
 }
 
@@ -298,5 +302,8 @@ mod tests {
         assert!(!is_recoverable(&broker(ErrorCode::Unauthorized)));
         assert!(!is_recoverable(&broker(ErrorCode::ChannelMismatch)));
         assert!(!is_recoverable(&Error::Closed));
+        let bad_certificate =
+            rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer);
+        assert!(!is_recoverable(&Error::Tls(bad_certificate)));
     }
 }

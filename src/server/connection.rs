@@ -1,7 +1,8 @@
-//! The I/O side of one connection: socket, read buffer, decoder.
+//! The I/O side of one connection: socket, transport, read buffer, decoder.
 //!
 //! The router owns the outbound queue (it needs its length for flow control); this side owns
-//! what arrives.
+//! what arrives. One connection type serves both listeners: its [`Transport`] is `Plain` or
+//! `Tls` (see `tls.rs`), and everything past the read buffer (decoder, router) is the same.
 //!
 //! Reads land in one scratch buffer shared by every connection and only the bytes received are
 //! appended to the connection's own buffer, taken from the server's [`BufferPool`] when bytes
@@ -9,12 +10,16 @@
 //! buffer at all, a read never re-zeroes 64 KiB, and busy connections cycle warm buffers. Reading is edge-triggered: after a readiness event the server reads until
 //! `WouldBlock`, the per-wakeup budget, or a pause from the router — in the last two cases the
 //! connection is re-queued by the server, since no new event will come for bytes already there.
+//!
+//! A plain connection appends the bytes read straight to its read buffer (one copy, no other
+//! work: the hot path). A TLS connection hands them to rustls and appends the plaintext.
 
 use bytes::BytesMut;
 use mio::net::TcpStream;
 use std::io::{self, Read};
 use std::net::IpAddr;
 
+use super::tls::{Absorbed, TlsSession};
 use crate::ids::ConnId;
 use crate::pool::BufferPool;
 use crate::protocol::Decoder;
@@ -34,6 +39,8 @@ pub enum CloseReason {
     ProtocolError,
     /// The server is shutting down.
     Shutdown,
+    /// TLS failed: a bad record, a failed handshake, an alert from the peer.
+    TlsError,
 }
 
 /// Result of one [`IoConnection::fill`] call.
@@ -42,8 +49,21 @@ pub(crate) enum Fill {
     Read(usize),
     /// Nothing more to read for now.
     WouldBlock,
-    /// The peer closed its side.
+    /// The peer closed its side (for TLS: TCP EOF, or `close_notify` once the plaintext
+    /// before it was returned).
     Eof,
+    /// TLS: the handshake completed with this read (`n` bytes read).
+    TlsHandshakeDone(usize),
+    /// TLS: rustls refused the input; the connection must close (its alert is queued).
+    TlsFailed(rustls::Error),
+}
+
+/// How a connection's bytes are carried.
+pub(crate) enum Transport {
+    /// Frames straight on the socket.
+    Plain,
+    /// Frames inside TLS records (boxed: a plain connection stays small).
+    Tls(Box<TlsSession>),
 }
 
 pub(crate) struct IoConnection {
@@ -51,6 +71,7 @@ pub(crate) struct IoConnection {
     pub(crate) stream: TcpStream,
     /// The peer's IP address (for the per-address connection limit).
     pub(crate) ip: IpAddr,
+    pub(crate) transport: Transport,
     pub(crate) read_buf: BytesMut,
     pub(crate) decoder: Decoder,
     /// Queued in the server's to-read list (avoids duplicates).
@@ -60,11 +81,18 @@ pub(crate) struct IoConnection {
 }
 
 impl IoConnection {
-    pub(crate) fn new(id: ConnId, stream: TcpStream, ip: IpAddr, max_payload: u32) -> IoConnection {
+    pub(crate) fn new(
+        id: ConnId,
+        stream: TcpStream,
+        ip: IpAddr,
+        transport: Transport,
+        max_payload: u32,
+    ) -> IoConnection {
         IoConnection {
             id,
             stream,
             ip,
+            transport,
             read_buf: BytesMut::new(),
             decoder: Decoder::new(max_payload),
             queued_for_read: false,
@@ -72,23 +100,53 @@ impl IoConnection {
         }
     }
 
-    /// Reads once from the socket through `scratch` into the read buffer.
+    /// Reads once from the socket through `scratch` into the read buffer (for TLS: through
+    /// rustls, which appends the plaintext).
     pub(crate) fn fill(&mut self, scratch: &mut [u8], pool: &mut BufferPool) -> io::Result<Fill> {
+        if let Transport::Tls(tls) = &self.transport {
+            if tls.peer_closed {
+                return Ok(Fill::Eof);
+            }
+        }
         loop {
             match self.stream.read(scratch) {
                 Ok(0) => return Ok(Fill::Eof),
                 Ok(n) => {
-                    if self.read_buf.capacity() == 0 {
-                        self.read_buf = pool.take();
-                    }
-                    self.read_buf.extend_from_slice(&scratch[..n]);
-                    return Ok(Fill::Read(n));
+                    let tls = match &mut self.transport {
+                        Transport::Plain => {
+                            if self.read_buf.capacity() == 0 {
+                                self.read_buf = pool.take();
+                            }
+                            self.read_buf.extend_from_slice(&scratch[..n]);
+                            return Ok(Fill::Read(n));
+                        }
+                        Transport::Tls(tls) => tls,
+                    };
+                    return Ok(match tls.absorb(&scratch[..n], &mut self.read_buf, pool) {
+                        Absorbed::Ok => Fill::Read(n),
+                        Absorbed::HandshakeDone => Fill::TlsHandshakeDone(n),
+                        Absorbed::Failed(e) => Fill::TlsFailed(e),
+                    });
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Fill::WouldBlock),
                 Err(e) => return Err(e),
             }
         }
+    }
+
+    /// True when rustls holds records to write with nothing queued in the router for them
+    /// (handshake messages, alerts, the records of an earlier flush the socket did not take).
+    pub(crate) fn tls_wants_write(&self) -> bool {
+        match &self.transport {
+            Transport::Plain => false,
+            Transport::Tls(tls) => tls.conn.wants_write(),
+        }
+    }
+
+    /// True for a connection of the TLS listener.
+    pub(crate) fn is_tls(&self) -> bool {
+        matches!(self.transport, Transport::Tls(_))
     }
 
     /// Gives a drained read buffer back to the pool, so an idle connection holds none.

@@ -534,6 +534,25 @@ fn render(
         &one(stats.closed),
     );
     family(
+        "tls_connections",
+        "gauge",
+        "Open broker connections of the TLS listener (also counted in connections).",
+        &gauge(stats.tls_sockets),
+    );
+    family(
+        "tls_connections_opened_total",
+        "counter",
+        "Broker connections accepted on the TLS listener (also counted in connections_opened_total).",
+        &one(stats.tls_accepted),
+    );
+    family(
+        "tls_handshake_failures_total",
+        "counter",
+        "TLS connections closed before their TLS handshake completed (TLS error, not TLS, \
+         certificate refused by the client, EOF, handshake timeout).",
+        &one(stats.tls_handshake_failures),
+    );
+    family(
         "takeovers_total",
         "counter",
         "Connections replaced by a newer one with the same client id.",

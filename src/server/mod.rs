@@ -34,6 +34,18 @@
 //! at once; the router never sees it. Accepting it (rather than leaving it in the backlog) keeps
 //! the edge-triggered listener drained, so a flood of connections never makes the loop spin.
 //!
+//! # TLS
+//! With [`ServerConfig::tls`] set, a second listener takes TLS connections (TLS 1.2 and 1.3,
+//! rustls with the `ring` provider); the plain listener stays as it is. The certificate chain and
+//! key are read at [`Server::bind`], which fails with a [`TlsConfigError`](crate::tls::TlsConfigError)
+//! naming the file. Connections from either listener are one connection type whose transport is
+//! plain or TLS (`connection.rs`); the router sees the same frames from both. The TLS transport's
+//! invariants — rustls holds at most [`TLS_BUFFER_LIMIT`] bytes of records behind the router's
+//! queue, records (handshake included) are written at every flush even with nothing queued,
+//! nothing blocks — are in `tls.rs`. A TLS peer that never completes its handshake never says
+//! HELLO either, so the router's handshake timeout closes it. At a connection limit, a TLS
+//! connection is closed without the plain-protocol ERROR frame (it could not read one).
+//!
 //! # Metrics
 //! With [`ServerConfig::metrics_listen`] set, the same loop serves Prometheus' `GET /metrics` on
 //! a second listener (see `metrics.rs`): a few connections with their own small buffers and a
@@ -41,8 +53,10 @@
 
 mod connection;
 mod metrics;
+mod tls;
 
 pub use connection::CloseReason;
+pub use tls::{TlsListenerConfig, BUFFER_LIMIT as TLS_BUFFER_LIMIT};
 
 use hashbrown::HashMap;
 use mio::event::Event;
@@ -59,7 +73,7 @@ use crate::ids::{ConnId, RequestId};
 use crate::pool::BufferPool;
 use crate::protocol::{encode_error, ErrorCode, FrameType, Header};
 use crate::router::{Output, Router, RouterConfig, RouterStats, WriteStatus};
-use connection::{Fill, IoConnection};
+use connection::{Fill, IoConnection, Transport};
 
 /// Configuration of the server. `Default` listens on 127.0.0.1:7878 with the documented limits.
 #[derive(Clone, Debug)]
@@ -90,6 +104,9 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// Broker connections open at once from one IP address; beyond it, as `max_connections`.
     pub max_connections_per_ip: usize,
+    /// A second listener for TLS connections; `None` (the default) listens for plain TCP only.
+    /// Its connections count in the same limits as the plain listener's.
+    pub tls: Option<TlsListenerConfig>,
 }
 
 impl Default for ServerConfig {
@@ -109,6 +126,7 @@ impl Default for ServerConfig {
             max_connections: 10_000,
             // A tenth of the whole: one host (or NAT gateway) cannot take every slot.
             max_connections_per_ip: 1_000,
+            tls: None,
         }
     }
 }
@@ -137,6 +155,14 @@ pub struct ServerStats {
     /// Cumulative: connections refused at accept by `max_connections` or
     /// `max_connections_per_ip` (not counted in `accepted`).
     pub refused: u64,
+    /// Open connections of the TLS listener (counted in `sockets` too).
+    pub tls_sockets: usize,
+    /// Cumulative: connections accepted on the TLS listener (counted in `accepted` too).
+    pub tls_accepted: u64,
+    /// Cumulative: TLS connections closed before their TLS handshake completed (a TLS error,
+    /// a peer that is not speaking TLS, a certificate the client refused, EOF, or the handshake
+    /// timeout).
+    pub tls_handshake_failures: u64,
 }
 
 impl ServerStats {
@@ -159,11 +185,12 @@ impl ServerStats {
     }
 }
 
-/// Offsets inside the server's token range: the listener, the metrics listener, a fixed block of
-/// metrics connections, then broker connections by slot.
+/// Offsets inside the server's token range: the listener, the TLS listener, the metrics
+/// listener, a fixed block of metrics connections, then broker connections by slot.
 const LISTENER_OFFSET: usize = 0;
-const METRICS_LISTENER_OFFSET: usize = 1;
-const METRICS_CONN_OFFSET: usize = 2;
+const TLS_LISTENER_OFFSET: usize = 1;
+const METRICS_LISTENER_OFFSET: usize = 2;
+const METRICS_CONN_OFFSET: usize = 3;
 const CONN_OFFSET: usize = METRICS_CONN_OFFSET + metrics::MAX_SCRAPES;
 
 /// The broker's I/O layer. See the module docs.
@@ -171,6 +198,8 @@ pub struct Server {
     config: ServerConfig,
     listener: TcpListener,
     local_addr: SocketAddr,
+    /// The TLS listener, when [`ServerConfig::tls`] is set.
+    tls: Option<TlsListener>,
     registry: Option<Registry>,
     token_base: usize,
     /// I/O halves of connections, indexed by `ConnId::slot` (the router's slab slot).
@@ -197,18 +226,54 @@ pub struct Server {
     metrics: Option<metrics::MetricsEndpoint>,
 }
 
+/// The TLS listener and the rustls configuration its connections share.
+struct TlsListener {
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    config: std::sync::Arc<rustls::ServerConfig>,
+}
+
+/// Which listener a connection came from.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Listener {
+    Plain,
+    Tls,
+}
+
 impl Server {
     /// Number of tokens a server uses from its base: the listeners, the metrics connections and
     /// one per connection slot.
     pub const TOKEN_SPAN: usize = 1 << 30;
 
-    /// Binds the listener (not yet registered with any poll).
+    /// Binds the listeners (not yet registered with any poll); with [`ServerConfig::tls`], reads
+    /// the certificate and key first.
     ///
     /// # Errors
-    /// The bind error (address in use, permission denied...).
+    /// The bind error (address in use, permission denied...), or a TLS configuration error
+    /// wrapping a [`TlsConfigError`](crate::tls::TlsConfigError) that names the file (recover it
+    /// with `get_ref()` + `downcast_ref`).
     pub fn bind(config: ServerConfig) -> io::Result<Server> {
+        // The files first: a bad certificate must not leave a half-bound broker behind.
+        let tls_config = config
+            .tls
+            .as_ref()
+            .map(TlsListenerConfig::load)
+            .transpose()?;
         let listener = TcpListener::bind(config.listen)?;
         let local_addr = listener.local_addr()?;
+        let tls = match (&config.tls, tls_config) {
+            (Some(tls), Some(tls_config)) => {
+                let listener = TcpListener::bind(tls.listen).map_err(|e| {
+                    io::Error::new(e.kind(), format!("TLS listener {}: {e}", tls.listen))
+                })?;
+                Some(TlsListener {
+                    local_addr: listener.local_addr()?,
+                    listener,
+                    config: tls_config,
+                })
+            }
+            _ => None,
+        };
         let metrics = config
             .metrics_listen
             .map(|addr| metrics::MetricsEndpoint::bind(addr, config.metrics_timeout))
@@ -221,6 +286,7 @@ impl Server {
             config,
             listener,
             local_addr,
+            tls,
             registry: None,
             token_base: 0,
             conns: Vec::new(),
@@ -251,6 +317,11 @@ impl Server {
         self.metrics.as_ref().map(|m| m.local_addr())
     }
 
+    /// The address the TLS listener is bound to, when it is on.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls.as_ref().map(|t| t.local_addr)
+    }
+
     /// Registers the listener with `registry`; the server will use tokens
     /// `token_base ..= token_base + TOKEN_SPAN - 1` for itself and its connections.
     ///
@@ -263,6 +334,13 @@ impl Server {
             Token(self.token_base + LISTENER_OFFSET),
             Interest::READABLE,
         )?;
+        if let Some(tls) = &mut self.tls {
+            registry.register(
+                &mut tls.listener,
+                Token(self.token_base + TLS_LISTENER_OFFSET),
+                Interest::READABLE,
+            )?;
+        }
         if let Some(metrics) = &mut self.metrics {
             metrics.register(registry, Token(self.token_base + METRICS_LISTENER_OFFSET))?;
         }
@@ -282,6 +360,7 @@ impl Server {
         stats.sockets = self.sockets;
         stats.metrics_connections = self.metrics.as_ref().map_or(0, |m| m.open());
         stats.read_buffered_bytes = self.conns.iter().flatten().map(|c| c.read_buf.len()).sum();
+        stats.tls_sockets = self.conns.iter().flatten().filter(|c| c.is_tls()).count();
         stats.pooled_bytes = self.read_pool.retained_bytes() + self.router.pooled_bytes();
         stats
     }
@@ -303,7 +382,10 @@ impl Server {
         self.now = self.now.max(now);
         let offset = event.token().0.wrapping_sub(self.token_base);
         if offset == LISTENER_OFFSET {
-            return self.accept_all(now);
+            return self.accept_all(Listener::Plain, now);
+        }
+        if offset == TLS_LISTENER_OFFSET {
+            return self.accept_all(Listener::Tls, now);
         }
         if (METRICS_LISTENER_OFFSET..CONN_OFFSET).contains(&offset) {
             return self.handle_metrics_event(offset, event, now);
@@ -371,6 +453,9 @@ impl Server {
         self.now = self.now.max(now);
         if let Some(registry) = &self.registry {
             let _ = registry.deregister(&mut self.listener);
+            if let Some(tls) = &mut self.tls {
+                let _ = registry.deregister(&mut tls.listener);
+            }
         }
         log::info!(
             "shutting down: no new connections; draining for at most {:?}",
@@ -429,6 +514,7 @@ impl Server {
         let mut server = Server::bind(config)?;
         let addr = server.local_addr();
         let metrics_addr = server.metrics_addr();
+        let tls_addr = server.tls_addr();
         let poll = Poll::new()?;
         server.register(poll.registry(), Token(0))?;
         let waker = Waker::new(poll.registry(), CONTROL_TOKEN)?;
@@ -439,6 +525,7 @@ impl Server {
         Ok(ServerHandle {
             addr,
             metrics_addr,
+            tls_addr,
             waker,
             control: control_tx,
             thread: Some(thread),
@@ -496,10 +583,15 @@ impl Server {
             .filter(|c| c.id == id)
     }
 
-    fn accept_all(&mut self, now: Instant) {
+    fn accept_all(&mut self, from: Listener, now: Instant) {
         loop {
-            match self.listener.accept() {
-                Ok((stream, addr)) => self.accept(stream, addr, now),
+            let accepted = match (from, &self.tls) {
+                (Listener::Plain, _) => self.listener.accept(),
+                (Listener::Tls, Some(tls)) => tls.listener.accept(),
+                (Listener::Tls, None) => return,
+            };
+            match accepted {
+                Ok((stream, addr)) => self.accept(stream, addr, from, now),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => continue,
@@ -514,7 +606,7 @@ impl Server {
         }
     }
 
-    fn accept(&mut self, mut stream: TcpStream, addr: SocketAddr, now: Instant) {
+    fn accept(&mut self, mut stream: TcpStream, addr: SocketAddr, from: Listener, now: Instant) {
         if let Err(e) = stream.set_nodelay(true) {
             log::debug!("{addr}: set_nodelay failed: {e}");
         }
@@ -522,16 +614,33 @@ impl Server {
         let from_ip = self.per_ip.get(&ip).copied().unwrap_or(0);
         if self.sockets >= self.config.max_connections {
             let max = self.config.max_connections;
-            return self.refuse(stream, addr, &format!("the broker has {max} connections"));
+            return self.refuse(
+                stream,
+                addr,
+                from,
+                &format!("the broker has {max} connections"),
+            );
         }
         if from_ip >= self.config.max_connections_per_ip {
             let max = self.config.max_connections_per_ip;
             return self.refuse(
                 stream,
                 addr,
+                from,
                 &format!("{max} connections from {ip} are open"),
             );
         }
+        let transport = match (from, &self.tls) {
+            (Listener::Plain, _) => Transport::Plain,
+            (Listener::Tls, Some(tls)) => match tls::new_session(&tls.config) {
+                Ok(session) => Transport::Tls(Box::new(session)),
+                Err(e) => {
+                    log::warn!("{addr}: TLS session refused: {e}");
+                    return;
+                }
+            },
+            (Listener::Tls, None) => return,
+        };
         let Some(registry) = self.registry.as_ref() else {
             return;
         };
@@ -553,21 +662,33 @@ impl Server {
             id,
             stream,
             ip,
+            transport,
             self.config.router.max_payload,
         ));
         *self.per_ip.entry(ip).or_default() += 1;
         self.sockets += 1;
         self.stats.accepted += 1;
-        log::info!("{id}: accepted from {addr}");
+        match from {
+            Listener::Plain => log::info!("{id}: accepted from {addr}"),
+            Listener::Tls => {
+                self.stats.tls_accepted += 1;
+                log::info!("{id}: accepted from {addr} (tls)");
+            }
+        }
     }
 
     /// Refuses an accepted connection over a connection limit: one ERROR LIMIT_EXCEEDED (nil
     /// request id), best effort, then close. The router never sees it.
-    fn refuse(&mut self, mut stream: TcpStream, addr: SocketAddr, text: &str) {
+    fn refuse(&mut self, mut stream: TcpStream, addr: SocketAddr, from: Listener, text: &str) {
         use std::io::{Read, Write};
         self.stats.refused += 1;
         // A debug line and a counter, not an info line: a connection flood must not flood the log.
         log::debug!("{addr}: refused: {text}");
+        if from == Listener::Tls {
+            // A TLS client could not read a plain ERROR frame: it sees the connection closed
+            // during its handshake. Dropping the stream closes it.
+            return;
+        }
         let payload = encode_error(ErrorCode::LimitExceeded as u16, text, &[]);
         let header = Header {
             request_id: RequestId::NIL,
@@ -633,10 +754,43 @@ impl Server {
             let Some(c) = slot.filter(|c| c.id == id) else {
                 return;
             };
-            match c.fill(&mut self.scratch, &mut self.read_pool) {
+            let filled = c.fill(&mut self.scratch, &mut self.read_pool);
+            // TLS: input may call for output with nothing queued in the router (the handshake's
+            // next flight, an alert, a key update): the flush at the end of the turn writes it.
+            let tls_output = c.tls_wants_write();
+            match filled {
                 Ok(Fill::Read(n)) => {
                     self.stats.bytes_in += n as u64;
                     budget = budget.saturating_sub(n);
+                    if tls_output {
+                        self.queue_flush(id);
+                    }
+                }
+                Ok(Fill::TlsHandshakeDone(n)) => {
+                    self.stats.bytes_in += n as u64;
+                    budget = budget.saturating_sub(n);
+                    if let Some(Transport::Tls(tls)) = self.conn_mut(id).map(|c| &c.transport) {
+                        log::debug!(
+                            "{id}: TLS handshake done ({:?}, {:?})",
+                            tls.conn.protocol_version(),
+                            tls.conn.negotiated_cipher_suite().map(|s| s.suite())
+                        );
+                    }
+                    if tls_output {
+                        self.queue_flush(id);
+                    }
+                }
+                Ok(Fill::TlsFailed(error)) => {
+                    let who = self.router.describe(id);
+                    let handshaking = self.conn_mut(id).is_some_and(
+                        |c| matches!(&c.transport, Transport::Tls(t) if t.is_handshaking()),
+                    );
+                    if handshaking {
+                        log::info!("{who}: TLS handshake failed: {error}");
+                    } else {
+                        log::info!("{who}: TLS error: {error}");
+                    }
+                    return self.close(id, CloseReason::TlsError, now);
                 }
                 Ok(Fill::WouldBlock) => {
                     c.trim(&mut self.read_pool);
@@ -692,7 +846,18 @@ impl Server {
                 continue;
             };
             c.queued_for_flush = false;
-            match self.router.write_to(id, &mut c.stream, budget) {
+            let written = match &mut c.transport {
+                Transport::Plain => self.router.write_to(id, &mut c.stream, budget),
+                // Records rustls already holds go first, even with nothing queued in the router
+                // (the handshake); then the router's queue through the bounded TLS writer.
+                Transport::Tls(tls) => match tls.push_records(&mut c.stream) {
+                    Ok(_) => self
+                        .router
+                        .write_to(id, &mut tls.writer(&mut c.stream), budget),
+                    Err(e) => Err(e),
+                },
+            };
+            match written {
                 Ok(WriteStatus::Drained) | Ok(WriteStatus::Blocked) => {}
                 Ok(WriteStatus::BudgetSpent) => {
                     c.queued_for_flush = true;
@@ -721,6 +886,18 @@ impl Server {
         }) else {
             return;
         };
+        let mut tls_unfinished = false;
+        if let Transport::Tls(tls) = &mut c.transport {
+            tls_unfinished = tls.is_handshaking();
+            if tls_unfinished {
+                self.stats.tls_handshake_failures += 1;
+            }
+            if !matches!(reason, CloseReason::IoError(_)) {
+                // After the router's last frame (flushed before the close): close_notify, or the
+                // fatal alert rustls queued, best effort.
+                tls.close(&mut c.stream);
+            }
+        }
         if let Some(registry) = &self.registry {
             let _ = registry.deregister(&mut c.stream);
         }
@@ -735,7 +912,11 @@ impl Server {
         }
         self.sockets -= 1;
         self.stats.closed += 1;
-        log::info!("{who}: closed ({reason:?})");
+        if tls_unfinished {
+            log::info!("{who}: closed ({reason:?}) before completing its TLS handshake");
+        } else {
+            log::info!("{who}: closed ({reason:?})");
+        }
     }
 }
 
@@ -816,6 +997,7 @@ impl Watcher {
 pub struct ServerHandle {
     addr: SocketAddr,
     metrics_addr: Option<SocketAddr>,
+    tls_addr: Option<SocketAddr>,
     waker: Waker,
     control: mpsc::Sender<Control>,
     thread: Option<thread::JoinHandle<()>>,
@@ -830,6 +1012,11 @@ impl ServerHandle {
     /// The address of the metrics endpoint, when it is on.
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
         self.metrics_addr
+    }
+
+    /// The address of the TLS listener, when it is on.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls_addr
     }
 
     /// A snapshot of the server's state counts, taken between two loop turns.
