@@ -7,7 +7,7 @@ mod support;
 use std::time::Duration;
 
 use support::*;
-use switchyard::client::{Client, ClientOptions, PresenceEvent};
+use switchyard::client::{Client, ClientOptions, ConnectionState, PresenceEvent};
 use switchyard::ids::{ChannelId, ClientId};
 use switchyard::protocol::{ErrorCode, FrameType};
 
@@ -54,8 +54,15 @@ fn hundreds_of_rapid_reconnects_are_invisible_to_the_other_peers() {
         events,
         vec![PresenceEvent::Joined(flapper), PresenceEvent::Left(flapper)]
     );
+    // Every come-back-first cycle is a takeover. A close-first cycle may be one too: the old
+    // connection's FIN and the new connection's HELLO arrive on different sockets, and the
+    // broker can read the HELLO first. Either way the observer saw no flapping (above).
     let stats = handle.stats().expect("stats");
-    assert_eq!(stats.router.takeovers, 150);
+    assert!(
+        (150..=300).contains(&stats.router.takeovers),
+        "takeovers: {}",
+        stats.router.takeovers
+    );
     drop(observer);
     wait_idle(&handle);
 }
@@ -86,8 +93,27 @@ fn a_taken_over_client_fails_its_in_flight_work_and_the_successor_serves() {
             Err(switchyard::client::Error::PeerGone) => {}
             other => panic!("expected PeerGone, got {other:?}"),
         }
-        assert!(held.respond(b"too late").is_err());
+        // The sender's PEER_GONE and the old connection's REPLACED travel on different sockets:
+        // wait until the old client has read its REPLACED before checking what it refuses.
+        // (A respond written before that goes to a closed connection and is simply lost: the
+        // broker already ended the request.)
+        loop {
+            let change = old
+                .next_state_change(Some(Duration::from_secs(5)))
+                .expect("the old client is told it was replaced");
+            if change.state == ConnectionState::Closed {
+                let code = change.cause.as_ref().and_then(|e| e.code());
+                assert_eq!(
+                    code,
+                    Some(ErrorCode::Replaced),
+                    "closed by {:?}",
+                    change.cause
+                );
+                break;
+            }
+        }
         assert!(old.is_closed());
+        assert!(held.respond(b"too late").is_err());
         new.set_receive_window(1).expect("window");
         let serving_client = std::sync::Arc::clone(&new);
         let serving = s.spawn(move || {
