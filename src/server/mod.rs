@@ -33,12 +33,15 @@
 //! ERROR LIMIT_EXCEEDED (nil request id), written straight to the fresh socket, and is closed
 //! at once; the router never sees it. Accepting it (rather than leaving it in the backlog) keeps
 //! the edge-triggered listener drained, so a flood of connections never makes the loop spin.
+//! Out of descriptors or memory, `accept` itself fails: the backlog is then retried when a
+//! connection closes or on a bounded backoff, with one warning per episode (`accept.rs`).
 //!
 //! # Metrics
 //! With [`ServerConfig::metrics_listen`] set, the same loop serves Prometheus' `GET /metrics` on
 //! a second listener (see `metrics.rs`): a few connections with their own small buffers and a
 //! deadline, under fixed tokens of the server's range, answered at the end of a turn.
 
+mod accept;
 mod connection;
 mod metrics;
 
@@ -137,6 +140,11 @@ pub struct ServerStats {
     /// Cumulative: connections refused at accept by `max_connections` or
     /// `max_connections_per_ip` (not counted in `accepted`).
     pub refused: u64,
+    /// Cumulative: `accept` calls that failed for lack of descriptors or memory (see
+    /// `accept.rs`: the backlog is retried on a schedule, never in a loop).
+    pub accept_errors: u64,
+    /// An accept-starvation episode is under way: connections wait in the kernel's backlog.
+    pub accept_starved: bool,
 }
 
 impl ServerStats {
@@ -195,6 +203,8 @@ pub struct Server {
     stats: ServerStats,
     /// The Prometheus endpoint, when `metrics_listen` is set.
     metrics: Option<metrics::MetricsEndpoint>,
+    /// `accept` failed for lack of resources and the backlog waits for a retry (`accept.rs`).
+    accept_starved: Option<accept::Starvation>,
 }
 
 impl Server {
@@ -238,6 +248,7 @@ impl Server {
             shutting_down: false,
             stats: ServerStats::default(),
             metrics,
+            accept_starved: None,
         })
     }
 
@@ -283,6 +294,7 @@ impl Server {
         stats.metrics_connections = self.metrics.as_ref().map_or(0, |m| m.open());
         stats.read_buffered_bytes = self.conns.iter().flatten().map(|c| c.read_buf.len()).sum();
         stats.pooled_bytes = self.read_pool.retained_bytes() + self.router.pooled_bytes();
+        stats.accept_starved = self.accept_starved.is_some();
         stats
     }
 
@@ -292,10 +304,14 @@ impl Server {
         if !self.to_read.is_empty() || !self.to_flush.is_empty() || !self.to_close.is_empty() {
             return Some(self.now);
         }
-        match (self.router.poll_timeout(), self.metrics_timeout()) {
-            (Some(router), Some(metrics)) => Some(router.min(metrics)),
-            (router, metrics) => router.or(metrics),
-        }
+        [
+            self.router.poll_timeout(),
+            self.metrics_timeout(),
+            self.accept_retry_at(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// Handles one readiness event for a token this server [`owns`](Server::owns).
@@ -303,7 +319,7 @@ impl Server {
         self.now = self.now.max(now);
         let offset = event.token().0.wrapping_sub(self.token_base);
         if offset == LISTENER_OFFSET {
-            return self.accept_all(now);
+            return self.on_listener_ready(now);
         }
         if (METRICS_LISTENER_OFFSET..CONN_OFFSET).contains(&offset) {
             return self.handle_metrics_event(offset, event, now);
@@ -357,6 +373,8 @@ impl Server {
             }
             self.flush_all();
         }
+        // After the closes: a descriptor they freed may take a connection waiting in the backlog.
+        self.retry_starved_accept(now);
         // Last: the metrics see the turn's outcome.
         self.serve_metrics(now);
     }
@@ -494,24 +512,6 @@ impl Server {
             .get_mut(id.slot as usize)?
             .as_mut()
             .filter(|c| c.id == id)
-    }
-
-    fn accept_all(&mut self, now: Instant) {
-        loop {
-            match self.listener.accept() {
-                Ok((stream, addr)) => self.accept(stream, addr, now),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => continue,
-                Err(e) => {
-                    // Out of descriptors or memory: leave the rest in the backlog. The listener
-                    // is edge-triggered, so this does not spin; the next connection attempt
-                    // wakes us again.
-                    log::warn!("accept failed: {e}");
-                    return;
-                }
-            }
-        }
     }
 
     fn accept(&mut self, mut stream: TcpStream, addr: SocketAddr, now: Instant) {
