@@ -228,6 +228,9 @@ pub struct Router {
     now: Instant,
     /// A graceful shutdown is under way (see [`Router::begin_drain`]).
     draining: bool,
+    /// The connection whose frame is being handled, while [`Router::handle_frame`] runs: what
+    /// the broker queues to it then answers its own input (see [`Router::send`]).
+    input: Option<ConnId>,
     /// The drain deadline's timer, while draining.
     drain_timer: Option<TimerKey>,
     /// Error frames sent, by code.
@@ -254,6 +257,7 @@ impl Router {
             counters: RouterStats::default(),
             now,
             draining: false,
+            input: None,
             drain_timer: None,
             errors_by_code: HashMap::new(),
             // 256 warm buffers of up to 64 KiB: at most 16 MiB retained, whatever the number of
@@ -414,7 +418,9 @@ impl Router {
 
     /// Feeds one decoded frame from `conn`.
     pub fn handle_frame(&mut self, conn: ConnId, frame: Frame, now: Instant) {
+        self.input = Some(conn);
         self.dispatch_frame(conn, frame, now);
+        self.input = None;
         if self.draining {
             self.close_idle_drained();
         }
@@ -617,6 +623,8 @@ impl Router {
 
     /// Queues one frame to `to`. `producer` is the connection whose input caused it, paused when
     /// `to` is over the high watermark (flow control); `None` for broker-originated frames.
+    /// A frame queued to the very connection whose frame is being handled (an answer to it) over
+    /// the high watermark pauses that connection: its own unread answers bound it too.
     fn send(&mut self, to: ConnId, header: &Header, payload: &Bytes, producer: Option<ConnId>) {
         let Some(c) = self.conns.get_mut(conn_key(to)) else {
             return;
@@ -636,10 +644,18 @@ impl Router {
             self.outputs.push_back(Output::Transmit(to));
         }
         if over_high {
-            if let Some(producer) = producer.filter(|p| *p != to) {
-                if self.pause(producer, PauseCause::Consumer) {
+            // Whose reading to pause: the producer feeding `to`; or `to` itself when the frame
+            // answers `to`'s own input (ERROR, PONG, PEERS, its request to itself) — a client
+            // that sends and never reads its answers is stopped, not buffered for without bound.
+            let paused = match producer {
+                Some(producer) if producer != to => Some(producer),
+                _ if self.input == Some(to) => Some(to),
+                _ => None,
+            };
+            if let Some(paused) = paused {
+                if self.pause(paused, PauseCause::Consumer) {
                     if let Some(c) = self.conns.get_mut(conn_key(to)) {
-                        c.waiters.push(producer);
+                        c.waiters.push(paused);
                     }
                 }
             }

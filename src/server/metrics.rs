@@ -528,6 +528,18 @@ fn render(
         &one(stats.refused),
     );
     family(
+        "accept_errors_total",
+        "counter",
+        "Accept calls that failed for lack of descriptors or memory (the backlog waits).",
+        &one(stats.accept_errors),
+    );
+    family(
+        "accept_starved",
+        "gauge",
+        "1 while accepting is starved of descriptors or memory and connections wait in the backlog.",
+        &one(u64::from(stats.accept_starved)),
+    );
+    family(
         "connections_closed_total",
         "counter",
         "Broker connections closed, for any reason.",

@@ -33,6 +33,8 @@
 //! ERROR LIMIT_EXCEEDED (nil request id), written straight to the fresh socket, and is closed
 //! at once; the router never sees it. Accepting it (rather than leaving it in the backlog) keeps
 //! the edge-triggered listener drained, so a flood of connections never makes the loop spin.
+//! Out of descriptors or memory, `accept` itself fails: the backlog is then retried when a
+//! connection closes or on a bounded backoff, with one warning per episode (`accept.rs`).
 //!
 //! # TLS
 //! With [`ServerConfig::tls`] set, a second listener takes TLS connections (TLS 1.2 and 1.3,
@@ -51,6 +53,7 @@
 //! a second listener (see `metrics.rs`): a few connections with their own small buffers and a
 //! deadline, under fixed tokens of the server's range, answered at the end of a turn.
 
+mod accept;
 mod connection;
 mod metrics;
 mod tls;
@@ -163,6 +166,11 @@ pub struct ServerStats {
     /// a peer that is not speaking TLS, a certificate the client refused, EOF, or the handshake
     /// timeout).
     pub tls_handshake_failures: u64,
+    /// Cumulative: `accept` calls that failed for lack of descriptors or memory (see
+    /// `accept.rs`: the backlog is retried on a schedule, never in a loop).
+    pub accept_errors: u64,
+    /// An accept-starvation episode is under way: connections wait in the kernel's backlog.
+    pub accept_starved: bool,
 }
 
 impl ServerStats {
@@ -224,6 +232,8 @@ pub struct Server {
     stats: ServerStats,
     /// The Prometheus endpoint, when `metrics_listen` is set.
     metrics: Option<metrics::MetricsEndpoint>,
+    /// `accept` failed for lack of resources and the backlog waits for a retry (`accept.rs`).
+    accept_starved: Option<accept::Starvation>,
 }
 
 /// The TLS listener and the rustls configuration its connections share.
@@ -304,6 +314,7 @@ impl Server {
             shutting_down: false,
             stats: ServerStats::default(),
             metrics,
+            accept_starved: None,
         })
     }
 
@@ -362,6 +373,7 @@ impl Server {
         stats.read_buffered_bytes = self.conns.iter().flatten().map(|c| c.read_buf.len()).sum();
         stats.tls_sockets = self.conns.iter().flatten().filter(|c| c.is_tls()).count();
         stats.pooled_bytes = self.read_pool.retained_bytes() + self.router.pooled_bytes();
+        stats.accept_starved = self.accept_starved.is_some();
         stats
     }
 
@@ -371,10 +383,14 @@ impl Server {
         if !self.to_read.is_empty() || !self.to_flush.is_empty() || !self.to_close.is_empty() {
             return Some(self.now);
         }
-        match (self.router.poll_timeout(), self.metrics_timeout()) {
-            (Some(router), Some(metrics)) => Some(router.min(metrics)),
-            (router, metrics) => router.or(metrics),
-        }
+        [
+            self.router.poll_timeout(),
+            self.metrics_timeout(),
+            self.accept_retry_at(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// Handles one readiness event for a token this server [`owns`](Server::owns).
@@ -382,10 +398,10 @@ impl Server {
         self.now = self.now.max(now);
         let offset = event.token().0.wrapping_sub(self.token_base);
         if offset == LISTENER_OFFSET {
-            return self.accept_all(Listener::Plain, now);
+            return self.on_listener_ready(Listener::Plain, now);
         }
         if offset == TLS_LISTENER_OFFSET {
-            return self.accept_all(Listener::Tls, now);
+            return self.on_listener_ready(Listener::Tls, now);
         }
         if (METRICS_LISTENER_OFFSET..CONN_OFFSET).contains(&offset) {
             return self.handle_metrics_event(offset, event, now);
@@ -439,6 +455,8 @@ impl Server {
             }
             self.flush_all();
         }
+        // After the closes: a descriptor they freed may take a connection waiting in the backlog.
+        self.retry_starved_accept(now);
         // Last: the metrics see the turn's outcome.
         self.serve_metrics(now);
     }
@@ -581,29 +599,6 @@ impl Server {
             .get_mut(id.slot as usize)?
             .as_mut()
             .filter(|c| c.id == id)
-    }
-
-    fn accept_all(&mut self, from: Listener, now: Instant) {
-        loop {
-            let accepted = match (from, &self.tls) {
-                (Listener::Plain, _) => self.listener.accept(),
-                (Listener::Tls, Some(tls)) => tls.listener.accept(),
-                (Listener::Tls, None) => return,
-            };
-            match accepted {
-                Ok((stream, addr)) => self.accept(stream, addr, from, now),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => continue,
-                Err(e) => {
-                    // Out of descriptors or memory: leave the rest in the backlog. The listener
-                    // is edge-triggered, so this does not spin; the next connection attempt
-                    // wakes us again.
-                    log::warn!("accept failed: {e}");
-                    return;
-                }
-            }
-        }
     }
 
     fn accept(&mut self, mut stream: TcpStream, addr: SocketAddr, from: Listener, now: Instant) {

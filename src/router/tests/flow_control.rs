@@ -1,7 +1,7 @@
 //! Flow control: watermarks between producers and consumers, held bytes of waiting requests.
 
 use super::harness::*;
-use crate::protocol::{Flags, FrameType};
+use crate::protocol::{Flags, FrameType, Header};
 use crate::router::RouterConfig;
 
 fn small_marks() -> RouterConfig {
@@ -105,5 +105,49 @@ fn a_departing_consumer_releases_its_waiting_producers() {
     h.disconnect(r);
     assert!(!h.router.is_read_paused(s));
     h.disconnect(s);
+    h.assert_empty();
+}
+
+#[test]
+fn a_client_that_never_reads_its_answers_is_paused_at_the_high_mark() {
+    // PINGs and NO_WAIT requests nobody can take: every frame is answered to its own sender
+    // (PONG, ERROR NO_RECEIVER), which reads nothing. Its queue must stop at the high mark
+    // plus one answer, with its reading paused, and resume below the low mark.
+    let mut h = Harness::with_config(small_marks());
+    let c = h.join_quietly(channel(1), client(0), &[]);
+    h.stall(c);
+    let mut sent = 0u8;
+    while !h.router.is_read_paused(c) {
+        if sent % 2 == 0 {
+            let header = Header {
+                channel_id: h.channel_of(c),
+                sequence: u32::from(sent),
+                ..Header::new(FrameType::Ping)
+            };
+            h.send(c, header, &[]);
+        } else {
+            h.stream(
+                c,
+                FrameType::Start,
+                Flags::REQUEST | Flags::NO_WAIT,
+                req(sent),
+                0,
+                true,
+                b"x",
+            );
+        }
+        sent += 1;
+        assert!(sent < 250, "never paused");
+    }
+    let st = h.stats();
+    assert_eq!(st.paused_connections, 1);
+    assert!(h.router.queued_bytes(c) <= 10_000 + 200, "{st:?}");
+    h.resumed.clear();
+    h.unstall(c);
+    assert_eq!(h.resumed, vec![c]);
+    assert!(!h.router.is_read_paused(c));
+    let answers = h.take(c);
+    assert_eq!(answers.len(), usize::from(sent));
+    h.disconnect(c);
     h.assert_empty();
 }

@@ -1,0 +1,190 @@
+//! Accepting connections, and what the loop does when `accept` fails for lack of resources.
+//!
+//! # Descriptor (or memory) exhaustion
+//! When the process is out of file descriptors (`EMFILE`, `ENFILE`) or kernel memory
+//! (`ENOBUFS`, `ENOMEM`), `accept` fails and the connection stays in the kernel's backlog. The
+//! listeners (plain and TLS) are edge-triggered, so no new readiness event comes until another
+//! connection arrives: a loop that only retried on events would leave the backlog waiting until then, and
+//! would fail (and log) once per new arrival. Instead the server enters *accept starvation*:
+//! - listener events are ignored while starved (a flood of arrivals costs nothing: the backlog is
+//!   retried on the server's own schedule, never per arrival, so nothing spins);
+//! - the backlog is retried at the end of any turn in which a broker connection closed (a
+//!   descriptor came free), and otherwise on a backoff timer folded into
+//!   [`Server::poll_timeout`] — [`FIRST_RETRY`] after the failure, doubling up to
+//!   [`MAX_RETRY`] — for descriptors freed elsewhere (a metrics scrape, another thread of an
+//!   embedding host);
+//! - the episode ends when a retry drains the backlog (`WouldBlock`); connections accepted in
+//!   between do not end it, so a broker hovering at its limit is one episode, not a flapping one;
+//! - one warning when an episode begins, one info line when it ends (with the number of failed
+//!   attempts and the episode's length), debug lines in between: an attack cannot flood the log.
+//!   Every failed call is counted in `ServerStats::accept_errors`
+//!   (`switchyard_accept_errors_total`), and `ServerStats::accept_starved` says whether an
+//!   episode is under way (`switchyard_accept_starved`).
+//!
+//! On Linux `accept` takes the descriptor before it looks at the backlog, so a broker that has
+//! just used its last descriptor gets `EMFILE` from the call that would have said `WouldBlock`:
+//! the episode begins at the limit, before anyone waits, and while nothing frees a descriptor
+//! it costs one failed call per [`MAX_RETRY`] at most.
+//!
+//! Any other `accept` error that is not about one pending connection (those — aborted or reset
+//! before the accept — are skipped) is handled the same way: retried later, never in a loop.
+//!
+//! No descriptor is kept in reserve to accept-and-refuse connections while starved (the classic
+//! trick): a connection in the backlog is served as soon as a descriptor frees up, which under a
+//! short exhaustion is better than a refusal, and a client that cannot wait has its own connect
+//! or handshake timeout. The kernel's backlog bounds how many wait; beyond it new connection
+//! attempts are not completed by the kernel (the client's SYNs are retried and time out).
+
+use std::io;
+use std::time::{Duration, Instant};
+
+use super::{Listener, Server};
+
+/// How one listener's accept loop ended.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Backlog {
+    /// `WouldBlock`: nothing more waits.
+    Drained,
+    /// `accept` failed for lack of resources: the rest waits for a retry.
+    Starved,
+}
+
+/// Delay before the first timed retry of a starved accept.
+pub(crate) const FIRST_RETRY: Duration = Duration::from_millis(100);
+
+/// Longest delay between two timed retries: a descriptor freed outside the broker's own
+/// connections is noticed within this.
+pub(crate) const MAX_RETRY: Duration = Duration::from_secs(1);
+
+/// An accept-starvation episode (see the module docs).
+pub(crate) struct Starvation {
+    /// When the episode began.
+    since: Instant,
+    /// Failed accept calls in this episode, the first included.
+    failed: u64,
+    /// Connections accepted during the episode (by retries that got some before failing again).
+    accepted: u64,
+    /// Delay of the next timed retry after a failed one.
+    backoff: Duration,
+    /// When the next timed retry is due.
+    retry_at: Instant,
+    /// `ServerStats::closed` at the latest failure: any close since then freed a descriptor.
+    closed_seen: u64,
+}
+
+impl Server {
+    /// A listener is readable: accept everything pending on it, unless starved (then every
+    /// backlog waits for the retry schedule; see the module docs).
+    pub(super) fn on_listener_ready(&mut self, from: Listener, now: Instant) {
+        if self.accept_starved.is_none() {
+            self.accept_all(from, now);
+        }
+    }
+
+    /// When the next timed retry of a starved accept is due, if starved.
+    pub(super) fn accept_retry_at(&self) -> Option<Instant> {
+        self.accept_starved.as_ref().map(|s| s.retry_at)
+    }
+
+    /// End of a turn: retries the backlogs if starved and a connection closed since the latest
+    /// failure, or the backoff has passed. The episode ends once every listener's backlog is
+    /// drained: descriptors are the process's, so both listeners starve together.
+    pub(super) fn retry_starved_accept(&mut self, now: Instant) {
+        let Some(starved) = &self.accept_starved else {
+            return;
+        };
+        if self.shutting_down {
+            // The listeners are deregistered: nothing more is accepted.
+            self.accept_starved = None;
+            return;
+        }
+        if self.stats.closed > starved.closed_seen || now >= starved.retry_at {
+            let listeners = [Listener::Plain, Listener::Tls];
+            for from in listeners {
+                if self.accept_all(from, now) == Backlog::Starved {
+                    return;
+                }
+            }
+            self.end_starvation(now);
+        }
+    }
+
+    /// Accepts from one listener until its backlog is drained (`WouldBlock`) or `accept` fails
+    /// for lack of resources (which begins or continues an episode).
+    fn accept_all(&mut self, from: Listener, now: Instant) -> Backlog {
+        loop {
+            let accepted = match (from, &self.tls) {
+                (Listener::Plain, _) => self.listener.accept(),
+                (Listener::Tls, Some(tls)) => tls.listener.accept(),
+                (Listener::Tls, None) => return Backlog::Drained,
+            };
+            match accepted {
+                Ok((stream, addr)) => {
+                    if let Some(starved) = &mut self.accept_starved {
+                        starved.accepted += 1;
+                    }
+                    self.accept(stream, addr, from, now);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Backlog::Drained,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                // One pending connection died before it was accepted: skip it.
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset
+                    ) =>
+                {
+                    continue
+                }
+                Err(e) => {
+                    self.starve(&e, now);
+                    return Backlog::Starved;
+                }
+            }
+        }
+    }
+
+    /// An accept failed for lack of resources (or an unexpected reason): begin or continue the
+    /// episode and schedule the next retry.
+    fn starve(&mut self, error: &io::Error, now: Instant) {
+        self.stats.accept_errors += 1;
+        let closed = self.stats.closed;
+        match &mut self.accept_starved {
+            Some(starved) => {
+                starved.failed += 1;
+                starved.closed_seen = closed;
+                starved.retry_at = now + starved.backoff;
+                starved.backoff = (starved.backoff * 2).min(MAX_RETRY);
+                log::debug!("accept failed again: {error}");
+            }
+            None => {
+                log::warn!(
+                    "accept failed: {error} ({} connections open); pending connections wait in \
+                     the backlog: retrying when a connection closes, or in {FIRST_RETRY:?} \
+                     (backing off to {MAX_RETRY:?})",
+                    self.sockets
+                );
+                self.accept_starved = Some(Starvation {
+                    since: now,
+                    failed: 1,
+                    accepted: 0,
+                    backoff: (FIRST_RETRY * 2).min(MAX_RETRY),
+                    retry_at: now + FIRST_RETRY,
+                    closed_seen: closed,
+                });
+            }
+        }
+    }
+
+    fn end_starvation(&mut self, now: Instant) {
+        if let Some(starved) = self.accept_starved.take() {
+            log::info!(
+                "accepting again: the backlog is drained after {} failed accept attempts over \
+                 {:?} ({} connections accepted meanwhile)",
+                starved.failed,
+                now.saturating_duration_since(starved.since),
+                starved.accepted
+            );
+        }
+    }
+}
