@@ -49,6 +49,9 @@ pub(super) struct Connection {
     pub(super) paused_by_held: bool,
     /// Wheel tick of the last frame received from it.
     pub(super) last_activity: u64,
+    /// Wheel tick of the last write that took bytes of its outbound queue: while its reading is
+    /// paused, the only sign of life the broker can see (see `heartbeat.rs`).
+    pub(super) last_drained: u64,
     /// Its armed heartbeat timer (none when heartbeats are off, or while closing).
     pub(super) heartbeat: Option<crate::wheel::TimerKey>,
     /// Its handshake deadline's timer: armed at accept, removed at the handshake or the close
@@ -84,6 +87,7 @@ impl Connection {
             paused_by_consumer: false,
             paused_by_held: false,
             last_activity: 0,
+            last_drained: 0,
             heartbeat: None,
             handshake_timer: None,
             sent_in_flight: 0,

@@ -11,9 +11,13 @@
 //! ```
 //! So a busy connection costs one timer re-arm per interval, whatever its frame rate, and a
 //! silent one is closed after `interval × (misses + 1)`. Any frame counts as a sign of life, a
-//! PONG included. A connection whose reading flow control has paused is never pinged nor closed
-//! for silence: its frames wait unread in the socket. The timer is armed at accept, so a connection that never says hello is pinged
-//! and closed the same way.
+//! PONG included. A connection whose reading flow control has paused cannot be heard (its frames
+//! wait unread in the socket), so for it a sign of life is taking bytes of its outbound queue:
+//! with an empty queue it is never pinged nor closed; with bytes queued that it does not take for
+//! `interval × (misses + 1)` it is closed (a client that stopped reading its socket, paused for
+//! its own unread answers, would otherwise collect presence frames and pings without bound).
+//! The timer is armed at accept, so a connection that never says hello is pinged and closed the
+//! same way.
 
 use std::time::Instant;
 
@@ -53,9 +57,17 @@ impl Router {
         }
         let conn = c.id;
         if c.is_read_paused() {
-            // Flow control stopped reading it: its silence is ours, not its. Check again later.
-            c.last_activity = tick;
-            c.unanswered_pings = 0;
+            // Flow control stopped reading it, so its frames (its PONGs too) wait unread: its
+            // silence is ours. It is alive if it owes nothing (an empty queue: paused for
+            // someone else's sake) or takes what is queued for it; a paused connection that
+            // takes nothing for the whole heartbeat window is stuck, and closed like a silent
+            // one — else it would collect presence frames and pings without bound.
+            if c.outbound.is_empty() {
+                c.last_activity = tick;
+                c.unanswered_pings = 0;
+            } else {
+                c.last_activity = c.last_activity.max(c.last_drained);
+            }
         }
         if c.last_activity >= c.pinged_at {
             // Heard from since the last ping: it is alive, whatever the interval says.

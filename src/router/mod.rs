@@ -352,6 +352,7 @@ impl Router {
         writer: &mut dyn io::Write,
         budget: usize,
     ) -> io::Result<WriteStatus> {
+        let tick = self.tick(self.now);
         let Some(c) = self.conns.get_mut(conn_key(conn)) else {
             return Ok(WriteStatus::Drained);
         };
@@ -360,6 +361,9 @@ impl Router {
             Ok((written, _)) => *written,
             Err(_) => 0,
         };
+        if written > 0 {
+            c.last_drained = tick;
+        }
         self.outbound_bytes -= written;
         self.counters.bytes_out += written as u64;
         let drained_below_low = c.outbound.len() <= self.config.low_watermark;

@@ -134,3 +134,100 @@ fn heartbeats_can_be_turned_off() {
     h.expect_nothing(a);
     assert_eq!(h.stats().armed_timers, 0);
 }
+
+/// `beating()` with small watermarks and held-bytes limit, so pauses come quickly.
+fn beating_small_marks() -> RouterConfig {
+    RouterConfig {
+        high_watermark: 10_000,
+        low_watermark: 2_000,
+        max_held_bytes: 5_000,
+        ..beating()
+    }
+}
+
+/// A socket whose peer takes this many more bytes, then none (`WouldBlock`).
+struct TakesOnly(usize);
+
+impl std::io::Write for TakesOnly {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = buf.len().min(self.0);
+        if n == 0 {
+            return Err(std::io::ErrorKind::WouldBlock.into());
+        }
+        self.0 -= n;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// PINGs from `conn`, which reads nothing, until its unread PONGs pause its reading.
+fn ping_until_paused(h: &mut Harness, conn: crate::ids::ConnId) {
+    h.stall(conn);
+    let mut sequence = 0;
+    while !h.router.is_read_paused(conn) {
+        sequence += 1;
+        let ping = Header {
+            channel_id: h.channel_of(conn),
+            sequence,
+            ..Header::new(FrameType::Ping)
+        };
+        h.send(conn, ping, b"");
+        assert!(sequence < 1_000, "never paused");
+    }
+}
+
+#[test]
+fn a_paused_connection_that_takes_nothing_is_closed_one_that_takes_bytes_is_not() {
+    let mut h = Harness::with_config(beating_small_marks());
+    let stuck = h.join_quietly(channel(1), client(1), &[]);
+    let slow = h.join_quietly(channel(2), client(2), &[]);
+    ping_until_paused(&mut h, stuck);
+    ping_until_paused(&mut h, slow);
+    // `slow` takes 128 bytes of its queue every 900 ms — too little to get below the low
+    // mark, enough to show it is alive. `stuck` takes nothing: closed after interval ×
+    // (misses + 1) = 3 s, like a silent connection.
+    for step in 1..=120 {
+        h.advance(100);
+        if step % 9 == 0 {
+            // Two whole PONGs (64 bytes each), so what is left still decodes at the close.
+            let mut sink = TakesOnly(128);
+            h.router
+                .write_to(slow, &mut sink, usize::MAX)
+                .expect("no error");
+            assert_eq!(sink.0, 0, "took its 128 bytes");
+        }
+        assert_eq!(h.closed.contains(&stuck), step * 100 >= 3_000, "at {step}");
+    }
+    assert!(!h.closed.contains(&slow));
+    assert!(h.router.is_read_paused(slow), "still over the low mark");
+    // Once `slow` stops taking bytes too, it goes the same way.
+    // Its last bytes went at 11.7 s: closed 3 s later.
+    for step in 121..=150 {
+        h.advance(100);
+        assert_eq!(h.closed.contains(&slow), step * 100 >= 14_700, "at {step}");
+    }
+    h.disconnect(stuck);
+    h.disconnect(slow);
+    h.assert_empty();
+}
+
+#[test]
+fn a_producer_paused_with_nothing_owed_to_it_is_never_pinged_nor_closed() {
+    let mut h = Harness::with_config(beating_small_marks());
+    let sender = h.join_quietly(channel(1), client(1), &[]);
+    // No receiver: its waiting requests' bytes go over the held limit and pause its reading.
+    for id in 1..=6 {
+        h.request(sender, req(id), 60_000, &[0; 1_000]);
+    }
+    assert!(h.router.is_read_paused(sender));
+    for _ in 0..10 {
+        h.advance(1_000);
+        h.expect_nothing(sender);
+    }
+    assert!(!h.closed.contains(&sender));
+    h.disconnect(sender);
+    h.assert_empty();
+}
