@@ -7,8 +7,7 @@
 mod support;
 
 use std::io::{self, Write};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread;
 use std::time::Duration;
 
@@ -16,7 +15,7 @@ use switchyard::ids::{ChannelId, ClientId, RequestId};
 use switchyard::protocol::{Flags, FrameType, Header, HEADER_LEN};
 use switchyard::server::{ServerConfig, ServerStats};
 
-use support::{start_with, wait_for, wait_idle, Pattern, RawPeer};
+use support::{start_with, wait_for, wait_idle, with_peak_buffered, Pattern, RawPeer};
 
 /// Payload of every frame of the big request, and the broker's max payload.
 const FRAME: usize = 256 << 10;
@@ -48,15 +47,6 @@ fn bound(config: &ServerConfig, connections: usize) -> usize {
         + (router.max_held_bytes + frame)
         + connections * (frame + config.read_budget)
         + 4096
-}
-
-/// Wakes the stats monitor's last check when the test ends, passing or failing.
-struct StopOnDrop(Arc<AtomicBool>);
-
-impl Drop for StopOnDrop {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::Relaxed);
-    }
 }
 
 /// Streams the request: START (seq 0), CHUNKs, END (FINAL), each `FRAME` bytes of the pattern.
@@ -122,100 +112,80 @@ fn a_stalled_receiver_pauses_the_sender_within_the_bound_and_everything_arrives_
     let written = AtomicU64::new(0);
 
     // Every loop turn of the broker, the monitor records the largest buffered-bytes figure.
-    let max_buffered = Arc::new(AtomicUsize::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
+    let ((), max) = with_peak_buffered(&handle, || {
+        thread::scope(|s| {
+            let writer = s.spawn(|| stream_request(writer_socket, template, &pattern, &written));
 
-    thread::scope(|s| {
-        let monitor = {
-            let (max_buffered, stop) = (max_buffered.clone(), stop.clone());
-            let handle = &handle;
-            s.spawn(move || {
-                handle.wait_until(
-                    move |stats: &ServerStats| {
-                        max_buffered.fetch_max(stats.buffered_bytes(), Ordering::Relaxed);
-                        stop.load(Ordering::Relaxed)
-                    },
-                    Duration::from_secs(15),
-                )
-            })
-        };
-        let _stop_on_exit = StopOnDrop(stop.clone());
-        let writer = s.spawn(|| stream_request(writer_socket, template, &pattern, &written));
-
-        // The broker pauses the sender once the receiver's queue passes the high watermark.
-        let paused = wait_for(&handle, "the sender is paused", |s: &ServerStats| {
-            s.router.paused_connections >= 1
-        });
-        assert!(paused.router.backpressure_pauses >= 1, "{paused:?}");
-        assert!(
-            paused.buffered_bytes() <= limit,
-            "{paused:?}, bound {limit}"
-        );
-
-        // While the receiver stays silent, the sender stays paused and the broker's buffers
-        // stay bounded (the watch ends at its deadline: nothing must trigger it).
-        let breach = handle.wait_until(
-            move |s: &ServerStats| s.buffered_bytes() > limit || s.router.paused_connections == 0,
-            Duration::from_millis(300),
-        );
-        match breach {
-            Err(err) if err.kind() == io::ErrorKind::TimedOut => {}
-            other => panic!("bound {limit} broken or the sender resumed early: {other:?}"),
-        }
-        let now = handle.stats().unwrap();
-        assert!(now.router.paused_connections >= 1, "{now:?}");
-        assert!(now.buffered_bytes() <= limit, "{now:?}, bound {limit}");
-        let stuck_at = written.load(Ordering::Relaxed);
-        assert!(
-            stuck_at < TOTAL && !writer.is_finished(),
-            "the sender was never blocked ({stuck_at} of {TOTAL} bytes written)"
-        );
-
-        // The receiver reads again: every frame, in order, every byte the pattern's.
-        let mut payload = Vec::with_capacity(FRAME);
-        let mut offset = 0u64;
-        let mut seq = 0u32;
-        loop {
-            let h = receiver.recv_into(&mut payload);
-            let kind = if seq == 0 {
-                FrameType::Start
-            } else if h.is_final {
-                FrameType::End
-            } else {
-                FrameType::Chunk
-            };
-            assert_eq!(
-                (h.frame_type, h.flags, h.request_id, h.sequence),
-                (kind, Flags::REQUEST, id, seq),
-                "frame {seq} at offset {offset}"
+            // The broker pauses the sender once the receiver's queue passes the high watermark.
+            let paused = wait_for(&handle, "the sender is paused", |s: &ServerStats| {
+                s.router.paused_connections >= 1
+            });
+            assert!(paused.router.backpressure_pauses >= 1, "{paused:?}");
+            assert!(
+                paused.buffered_bytes() <= limit,
+                "{paused:?}, bound {limit}"
             );
-            assert_eq!(h.client_id, sender.client);
-            pattern.check(offset, &payload);
-            offset += payload.len() as u64;
-            seq += 1;
-            if h.is_final {
-                break;
+
+            // While the receiver stays silent, the sender stays paused and the broker's buffers
+            // stay bounded (the watch ends at its deadline: nothing must trigger it).
+            let breach = handle.wait_until(
+                move |s: &ServerStats| {
+                    s.buffered_bytes() > limit || s.router.paused_connections == 0
+                },
+                Duration::from_millis(300),
+            );
+            match breach {
+                Err(err) if err.kind() == io::ErrorKind::TimedOut => {}
+                other => panic!("bound {limit} broken or the sender resumed early: {other:?}"),
             }
-        }
-        assert_eq!(offset, TOTAL, "bytes received");
-        writer
-            .join()
-            .unwrap()
-            .expect("the sender's writes complete");
-        assert_eq!(written.load(Ordering::Relaxed), TOTAL);
+            let now = handle.stats().unwrap();
+            assert!(now.router.paused_connections >= 1, "{now:?}");
+            assert!(now.buffered_bytes() <= limit, "{now:?}, bound {limit}");
+            let stuck_at = written.load(Ordering::Relaxed);
+            assert!(
+                stuck_at < TOTAL && !writer.is_finished(),
+                "the sender was never blocked ({stuck_at} of {TOTAL} bytes written)"
+            );
 
-        receiver.respond(id, b"all of it");
-        let reply = sender.expect(FrameType::Start, Flags::RESPONSE, id);
-        assert_eq!(&reply.payload[..], b"all of it");
+            // The receiver reads again: every frame, in order, every byte the pattern's.
+            let mut payload = Vec::with_capacity(FRAME);
+            let mut offset = 0u64;
+            let mut seq = 0u32;
+            loop {
+                let h = receiver.recv_into(&mut payload);
+                let kind = if seq == 0 {
+                    FrameType::Start
+                } else if h.is_final {
+                    FrameType::End
+                } else {
+                    FrameType::Chunk
+                };
+                assert_eq!(
+                    (h.frame_type, h.flags, h.request_id, h.sequence),
+                    (kind, Flags::REQUEST, id, seq),
+                    "frame {seq} at offset {offset}"
+                );
+                assert_eq!(h.client_id, sender.client);
+                pattern.check(offset, &payload);
+                offset += payload.len() as u64;
+                seq += 1;
+                if h.is_final {
+                    break;
+                }
+            }
+            assert_eq!(offset, TOTAL, "bytes received");
+            writer
+                .join()
+                .unwrap()
+                .expect("the sender's writes complete");
+            assert_eq!(written.load(Ordering::Relaxed), TOTAL);
 
-        // One more turn for the monitor to see its stop flag.
-        stop.store(true, Ordering::Relaxed);
-        sender.barrier();
-        let last = monitor.join().unwrap().expect("the monitor saw every turn");
-        assert!(last.router.backpressure_pauses >= 1);
+            receiver.respond(id, b"all of it");
+            let reply = sender.expect(FrameType::Start, Flags::RESPONSE, id);
+            assert_eq!(&reply.payload[..], b"all of it");
+        })
     });
-
-    let max = max_buffered.load(Ordering::Relaxed);
+    assert!(handle.stats().unwrap().router.backpressure_pauses >= 1);
     println!("max buffered {max} bytes, bound {limit}");
     assert!(
         max <= limit,

@@ -23,16 +23,15 @@ mod support;
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use process::BrokerProcess;
-use support::{start_with, wait_for, wait_idle, RawPeer, DEADLINE};
+use support::{start_with, wait_for, wait_idle, with_peak_buffered, RawPeer, DEADLINE};
 use switchyard::ids::{ChannelId, ClientId, RequestId};
 use switchyard::protocol::{ErrorBody, ErrorCode, Flags, FrameType, Header, HEADER_LEN};
-use switchyard::server::{ServerConfig, ServerHandle, ServerStats};
+use switchyard::server::ServerConfig;
 
 /// The test's clock: for measuring a window and latencies, never to synchronise.
 #[allow(clippy::disallowed_methods)] // measurements need the real clock
@@ -229,47 +228,6 @@ fn per_connection_bound(config: &ServerConfig) -> usize {
     (router.max_held_bytes + frame) + (router.high_watermark + frame) + (frame + config.read_budget)
 }
 
-/// Runs `body` while a watcher records the largest buffered-bytes figure the broker reports
-/// after any loop turn (a watcher is checked after every turn, so it sees every state the loop
-/// passes through). Returns the body's result and that peak.
-fn with_peak_monitor<T>(handle: &ServerHandle, body: impl FnOnce() -> T) -> (T, usize) {
-    let peak = Arc::new(AtomicUsize::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
-    thread::scope(|s| {
-        let monitor = {
-            let (peak, stop) = (Arc::clone(&peak), Arc::clone(&stop));
-            s.spawn(move || {
-                handle.wait_until(
-                    move |stats: &ServerStats| {
-                        peak.fetch_max(stats.buffered_bytes(), Ordering::Relaxed);
-                        stop.load(Ordering::Relaxed)
-                    },
-                    Duration::from_secs(60),
-                )
-            })
-        };
-        let stopping = StopMonitor { stop, handle };
-        let result = body();
-        drop(stopping);
-        monitor.join().unwrap().expect("the monitor saw every turn");
-        (result, peak.load(Ordering::Relaxed))
-    })
-}
-
-/// Ends the monitor's watch, passing or failing: sets its flag and makes the broker turn once
-/// more (a stats request) so that the watcher sees it.
-struct StopMonitor<'a> {
-    stop: Arc<AtomicBool>,
-    handle: &'a ServerHandle,
-}
-
-impl Drop for StopMonitor<'_> {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        let _ = self.handle.stats();
-    }
-}
-
 /// Sets the flag when dropped (a loop's stop signal, also on a panic).
 struct SetOnDrop<'a>(&'a AtomicBool);
 
@@ -425,7 +383,7 @@ fn a_flood_of_senders_without_receivers_stays_bounded_gets_its_answers_and_spare
         .collect();
 
     let stop = AtomicBool::new(false);
-    let ((latencies, codes, offered), peak) = with_peak_monitor(&handle, || {
+    let ((latencies, codes, offered), peak) = with_peak_buffered(&handle, || {
         thread::scope(|s| {
             let bystanders = s.spawn(|| bystander_round_trips(&mut asker, &mut responder, &stop));
             // Failing or not, the bystanders' loop ends with the test.
@@ -582,7 +540,7 @@ fn a_client_that_never_reads_its_answers_is_paused_not_buffered_for() {
         }
     }
     let mut socket = flooder.try_clone_stream();
-    let (stats, peak) = with_peak_monitor(&handle, || {
+    let (stats, peak) = with_peak_buffered(&handle, || {
         thread::scope(|s| {
             let writer = s.spawn(move || {
                 for _ in 0..UNREAD_FRAMES / 1000 {

@@ -24,14 +24,13 @@ use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::Duration;
 
 use bytes::Bytes;
 use common::{body, now, Responder, QUIET, WAIT};
-use support::{wait_for, wait_idle, Pattern, RawPeer};
+use support::{wait_for, wait_idle, with_peak_buffered, Pattern, RawPeer};
 use switchyard::client::{
     Client, ClientOptions, ClientTls, ConnectionState, Error, ReconnectPolicy, RequestOptions,
 };
@@ -686,15 +685,6 @@ impl Read for PatternRead<'_> {
     }
 }
 
-/// Wakes the stats monitor's last check when the test ends, passing or failing.
-struct StopOnDrop(Arc<AtomicBool>);
-
-impl Drop for StopOnDrop {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::Relaxed);
-    }
-}
-
 #[test]
 fn a_stalled_tls_receiver_pauses_the_sender_within_the_bound_and_everything_arrives_in_order() {
     let certs = Certs::new("backpressure");
@@ -714,94 +704,77 @@ fn a_stalled_tls_receiver_pauses_the_sender_within_the_bound_and_everything_arri
     let sender = connect_tls(&handle, channel, &certs);
 
     let pattern = Pattern::new();
-    let max_buffered = Arc::new(AtomicUsize::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
-    thread::scope(|s| {
-        let monitor = {
-            let (max_buffered, stop) = (max_buffered.clone(), stop.clone());
-            let handle = &handle;
-            s.spawn(move || {
-                handle.wait_until(
-                    move |stats: &ServerStats| {
-                        max_buffered.fetch_max(stats.buffered_bytes(), Ordering::Relaxed);
-                        stop.load(Ordering::Relaxed)
-                    },
-                    Duration::from_secs(60),
-                )
-            })
-        };
-        let _stop_on_exit = StopOnDrop(stop.clone());
-        // The sender streams the request through the client library's TLS writer; its writes
-        // block once the broker stops reading it.
-        let asking = s.spawn(|| {
-            let mut body = PatternRead {
-                pattern: &pattern,
-                offset: 0,
+    let ((), max) = with_peak_buffered(&handle, || {
+        thread::scope(|s| {
+            // The sender streams the request through the client library's TLS writer; its writes
+            // block once the broker stops reading it.
+            let asking = s.spawn(|| {
+                let mut body = PatternRead {
+                    pattern: &pattern,
+                    offset: 0,
+                };
+                sender
+                    .request_with(
+                        &mut body,
+                        RequestOptions {
+                            timeout: LONG,
+                            no_wait: false,
+                        },
+                    )
+                    .and_then(|response| response.read_to_vec())
+            });
+
+            let paused = wait_for(&handle, "the sender is paused", |s: &ServerStats| {
+                s.router.paused_connections >= 1
+            });
+            assert!(
+                paused.buffered_bytes() <= limit,
+                "{paused:?}, bound {limit}"
+            );
+            // While the receiver stays silent the sender stays paused and the buffers bounded (the
+            // watch ends at its deadline: nothing must trigger it).
+            let breach = handle.wait_until(
+                move |s: &ServerStats| {
+                    s.buffered_bytes() > limit || s.router.paused_connections == 0
+                },
+                QUIET,
+            );
+            match breach {
+                Err(err) if err.kind() == io::ErrorKind::TimedOut => {}
+                other => panic!("bound {limit} broken or the sender resumed early: {other:?}"),
+            }
+            assert!(!asking.is_finished(), "the sender was never blocked");
+
+            // The receiver reads again: every frame in order, every byte the pattern's.
+            let mut payload = Vec::with_capacity(FRAME);
+            let mut offset = 0u64;
+            let mut sequence = 0u32;
+            let id = loop {
+                let h = receiver.recv_into(&mut payload);
+                if h.frame_type == FrameType::PeerJoined {
+                    continue; // The sender joined after the receiver's barrier.
+                }
+                assert_eq!(h.flags, Flags::REQUEST, "frame {sequence}");
+                assert_eq!(h.sequence, sequence, "frame {sequence} at offset {offset}");
+                pattern.check(offset, &payload);
+                offset += payload.len() as u64;
+                sequence += 1;
+                if h.is_final {
+                    break h.request_id;
+                }
             };
-            sender
-                .request_with(
-                    &mut body,
-                    RequestOptions {
-                        timeout: LONG,
-                        no_wait: false,
-                    },
-                )
-                .and_then(|response| response.read_to_vec())
-        });
-
-        let paused = wait_for(&handle, "the sender is paused", |s: &ServerStats| {
-            s.router.paused_connections >= 1
-        });
-        assert!(
-            paused.buffered_bytes() <= limit,
-            "{paused:?}, bound {limit}"
-        );
-        // While the receiver stays silent the sender stays paused and the buffers bounded (the
-        // watch ends at its deadline: nothing must trigger it).
-        let breach = handle.wait_until(
-            move |s: &ServerStats| s.buffered_bytes() > limit || s.router.paused_connections == 0,
-            QUIET,
-        );
-        match breach {
-            Err(err) if err.kind() == io::ErrorKind::TimedOut => {}
-            other => panic!("bound {limit} broken or the sender resumed early: {other:?}"),
-        }
-        assert!(!asking.is_finished(), "the sender was never blocked");
-
-        // The receiver reads again: every frame in order, every byte the pattern's.
-        let mut payload = Vec::with_capacity(FRAME);
-        let mut offset = 0u64;
-        let mut sequence = 0u32;
-        let id = loop {
-            let h = receiver.recv_into(&mut payload);
-            if h.frame_type == FrameType::PeerJoined {
-                continue; // The sender joined after the receiver's barrier.
-            }
-            assert_eq!(h.flags, Flags::REQUEST, "frame {sequence}");
-            assert_eq!(h.sequence, sequence, "frame {sequence} at offset {offset}");
-            pattern.check(offset, &payload);
-            offset += payload.len() as u64;
-            sequence += 1;
-            if h.is_final {
-                break h.request_id;
-            }
-        };
-        assert_eq!(offset, TOTAL as u64, "bytes received");
-        let respond = Header {
-            flags: Flags::RESPONSE,
-            request_id: id,
-            is_final: true,
-            ..receiver.header(FrameType::Start)
-        };
-        receiver.send(respond, b"all of it");
-        let reply = asking.join().unwrap().expect("the request completes");
-        assert_eq!(reply, b"all of it");
-
-        stop.store(true, Ordering::Relaxed);
-        receiver.barrier();
-        monitor.join().unwrap().expect("the monitor saw every turn");
+            assert_eq!(offset, TOTAL as u64, "bytes received");
+            let respond = Header {
+                flags: Flags::RESPONSE,
+                request_id: id,
+                is_final: true,
+                ..receiver.header(FrameType::Start)
+            };
+            receiver.send(respond, b"all of it");
+            let reply = asking.join().unwrap().expect("the request completes");
+            assert_eq!(reply, b"all of it");
+        })
     });
-    let max = max_buffered.load(Ordering::Relaxed);
     println!("max buffered {max} bytes, bound {limit}");
     assert!(
         max <= limit,

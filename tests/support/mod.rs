@@ -10,6 +10,9 @@
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -549,5 +552,46 @@ impl Pattern {
 impl Default for Pattern {
     fn default() -> Self {
         Pattern::new()
+    }
+}
+
+/// Runs `body` while a watcher records the largest buffered-bytes figure the broker reports
+/// after any loop turn (a watcher is checked after every turn, so it sees every state the loop
+/// passes through). Returns the body's result and that peak.
+pub fn with_peak_buffered<T>(handle: &ServerHandle, body: impl FnOnce() -> T) -> (T, usize) {
+    let peak = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    thread::scope(|s| {
+        let monitor = {
+            let (peak, stop) = (Arc::clone(&peak), Arc::clone(&stop));
+            s.spawn(move || {
+                handle.wait_until(
+                    move |stats: &ServerStats| {
+                        peak.fetch_max(stats.buffered_bytes(), Ordering::Relaxed);
+                        stop.load(Ordering::Relaxed)
+                    },
+                    Duration::from_secs(60),
+                )
+            })
+        };
+        let stopping = StopMonitor { stop, handle };
+        let result = body();
+        drop(stopping);
+        monitor.join().unwrap().expect("the monitor saw every turn");
+        (result, peak.load(Ordering::Relaxed))
+    })
+}
+
+/// Ends the monitor's watch, passing or failing: sets its flag and makes the broker turn once
+/// more (a stats request) so that the watcher sees it.
+struct StopMonitor<'a> {
+    stop: Arc<AtomicBool>,
+    handle: &'a ServerHandle,
+}
+
+impl Drop for StopMonitor<'_> {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.handle.stats();
     }
 }
