@@ -202,8 +202,11 @@ impl MetricsEndpoint {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => continue,
                 Err(e) => {
-                    // As for the broker's listener: leave the rest in the backlog.
-                    log::warn!("metrics: accept failed: {e}");
+                    // Out of descriptors or memory: leave the rest in the backlog; the next
+                    // scrape's arrival retries (scrapers come back on their interval). Debug, not
+                    // warn: a scrape per failure must not flood the log, and the broker's own
+                    // listener already warns once per starvation episode (`accept.rs`).
+                    log::debug!("metrics: accept failed: {e}");
                     return;
                 }
             };
