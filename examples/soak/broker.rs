@@ -1,22 +1,27 @@
 //! The broker under test, in its own process so that its RSS is its own: the soak re-executes
 //! itself as `soak --role broker`, which runs the library's `Server` (bind + run, as the
-//! `switchyard` binary does) on 127.0.0.1:0 with the metrics endpoint on 127.0.0.1:0 and prints
-//! both addresses on stdout. The parent reads its state from `GET /metrics` and its memory from
-//! `/proc/<pid>/status`, and stops it with SIGTERM (graceful shutdown, exit status 0 expected).
-//! A guard kills it (SIGKILL, by its PID) on any failure path.
+//! `switchyard` binary does) on 127.0.0.1:0 with the metrics endpoint on 127.0.0.1:0 — and with
+//! `--tls`, a TLS listener on 127.0.0.1:0 with the certificate and key the parent generated
+//! (`tls.rs`) — and prints every address on stdout. The parent reads its state from
+//! `GET /metrics` and its memory from `/proc/<pid>/status`, and stops it with SIGTERM (graceful
+//! shutdown, exit status 0 expected). A guard kills it (SIGKILL, by its PID) on any failure path.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
 use std::process::{Child, Command, ExitCode, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::thread;
 use std::time::Duration;
 
-use switchyard::server::{Server, ServerConfig};
+use switchyard::server::{Server, ServerConfig, TlsListenerConfig};
 
-/// `soak --role broker`: the broker with the library's defaults, on ephemeral loopback ports.
-pub fn broker_main() -> ExitCode {
+use crate::tls::CertDir;
+
+/// `soak --role broker`: the broker with the library's defaults, on ephemeral loopback ports;
+/// `tls` is the certificate and key files of a TLS listener.
+pub fn broker_main(tls: Option<(PathBuf, PathBuf)>) -> ExitCode {
     env_logger::Builder::new()
         .filter_level(log::LevelFilter::Warn)
         .parse_default_env()
@@ -24,6 +29,11 @@ pub fn broker_main() -> ExitCode {
     let config = ServerConfig {
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+        tls: tls.map(|(cert_path, key_path)| TlsListenerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            cert_path,
+            key_path,
+        }),
         ..ServerConfig::default()
     };
     let server = match Server::bind(config) {
@@ -34,6 +44,9 @@ pub fn broker_main() -> ExitCode {
         }
     };
     println!("listen {}", server.local_addr());
+    if let Some(tls) = server.tls_addr() {
+        println!("tls {tls}");
+    }
     if let Some(metrics) = server.metrics_addr() {
         println!("metrics {metrics}");
     }
@@ -52,15 +65,26 @@ pub struct BrokerProcess {
     pub pid: u32,
     pub addr: SocketAddr,
     pub metrics: SocketAddr,
+    /// The TLS listener, when started with a certificate.
+    pub tls_addr: Option<SocketAddr>,
     exited: mpsc::Receiver<ExitStatus>,
     status: Option<ExitStatus>,
 }
 
 impl BrokerProcess {
-    pub fn start() -> Result<BrokerProcess, String> {
+    /// Starts the broker role; with `tls`, it also listens for TLS with that certificate.
+    pub fn start(tls: Option<&CertDir>) -> Result<BrokerProcess, String> {
         let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
-        let mut child: Child = Command::new(exe)
-            .args(["--role", "broker"])
+        let mut command = Command::new(exe);
+        command.args(["--role", "broker"]);
+        if let Some(certs) = tls {
+            command
+                .arg("--tls-cert")
+                .arg(&certs.cert)
+                .arg("--tls-key")
+                .arg(&certs.key);
+        }
+        let mut child: Child = command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -79,6 +103,7 @@ impl BrokerProcess {
             pid,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             metrics: SocketAddr::from(([127, 0, 0, 1], 0)),
+            tls_addr: None,
             exited,
             status: None,
         };
@@ -91,6 +116,8 @@ impl BrokerProcess {
             });
         }
         let mut got = (None, None);
+        // The TLS line comes before the metrics line, so when the metrics line has come and no
+        // TLS line, there is no TLS listener; the check below then fails the start.
         while got.0.is_none() || got.1.is_none() {
             let line = lines
                 .recv_timeout(Duration::from_secs(20))
@@ -98,9 +125,14 @@ impl BrokerProcess {
             let parse = |s: &str| s.trim().parse::<SocketAddr>().ok();
             if let Some(addr) = line.strip_prefix("listen ") {
                 got.0 = parse(addr);
+            } else if let Some(addr) = line.strip_prefix("tls ") {
+                broker.tls_addr = parse(addr);
             } else if let Some(addr) = line.strip_prefix("metrics ") {
                 got.1 = parse(addr);
             }
+        }
+        if tls.is_some() && broker.tls_addr.is_none() {
+            return Err("the broker did not print its TLS listener's address".into());
         }
         broker.addr = got.0.unwrap_or(broker.addr);
         broker.metrics = got.1.unwrap_or(broker.metrics);

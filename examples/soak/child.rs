@@ -3,7 +3,9 @@
 //! The child (`soak --role receiver`) is a library receiver (`library::serve_once`) that reports
 //! on stdout, one line per fact: `welcome <client>`, `hold <wire id> <client>`, `released <wire
 //! id>`, `ack <broadcast>`, `count <key>`, `violation <kind> <text>`, `bye`. It serves until its
-//! stdin closes, then leaves gracefully and exits 0.
+//! stdin closes, then leaves gracefully and exits 0. With `--tls` it connects to the broker's
+//! TLS listener (`--addr` is that listener, `--tls-ca` the certificate to trust), so a SIGKILL
+//! ends a TLS connection without a `close_notify`, in the middle of whatever record was going.
 //!
 //! The parent keeps one child per slot (`child_receivers` per channel). While the round runs it
 //! kills each at random intervals — preferably while it holds a request (it waits up to 2 s for
@@ -26,6 +28,7 @@ use switchyard::ids::{ChannelId, ClientId, RequestId};
 
 use crate::ledger::{hex, unhex, Departure, Id, Ledger, CLOSING, RUNNING};
 use crate::library::{serve_once, Report};
+use crate::tls::Endpoint;
 use crate::{now, Load};
 
 /// How long the parent waits for a killed child's stdout to end, or a closing child to exit.
@@ -57,7 +60,7 @@ impl Report for StdoutReport {
 }
 
 /// `soak --role receiver`: serve until stdin closes.
-pub fn child_main(addr: std::net::SocketAddr, channel: ChannelId, window: u32) -> ExitCode {
+pub fn child_main(endpoint: Endpoint, channel: ChannelId, window: u32) -> ExitCode {
     let stop = Arc::new(AtomicBool::new(false));
     {
         let stop = stop.clone();
@@ -70,7 +73,7 @@ pub fn child_main(addr: std::net::SocketAddr, channel: ChannelId, window: u32) -
     let report: Arc<dyn Report> = Arc::new(StdoutReport);
     let stopped = || stop.load(Ordering::SeqCst);
     let welcome = |client: ClientId| println!("welcome {}", hex(client.as_bytes()));
-    match serve_once(addr, channel, window, None, report, &stopped, &welcome) {
+    match serve_once(&endpoint, channel, window, None, report, &stopped, &welcome) {
         Ok(()) => {
             println!("bye");
             let _ = std::io::stdout().flush();
@@ -220,11 +223,16 @@ impl Manager {
                 return;
             }
         };
-        let spawned = Command::new(exe)
+        let mut command = Command::new(exe);
+        command
             .args(["--role", "receiver"])
-            .args(["--addr", &self.load.addr.to_string()])
+            .args(["--addr", &self.load.library.addr.to_string()])
             .args(["--channel", &self.load.channels[channel].to_string()])
-            .args(["--window", &self.load.window.to_string()])
+            .args(["--window", &self.load.window.to_string()]);
+        if let Some(trust) = &self.load.library.tls {
+            command.arg("--tls-ca").arg(&trust.ca_path);
+        }
+        let spawned = command
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

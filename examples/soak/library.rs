@@ -4,7 +4,9 @@
 //! the raw clients; what the library hides (duplicate frames) is the raw clients' job.
 //!
 //! Reconnection is off: a connection the broker drops is a failure here, not something to ride
-//! out.
+//! out. With `--tls` they connect to the broker's TLS listener (`tls.rs`); every TLS connection
+//! is counted as `clients.tls_connects` once its handshake is done, which the end of the run
+//! compares with the broker's own count.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
@@ -15,12 +17,13 @@ use std::time::{Duration, Instant};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use switchyard::client::{Client, ClientOptions, Error, IncomingRequest, RequestOptions};
+use switchyard::client::{Client, Error, IncomingRequest, RequestOptions};
 use switchyard::ids::{ChannelId, ClientId, RequestId};
 
 use crate::body::{self, Behavior, Head, Kind};
 use crate::ledger::{Departure, Id, Ledger, CLOSING, RUNNING};
 use crate::raw::log_uniform;
+use crate::tls::Endpoint;
 use crate::{code_name, now, pause_until, Load};
 
 /// How a library receiver reports what it sees: into the ledger in this process, as lines on
@@ -69,11 +72,14 @@ impl Report for LedgerReport {
     }
 }
 
-fn options() -> ClientOptions {
-    ClientOptions {
-        reconnect: None,
-        ..ClientOptions::default()
+/// Connects a library client to `endpoint` and counts the connection (and whether it is TLS).
+fn connect(endpoint: &Endpoint, channel: ChannelId, report: &dyn Report) -> Result<Client, Error> {
+    let client = Client::connect_with(endpoint.addr, channel, endpoint.options())?;
+    report.count("clients.connects");
+    if endpoint.is_tls() {
+        report.count("clients.tls_connects");
     }
+    Ok(client)
 }
 
 /// Takes broadcasts (the library acks each as it hands it out) and checks them, until `stop`.
@@ -116,7 +122,7 @@ fn drain_broadcasts(client: Arc<Client>, report: Arc<dyn Report>, stop: Arc<Atom
 /// # Errors
 /// The connect or window error (the caller counts it).
 pub fn serve_once(
-    addr: std::net::SocketAddr,
+    endpoint: &Endpoint,
     channel: ChannelId,
     window: u32,
     lifetime: Option<Duration>,
@@ -124,10 +130,9 @@ pub fn serve_once(
     stop: &dyn Fn() -> bool,
     on_welcome: &dyn Fn(ClientId),
 ) -> Result<(), Error> {
-    let client = Arc::new(Client::connect_with(addr, channel, options())?);
+    let client = Arc::new(connect(endpoint, channel, &*report)?);
     let me = client.client_id();
     on_welcome(me);
-    report.count("clients.connects");
     client.set_receive_window(window)?;
     let draining = Arc::new(AtomicBool::new(false));
     let drainer = {
@@ -277,7 +282,7 @@ pub fn receiver_actor(load: Arc<Load>, ledger: Arc<Ledger>, channel: usize, seed
             Duration::from_millis(rng.gen_range(load.lifetime_ms / 4..=load.lifetime_ms));
         let stop = || ledger.phase() >= CLOSING;
         if let Err(e) = serve_once(
-            load.addr,
+            &load.library,
             load.channels[channel],
             load.window,
             Some(lifetime),
@@ -326,14 +331,13 @@ pub fn sender_actor(
         channel,
     });
     while ledger.phase() == RUNNING {
-        let client = match Client::connect_with(load.addr, load.channels[channel], options()) {
+        let client = match connect(&load.library, load.channels[channel], &*report) {
             Ok(client) => Arc::new(client),
             Err(e) => {
                 ledger.violation("library_client", format!("sender connect: {e}"));
                 break;
             }
         };
-        ledger.count("clients.connects", 1);
         let stop = Arc::new(AtomicBool::new(false));
         let drainer = {
             let (client, report, stop) = (client.clone(), report.clone(), stop.clone());

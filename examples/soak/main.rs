@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! cargo run --release --example soak -- --duration 60s --seed 7
+//! cargo run --release --example soak -- --duration 60s --tls
 //! cargo run --release --example soak -- --help
 //! ```
 //!
@@ -14,7 +15,10 @@
 //!   receiver to answer, answer late, never answer, or cancel; broadcasts with acks;
 //! - churn: clients connect and leave all the time; receivers are killed mid-request (child
 //!   processes with SIGKILL, raw ones with an RST); senders vanish mid-request (RST or FIN in
-//!   the middle of a body, RST while awaiting answers).
+//!   the middle of a body, RST while awaiting answers);
+//! - with `--tls`, the client-library clients (receiver children included) connect to the
+//!   broker's TLS listener with a certificate generated for the run, while the raw clients stay
+//!   on plain TCP, on the same channels (`tls.rs`).
 //!
 //! Every body carries its id and a pattern derived from it (`body.rs`); every response carries
 //! the hash of the request bytes it answers. Every outcome is classified as expected or not
@@ -25,7 +29,9 @@
 //! must return to idle — every state count of its metrics endpoint zero — and its RSS is
 //! sampled there. At the end: RSS back within a bound of its start-up baseline (derived from
 //! what the broker keeps on purpose, see [`RssBound`]), no drift between rounds' idle RSS beyond
-//! allocator slack, and a graceful SIGTERM shutdown with exit status 0. A human-readable summary
+//! allocator slack, and a graceful SIGTERM shutdown with exit status 0; with `--tls`, every TLS
+//! connection the broker opened was one of the soak's and none failed its handshake. A
+//! human-readable summary
 //! and one JSON line (`--json FILE` appends it) report the figures; the exit status is 0 only
 //! when every check passed.
 
@@ -35,6 +41,7 @@ mod child;
 mod ledger;
 mod library;
 mod raw;
+mod tls;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -50,12 +57,13 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use mio::Poll;
 
-use switchyard::client::{Client, ClientOptions};
+use switchyard::client::Client;
 use switchyard::ids::ChannelId;
 use switchyard::protocol::ErrorCode;
 
 use broker::{BrokerProcess, Memory, Metrics};
 use ledger::{Ledger, CLOSING, DRAINING};
+use tls::{CertDir, Endpoint};
 
 /// A bounded soak run of the switchyard broker: churn, faults, end-to-end checks, RSS.
 ///
@@ -160,7 +168,9 @@ struct Args {
     drift_mib: u64,
     /// Make the harness misbehave once per round (its 50th raw response), to prove the checks
     /// catch it: `swap` answers a request with another one's response, `corrupt` flips a byte of
-    /// a response, `silence` drops a request that should be answered. The run must then FAIL.
+    /// a response, `silence` drops a request that should be answered; with --tls,
+    /// `tls-handshake` speaks plain TCP to the TLS listener (a failed handshake). The run must
+    /// then FAIL.
     #[arg(long, value_parser = parse_sabotage)]
     sabotage: Option<raw::Sabotage>,
     /// Append the JSON line to this file.
@@ -169,6 +179,11 @@ struct Args {
     /// Free text recorded in the JSON line (e.g. what else loaded the machine).
     #[arg(long)]
     note: Option<String>,
+    /// The client-library clients (senders, receivers, receiver processes) connect over TLS,
+    /// to a TLS listener of the broker with a self-signed certificate generated for the run
+    /// (in a temporary directory, removed at the end); raw-protocol clients stay on plain TCP.
+    #[arg(long)]
+    tls: bool,
 
     /// Internal: run as the broker (`broker`) or a receiver child (`receiver`).
     #[arg(long, hide = true)]
@@ -179,11 +194,24 @@ struct Args {
     /// Internal (receiver role): the channel.
     #[arg(long, hide = true)]
     channel: Option<String>,
+    /// Internal (receiver role): connect over TLS, trusting this certificate (PEM).
+    #[arg(long, hide = true)]
+    tls_ca: Option<PathBuf>,
+    /// Internal (broker role): the TLS listener's certificate (PEM).
+    #[arg(long, hide = true)]
+    tls_cert: Option<PathBuf>,
+    /// Internal (broker role): the TLS listener's private key (PEM).
+    #[arg(long, hide = true)]
+    tls_key: Option<PathBuf>,
 }
 
 /// What every actor of a round needs to know.
 pub struct Load {
+    /// The plain listener: the raw-protocol clients always connect here.
     pub addr: SocketAddr,
+    /// Where the client-library clients connect: the plain listener, or with `--tls` the TLS
+    /// one.
+    pub library: Endpoint,
     pub channels: Vec<ChannelId>,
     pub raw_senders: usize,
     pub raw_receivers: usize,
@@ -261,7 +289,8 @@ fn parse_sabotage(text: &str) -> Result<raw::Sabotage, String> {
         "swap" => Ok(raw::Sabotage::Swap),
         "corrupt" => Ok(raw::Sabotage::Corrupt),
         "silence" => Ok(raw::Sabotage::Silence),
-        _ => Err("one of swap, corrupt, silence".into()),
+        "tls-handshake" => Ok(raw::Sabotage::TlsHandshake),
+        _ => Err("one of swap, corrupt, silence, tls-handshake".into()),
     }
 }
 
@@ -300,7 +329,17 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 fn main() -> ExitCode {
     let args = Args::parse();
     match args.role.as_deref() {
-        Some("broker") => return broker::broker_main(),
+        Some("broker") => {
+            let tls = match (args.tls_cert, args.tls_key) {
+                (Some(cert), Some(key)) => Some((cert, key)),
+                (None, None) => None,
+                _ => {
+                    eprintln!("soak --role broker needs both --tls-cert and --tls-key, or neither");
+                    return ExitCode::from(2);
+                }
+            };
+            return broker::broker_main(tls);
+        }
         Some("receiver") => {
             let (Some(addr), Some(channel)) = (args.addr, args.channel.as_deref()) else {
                 eprintln!("soak --role receiver needs --addr and --channel");
@@ -310,7 +349,17 @@ fn main() -> ExitCode {
                 eprintln!("soak --role receiver: bad --channel");
                 return ExitCode::from(2);
             };
-            return child::child_main(addr, ChannelId(channel), args.window);
+            let endpoint = match &args.tls_ca {
+                None => Endpoint::plain(addr),
+                Some(ca) => match Endpoint::tls(addr, ca) {
+                    Ok(endpoint) => endpoint,
+                    Err(e) => {
+                        eprintln!("soak --role receiver: --tls-ca: {e}");
+                        return ExitCode::from(2);
+                    }
+                },
+            };
+            return child::child_main(endpoint, ChannelId(channel), args.window);
         }
         Some(other) => {
             eprintln!("soak: unknown role {other}");
@@ -362,6 +411,9 @@ fn validate(args: &Args) -> Result<(), String> {
     if !(0.0..=100.0).contains(&pct) || !(0.0..=100.0).contains(&args.broadcast_pct) {
         return Err("percentages must be within 0..100 (late + never + cancel together)".into());
     }
+    if args.sabotage == Some(raw::Sabotage::TlsHandshake) && !args.tls {
+        return Err("--sabotage tls-handshake needs --tls".into());
+    }
     if args.timeout_ms < 2_000 {
         return Err(
             "--timeout-ms below 2000 would make slow answers indistinguishable from lost ones"
@@ -376,6 +428,8 @@ fn validate(args: &Args) -> Result<(), String> {
 struct Peaks {
     rss_kib: u64,
     connections: u64,
+    /// TLS connections open at once (counted in `connections` too).
+    tls_connections: u64,
     streams: u64,
     buffered_bytes: u64,
     samples: u64,
@@ -408,6 +462,7 @@ impl Sampler {
                 (Ok(memory), Ok(m)) => {
                     p.rss_kib = p.rss_kib.max(memory.rss_kib);
                     p.connections = p.connections.max(m.get("switchyard_connections"));
+                    p.tls_connections = p.tls_connections.max(m.get("switchyard_tls_connections"));
                     let streams = m.get("switchyard_requests_pending")
                         + m.get("switchyard_requests_in_flight")
                         + m.get("switchyard_broadcasts_in_flight");
@@ -442,6 +497,11 @@ impl Sampler {
 /// - **container capacity**: the connection table, the router's slab and maps, the timer wheel
 ///   keep the capacity their peak needed (they do not shrink): generously 4 KiB per peak
 ///   connection and 1 KiB per peak request or broadcast in flight;
+/// - **TLS** (`--tls`): rustls' buffers of each TLS connection, freed at its close but, like
+///   any heap memory, possibly still resident: [`tls::ALLOWANCE_PER_CONNECTION_KIB`] (64 KiB of
+///   records plus per-record buffers and session state) per peak TLS connection open at once
+///   (the broker's read buffer and outbound queue of a TLS connection are the pools' and
+///   containers' above, like a plain connection's);
 /// - **allocator slack** (`--rss-slack-mib`, 16 MiB by default): glibc's malloc does not hand
 ///   every freed page back to the kernel. Freed 1 MiB payloads raise its mmap threshold, after
 ///   which such payloads come from the heap, whose top is only trimmed beyond twice that
@@ -453,6 +513,7 @@ impl Sampler {
 struct RssBound {
     pools_kib: u64,
     containers_kib: u64,
+    tls_kib: u64,
     slack_kib: u64,
 }
 
@@ -461,12 +522,13 @@ impl RssBound {
         RssBound {
             pools_kib: 2 * peaks.connections.min(256) * 64,
             containers_kib: 4 * peaks.connections + peaks.streams,
+            tls_kib: peaks.tls_connections * tls::ALLOWANCE_PER_CONNECTION_KIB,
             slack_kib: slack_mib * 1024,
         }
     }
 
     fn total_kib(&self) -> u64 {
-        self.pools_kib + self.containers_kib + self.slack_kib
+        self.pools_kib + self.containers_kib + self.tls_kib + self.slack_kib
     }
 }
 
@@ -506,11 +568,18 @@ fn soak(args: &Args) -> Result<bool, String> {
         args.library_senders,
         args.library_receivers
     );
-    let mut broker = BrokerProcess::start()?;
+    // Dropped (the directory removed) when this function returns, whichever way it does.
+    let certs = if args.tls {
+        Some(CertDir::generate()?)
+    } else {
+        None
+    };
+    let mut broker = BrokerProcess::start(certs.as_ref())?;
     let watchdog_pid = broker.pid;
     let finished = Arc::new(AtomicBool::new(false));
     {
         let finished = finished.clone();
+        let cert_dir = certs.as_ref().map(|c| c.dir.clone());
         thread::spawn(move || {
             pause_until(now() + watchdog_after);
             if !finished.load(Ordering::SeqCst) {
@@ -519,16 +588,36 @@ fn soak(args: &Args) -> Result<bool, String> {
                 unsafe {
                     libc::kill(watchdog_pid as libc::pid_t, libc::SIGKILL);
                 }
+                // `exit` runs no destructor: the certificate directory goes here.
+                if let Some(dir) = &cert_dir {
+                    tls::remove_dir(dir);
+                }
                 std::process::exit(3);
             }
         });
     }
     println!(
-        "broker: pid {}, listening on {}, metrics on http://{}/metrics",
-        broker.pid, broker.addr, broker.metrics
+        "broker: pid {}, listening on {}{}, metrics on http://{}/metrics",
+        broker.pid,
+        broker.addr,
+        broker
+            .tls_addr
+            .map_or(String::new(), |a| format!(", TLS on {a}")),
+        broker.metrics
     );
+    let library = match (&certs, broker.tls_addr) {
+        (Some(certs), Some(tls_addr)) => Endpoint::tls(tls_addr, &certs.cert)?,
+        _ => Endpoint::plain(broker.addr),
+    };
     let start_memory = broker.memory()?;
-    let max_payload = warm_up(&broker)?;
+    // Warm up both transports the run uses, so that what their first use allocates once (for
+    // TLS: rustls' and ring's lazily built tables, the session cache) is in the baseline.
+    let max_payload = warm_up(&Endpoint::plain(broker.addr))?;
+    let mut warm_up_tls_connects = 0;
+    if library.is_tls() {
+        warm_up(&library)?;
+        warm_up_tls_connects = WARM_UP_CLIENTS;
+    }
     let (warm, _) = wait_idle(&broker, Duration::from_secs(30))?;
     if !warm.is_idle() {
         return Err(format!(
@@ -549,7 +638,7 @@ fn soak(args: &Args) -> Result<bool, String> {
 
     let mut rounds = Vec::new();
     for round in 0..args.rounds {
-        let result = run_round(args, &broker, round, round_length, max_payload);
+        let result = run_round(args, &broker, &library, round, round_length, max_payload);
         if let Some(status) = broker.exited() {
             return Err(format!(
                 "the broker died during round {}: {status}",
@@ -585,24 +674,26 @@ fn soak(args: &Args) -> Result<bool, String> {
         peaks,
         bound: RssBound::new(&peaks, args.rss_slack_mib),
         end_metrics: &end_metrics,
+        warm_up_tls_connects,
         exit,
         elapsed,
     };
     outcome.report()
 }
 
+/// Library clients the warm-up connects.
+const WARM_UP_CLIENTS: u64 = 2;
+
 /// A few library clients, a few small requests and a broadcast, so that the baseline includes
 /// what any first use of the broker allocates once. Returns the broker's max payload.
-fn warm_up(broker: &BrokerProcess) -> Result<u32, String> {
+fn warm_up(endpoint: &Endpoint) -> Result<u32, String> {
     let channel = ChannelId::random();
-    let options = || ClientOptions {
-        reconnect: None,
-        ..ClientOptions::default()
+    let connect = || {
+        Client::connect_with(endpoint.addr, channel, endpoint.options())
+            .map_err(|e| format!("warm-up connect to {}: {e}", endpoint.addr))
     };
-    let receiver =
-        Client::connect_with(broker.addr, channel, options()).map_err(|e| e.to_string())?;
-    let sender =
-        Client::connect_with(broker.addr, channel, options()).map_err(|e| e.to_string())?;
+    let receiver = connect()?;
+    let sender = connect()?;
     receiver.set_receive_window(4).map_err(|e| e.to_string())?;
     let max_payload = sender.limits().max_payload;
     thread::scope(|scope| -> Result<(), String> {
@@ -658,6 +749,7 @@ fn wait_idle(broker: &BrokerProcess, within: Duration) -> Result<(Metrics, Durat
 fn run_round(
     args: &Args,
     broker: &BrokerProcess,
+    library: &Endpoint,
     round: u32,
     length: Duration,
     max_payload: u32,
@@ -668,6 +760,7 @@ fn run_round(
         .wrapping_add(u64::from(round));
     let load = Arc::new(Load {
         addr: broker.addr,
+        library: library.clone(),
         channels: (0..args.channels).map(|_| ChannelId::random()).collect(),
         raw_senders: args.raw_senders,
         raw_receivers: args.raw_receivers,
@@ -726,6 +819,11 @@ fn run_round(
         }));
     }
     drop(done_tx);
+    if args.sabotage == Some(raw::Sabotage::TlsHandshake) {
+        if let Some(tls_addr) = broker.tls_addr {
+            stray_tls_peer(tls_addr, &ledger);
+        }
+    }
 
     let load_start = now();
     let end = load_start + length;
@@ -782,6 +880,27 @@ fn run_round(
     })
 }
 
+/// `--sabotage tls-handshake`: a peer that speaks the plain protocol (a 64-byte header of
+/// zeros) to the TLS listener and reads until the broker closes it — rustls refuses the
+/// bytes, so the broker counts a TLS connection none of the soak's clients made and a failed
+/// handshake, which the end of the run must catch.
+fn stray_tls_peer(tls_addr: SocketAddr, ledger: &Ledger) {
+    use std::io::{Read, Write};
+    let result = (|| -> std::io::Result<()> {
+        let mut stream = std::net::TcpStream::connect(tls_addr)?;
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        stream.write_all(&[0; 64])?;
+        let mut sink = Vec::new();
+        // The broker's alert, then EOF (or a reset, which is as good an end).
+        let _ = stream.read_to_end(&mut sink);
+        Ok(())
+    })();
+    match result {
+        Ok(()) => ledger.count("sabotage.stray_tls_peer", 1),
+        Err(e) => ledger.violation("harness", format!("stray TLS peer: {e}")),
+    }
+}
+
 fn broker_gone(broker: &BrokerProcess) -> bool {
     std::path::Path::new(&format!("/proc/{}/status", broker.pid))
         .metadata()
@@ -806,6 +925,8 @@ struct Outcome<'a> {
     peaks: Peaks,
     bound: RssBound,
     end_metrics: &'a Metrics,
+    /// TLS connections the warm-up made (counted by the broker, not in the rounds' counts).
+    warm_up_tls_connects: u64,
     exit: Result<std::process::ExitStatus, String>,
     elapsed: Duration,
 }
@@ -853,7 +974,10 @@ impl Outcome<'_> {
         let load_ok = get("requests.ok") > 0
             && get("broadcasts.ok") > 0
             && (self.args.child_receivers == 0 || get("faults.sigkill_receiver") > 0);
-        let pass = total_violations == 0 && rss_ok && drift_ok && idle_ok && exit_ok && load_ok;
+        let tls = self.tls_figures(get("clients.tls_connects"));
+        let tls_ok = tls.ok(self.args.tls);
+        let pass =
+            total_violations == 0 && rss_ok && drift_ok && idle_ok && exit_ok && load_ok && tls_ok;
 
         let mut out = String::new();
         let w = &mut out;
@@ -937,6 +1061,28 @@ impl Outcome<'_> {
             get("clients.disconnects"),
             sum("clients.graceful_leave")
         );
+        if self.args.tls {
+            let _ = writeln!(
+                w,
+                "TLS: on for the client-library clients (raw clients on plain TCP): the broker \
+                 opened {} TLS connections for {} made ({} by the load + {} warm-up), {} at \
+                 once at the peak; {} handshake failures: {}",
+                tls.opened,
+                tls.expected,
+                tls.expected - self.warm_up_tls_connects,
+                self.warm_up_tls_connects,
+                self.peaks.tls_connections,
+                tls.handshake_failures,
+                if tls_ok { "ok" } else { "MISMATCH" }
+            );
+        } else {
+            let _ = writeln!(
+                w,
+                "TLS: off (every client on plain TCP; the broker opened {} TLS connections: {})",
+                tls.opened,
+                if tls_ok { "ok" } else { "MISMATCH" }
+            );
+        }
         let _ = writeln!(
             w,
             "checks: {} mismatches (answered with another request's bytes, or corrupt), {} \
@@ -967,12 +1113,16 @@ impl Outcome<'_> {
         let _ = writeln!(
             w,
             "  final - baseline = {:.1} MiB, bound {:.1} MiB = pools {:.1} (2 x min(256, {} peak \
-             connections) x 64 KiB) + containers {:.1} + allocator slack {:.1}: {}",
+             connections) x 64 KiB) + containers {:.1} + TLS {:.1} ({} peak TLS connections x \
+             {} KiB) + allocator slack {:.1}: {}",
             mib(growth),
             mib(bound),
             mib(self.bound.pools_kib),
             self.peaks.connections,
             mib(self.bound.containers_kib),
+            mib(self.bound.tls_kib),
+            self.peaks.tls_connections,
+            tls::ALLOWANCE_PER_CONNECTION_KIB,
             mib(self.bound.slack_kib),
             if rss_ok { "ok" } else { "EXCEEDED" }
         );
@@ -1021,7 +1171,7 @@ impl Outcome<'_> {
         let _ = writeln!(w, "verdict: {}", if pass { "PASS" } else { "FAIL" });
         print!("{out}");
 
-        let json = self.json(&counts, mismatches, duplicates, pass, growth, drift);
+        let json = self.json(&counts, mismatches, duplicates, pass, growth, drift, &tls);
         println!("{json}");
         if let Some(path) = &self.args.json {
             let mut file = std::fs::OpenOptions::new()
@@ -1034,6 +1184,20 @@ impl Outcome<'_> {
         Ok(pass)
     }
 
+    /// The broker's TLS counters at the end, against the TLS connects the soak's clients counted.
+    fn tls_figures(&self, load_tls_connects: u64) -> TlsFigures {
+        TlsFigures {
+            opened: self
+                .end_metrics
+                .get("switchyard_tls_connections_opened_total"),
+            expected: load_tls_connects + self.warm_up_tls_connects,
+            handshake_failures: self
+                .end_metrics
+                .get("switchyard_tls_handshake_failures_total"),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)] // the figures `report` computed, passed on as they are
     fn json(
         &self,
         counts: &BTreeMap<String, u64>,
@@ -1042,6 +1206,7 @@ impl Outcome<'_> {
         pass: bool,
         growth: u64,
         drift: u64,
+        tls: &TlsFigures,
     ) -> String {
         let a = self.args;
         let group = |prefix: &str| -> String {
@@ -1085,6 +1250,8 @@ impl Outcome<'_> {
              \"idle_after_round\":[{}],\"final\":{},\"growth\":{growth},\"bound\":{},\
              \"drift\":{drift},\"drift_max\":{}}},\"peaks\":{{\"connections\":{},\"streams\":{},\
              \"buffered_bytes\":{}}},\"state_at_end\":{{{}}},\"broker_errors_sent\":{{{}}},\
+             \"tls\":{{\"on\":{},\"connections_opened\":{},\"connects_made\":{},\
+             \"handshake_failures\":{},\"peak_connections\":{},\"rss_allowance_kib\":{}}},\
              \"broker_exit\":\"{}\",\"verdict\":\"{}\",\"note\":\"{}\"}}",
             a.seed,
             load_time.as_secs_f64(),
@@ -1123,6 +1290,12 @@ impl Outcome<'_> {
             self.peaks.buffered_bytes,
             state.join(","),
             errors.join(","),
+            a.tls,
+            tls.opened,
+            tls.expected,
+            tls.handshake_failures,
+            self.peaks.tls_connections,
+            self.bound.tls_kib,
             match &self.exit {
                 Ok(status) => status.to_string(),
                 Err(e) => e.clone(),
@@ -1131,5 +1304,31 @@ impl Outcome<'_> {
             if pass { "pass" } else { "fail" },
             a.note.clone().unwrap_or_default().replace(['"', '\\'], "'"),
         )
+    }
+}
+
+/// The broker's TLS counters at the end of a run, and the TLS connections the soak made.
+struct TlsFigures {
+    /// `switchyard_tls_connections_opened_total`.
+    opened: u64,
+    /// TLS connects the soak's clients completed (load and warm-up).
+    expected: u64,
+    /// `switchyard_tls_handshake_failures_total`.
+    handshake_failures: u64,
+}
+
+impl TlsFigures {
+    /// With `--tls`: every TLS connection the broker opened is one the soak made (no stray or
+    /// lost one), at least one beyond the warm-up, and none failed its handshake — the soak's
+    /// clients never give up mid-handshake (receiver children are killed only after their
+    /// WELCOME), so a failure is the broker's or the client library's. Without: none at all.
+    fn ok(&self, tls_on: bool) -> bool {
+        if tls_on {
+            self.handshake_failures == 0
+                && self.opened == self.expected
+                && self.opened > WARM_UP_CLIENTS
+        } else {
+            self.opened == 0 && self.handshake_failures == 0
+        }
     }
 }

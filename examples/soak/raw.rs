@@ -107,6 +107,9 @@ pub enum Sabotage {
     Corrupt,
     /// A receiver silently drops a request it should answer.
     Silence,
+    /// (`--tls`) A plain-TCP peer on the TLS listener: the broker counts a TLS connection the
+    /// soak's clients did not make, and a handshake failure (done in main.rs, not here).
+    TlsHandshake,
 }
 
 /// `--sabotage` strikes the first response after this many that a stable receiver owes a
@@ -1323,7 +1326,7 @@ impl Driver {
                         corrupt = true;
                         self.ledger.count("sabotage.corrupted", 1);
                     }
-                    None => {}
+                    Some(Sabotage::TlsHandshake) | None => {}
                 }
             }
             self.last_answer = Some((request, hash));

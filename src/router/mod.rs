@@ -356,11 +356,10 @@ impl Router {
         let Some(c) = self.conns.get_mut(conn_key(conn)) else {
             return Ok(WriteStatus::Drained);
         };
-        let result = c.outbound.write_to(&mut self.outbound_pool, writer, budget);
-        let written = match &result {
-            Ok((written, _)) => *written,
-            Err(_) => 0,
-        };
+        // `written` counts also when the writer failed after earlier writes of this call: those
+        // bytes have left the queue, so `outbound_bytes` must lose them now — the disconnect
+        // that follows subtracts only what is still queued.
+        let (written, result) = c.outbound.write_to(&mut self.outbound_pool, writer, budget);
         if written > 0 {
             c.last_drained = tick;
         }
@@ -379,7 +378,7 @@ impl Router {
                 c.waiters = waiters;
             }
         }
-        result.map(|(_, status)| status)
+        result
     }
 
     /// A malformed byte stream on `conn`: queue the matching error frame and close it.

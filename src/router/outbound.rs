@@ -113,21 +113,20 @@ impl OutboundQueue {
     /// Writes queued bytes with vectored writes until the queue is empty, the writer would block,
     /// or `budget` bytes were written.
     ///
-    /// Returns the number of bytes written and why it stopped.
-    ///
-    /// # Errors
-    /// Any error of the writer other than `WouldBlock` and `Interrupted` (retried); the queue then
-    /// holds whatever was not written.
+    /// Returns the number of bytes written — also when it ends with an error: what earlier
+    /// writes of the same call took has left the queue, and the caller's byte accounting must
+    /// know it — and why it stopped: `Ok(status)`, or any error of the writer other than
+    /// `WouldBlock` and `Interrupted` (retried); the queue then holds whatever was not written.
     pub(crate) fn write_to(
         &mut self,
         pool: &mut BufferPool,
         writer: &mut dyn Write,
         budget: usize,
-    ) -> io::Result<(usize, WriteStatus)> {
+    ) -> (usize, io::Result<WriteStatus>) {
         let mut written_total = 0;
         while self.len > 0 {
             if written_total >= budget {
-                return Ok((written_total, WriteStatus::BudgetSpent));
+                return (written_total, Ok(WriteStatus::BudgetSpent));
             }
             let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
             let mut count = 0;
@@ -144,13 +143,15 @@ impl OutboundQueue {
                 count += 1;
             }
             let written = match writer.write_vectored(&slices[..count]) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(0) => return (written_total, Err(io::ErrorKind::WriteZero.into())),
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    return Ok((written_total, WriteStatus::Blocked));
+                    return (written_total, Ok(WriteStatus::Blocked));
                 }
-                Err(e) => return Err(e),
+                // A TLS writer takes at most 64 KiB per call, so an error after earlier calls of
+                // this one took bytes is ordinary (a peer reset in the middle of a large frame).
+                Err(e) => return (written_total, Err(e)),
             };
             self.consume(written);
             written_total += written;
@@ -158,7 +159,7 @@ impl OutboundQueue {
         // Drained: the buffer goes back to the pool (an idle connection holds none).
         pool.give(std::mem::take(&mut self.tail));
         self.tail_sent = 0;
-        Ok((written_total, WriteStatus::Drained))
+        (written_total, Ok(WriteStatus::Drained))
     }
 
     fn consume(&mut self, mut written: usize) {
@@ -260,7 +261,8 @@ mod tests {
         };
         let mut rounds = 0;
         loop {
-            let (_, status) = queue.write_to(&mut pool, &mut writer, 3000).unwrap();
+            let (_, status) = queue.write_to(&mut pool, &mut writer, 3000);
+            let status = status.unwrap();
             rounds += 1;
             if status == WriteStatus::Drained {
                 break;
@@ -283,11 +285,56 @@ mod tests {
             limit: 100,
             calls_left: 2,
         };
-        let (written, status) = queue.write_to(&mut pool, &mut writer, usize::MAX).unwrap();
-        assert_eq!((written, status), (200, WriteStatus::Blocked));
+        let (written, status) = queue.write_to(&mut pool, &mut writer, usize::MAX);
+        assert_eq!((written, status.unwrap()), (200, WriteStatus::Blocked));
         assert_eq!(queue.len(), HEADER_LEN + payload.len() - 200);
         queue.clear(&mut pool);
         assert!(queue.is_empty());
+    }
+
+    /// A writer that takes `limit` bytes per call for `calls` calls, then fails like a socket
+    /// whose peer reset the connection (a TLS writer takes at most 64 KiB per call, so this is
+    /// how a reset in the middle of a large frame looks).
+    struct ThenReset {
+        limit: usize,
+        calls_left: usize,
+    }
+
+    impl Write for ThenReset {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.write_vectored(&[IoSlice::new(buf)])
+        }
+        fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+            if self.calls_left == 0 {
+                return Err(io::ErrorKind::ConnectionReset.into());
+            }
+            self.calls_left -= 1;
+            Ok(bufs.iter().map(|b| b.len()).sum::<usize>().min(self.limit))
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn an_error_after_partial_writes_still_reports_what_was_written() {
+        let mut queue = OutboundQueue::default();
+        let mut pool = BufferPool::new(4, 1024, 1 << 20);
+        let (header, payload) = frames().remove(1);
+        queue.push(&mut pool, &header, &payload);
+        let total = queue.len();
+        let mut writer = ThenReset {
+            limit: 100,
+            calls_left: 2,
+        };
+        let (written, status) = queue.write_to(&mut pool, &mut writer, usize::MAX);
+        assert_eq!(
+            status.map_err(|e| e.kind()),
+            Err(io::ErrorKind::ConnectionReset)
+        );
+        assert_eq!(written, 200, "the two writes before the error count");
+        assert_eq!(queue.len(), total - 200, "and left the queue");
+        queue.clear(&mut pool);
     }
 
     #[test]
@@ -320,13 +367,13 @@ mod tests {
             expected.extend_from_slice(&header);
             expected.extend_from_slice(&payload);
             // Write a little less than is pushed: the queue never drains until the end.
-            let _ = queue.write_to(&mut pool, &mut writer, 100).unwrap();
+            queue.write_to(&mut pool, &mut writer, 100).1.unwrap();
             assert!(queue.tail_sent <= COMPACT_AFTER + 100, "compacted");
             assert!(!queue.is_empty(), "never drained");
         }
         loop {
-            let (_, status) = queue.write_to(&mut pool, &mut writer, usize::MAX).unwrap();
-            if status == WriteStatus::Drained {
+            let (_, status) = queue.write_to(&mut pool, &mut writer, usize::MAX);
+            if status.unwrap() == WriteStatus::Drained {
                 break;
             }
         }
