@@ -1700,17 +1700,7 @@ impl Driver {
                             s.vanished.insert(id);
                         }
                     }
-                    conn.fin_when_flushed = true;
-                    conn.departed = true;
-                    // The departure counts from now; the broker's EOF ends the connection.
-                    self.ledger.depart(Departure {
-                        channel: conn.channel,
-                        client: *conn.client.as_bytes(),
-                        at: now(),
-                        abrupt: true,
-                        receiver: false,
-                    });
-                    self.flush(token);
+                    self.leave_with_fin(token, true);
                 }
             }
         }
@@ -1731,14 +1721,23 @@ impl Driver {
             self.drop_conn(token, false, false);
             return;
         }
+        self.leave_with_fin(token, false);
+    }
+
+    /// A joined connection leaves: FIN once its queue is flushed, then the broker's EOF ends it.
+    /// The departure counts from now (the ledger judges outcomes against it).
+    fn leave_with_fin(&mut self, token: usize, abrupt: bool) {
+        let Some(conn) = self.conns.get_mut(&token) else {
+            return;
+        };
         conn.fin_when_flushed = true;
         conn.departed = true;
         self.ledger.depart(Departure {
             channel: conn.channel,
             client: *conn.client.as_bytes(),
             at: now(),
-            abrupt: false,
-            receiver: false,
+            abrupt,
+            receiver: matches!(conn.role, Role::Receiver(_)),
         });
         self.flush(token);
     }
@@ -1787,16 +1786,7 @@ impl Driver {
             self.drop_conn(token, false, false);
             return;
         }
-        conn.fin_when_flushed = true;
-        conn.departed = true;
-        self.ledger.depart(Departure {
-            channel: conn.channel,
-            client: *conn.client.as_bytes(),
-            at: now(),
-            abrupt: false,
-            receiver: true,
-        });
-        self.flush(token);
+        self.leave_with_fin(token, false);
     }
 }
 
