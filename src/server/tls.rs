@@ -105,7 +105,6 @@ pub(crate) fn new_session(config: &Arc<rustls::ServerConfig>) -> Result<TlsSessi
     Ok(TlsSession {
         conn,
         peer_closed: false,
-        handshake_done: false,
     })
 }
 
@@ -124,13 +123,12 @@ pub(crate) struct TlsSession {
     pub(crate) conn: ServerConnection,
     /// The peer sent `close_notify`: the next read is an EOF.
     pub(crate) peer_closed: bool,
-    handshake_done: bool,
 }
 
 impl TlsSession {
     /// True while the TLS handshake has not completed.
     pub(crate) fn is_handshaking(&self) -> bool {
-        !self.handshake_done
+        self.conn.is_handshaking()
     }
 
     /// Feeds `ciphertext` (just read from the socket) to rustls and appends the plaintext to
@@ -177,7 +175,6 @@ impl TlsSession {
             }
         }
         if was_handshaking && !self.conn.is_handshaking() {
-            self.handshake_done = true;
             return Absorbed::HandshakeDone;
         }
         Absorbed::Ok
