@@ -12,10 +12,10 @@ use criterion::{
 };
 use std::time::Duration;
 
-use switchyard::ids::{ChannelId, ClientId, RequestId};
-use switchyard::protocol::{
+use switchyard_proto::{
     encode_frame, Decoder, Flags, Frame, FrameType, Header, DEFAULT_MAX_PAYLOAD, HEADER_LEN,
 };
+use switchyard_proto::{ChannelId, ClientId, RequestId};
 
 /// A request START as a client would send it, with a `len`-byte payload.
 fn frame(len: usize) -> Frame {

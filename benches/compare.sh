@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Side-by-side load test: switchyard vs NATS, with the same load generator (src/bin/loadgen).
+# Side-by-side load test: switchyard vs NATS, with the same load generator (tools/loadgen).
 #
 #   benches/compare.sh              3 rounds (median, min-max), under 10 minutes
 #   benches/compare.sh --rounds 5   more rounds
@@ -50,7 +50,7 @@ if ! command -v cargo >/dev/null 2>&1; then
 fi
 
 echo "== building (release)"
-cargo build --release --quiet --bin switchyard --bin loadgen
+cargo build --release --quiet -p switchyard -p switchyard-loadgen --bins
 BIN=target/release
 
 if [ "$SMOKE" = 0 ] && ! command -v nats-server >/dev/null 2>&1; then

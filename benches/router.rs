@@ -19,9 +19,9 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use std::io;
 use std::time::{Duration, Instant};
 
-use switchyard::ids::{ChannelId, ClientId, ConnId, RequestId};
-use switchyard::protocol::{encode_u32, Flags, Frame, FrameType, Header};
-use switchyard::router::{Output, Router, RouterConfig};
+use switchyard_core::ids::{ChannelId, ClientId, ConnId, RequestId};
+use switchyard_core::protocol::{encode_u32, Flags, Frame, FrameType, Header};
+use switchyard_core::router::{Output, Router, RouterConfig};
 
 /// The receiver's credit window, and the number of requests timed back to back.
 const WINDOW: u32 = 64;

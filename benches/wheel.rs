@@ -13,7 +13,7 @@ use criterion::measurement::{Measurement, WallTime};
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use std::time::Duration;
 
-use switchyard::wheel::{TimerKey, TimerWheel};
+use switchyard_core::wheel::{TimerKey, TimerWheel};
 
 const ARMED: usize = 100_000;
 const HORIZON_MS: u64 = 100_000;

@@ -12,11 +12,12 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 use std::time::Duration;
 
 use uuid::Uuid;
 
-use crate::auth::{AccessToken, ChannelToken, Tokens};
+use crate::auth::{AccessToken, Tokens};
 use crate::ids::ChannelId;
 use crate::protocol::{DEFAULT_MAX_PAYLOAD, MAX_PAYLOAD_CEILING};
 use crate::router::RouterConfig;
@@ -249,7 +250,7 @@ pub struct Overrides {
     /// Outbound queue high watermark per connection, bytes [default: 4194304; 64 KiB ..= 1 GiB].
     #[arg(long)]
     pub high_watermark_bytes: Option<u64>,
-    /// Outbound queue low watermark per connection, bytes [default: 1048576; < high watermark].
+    /// Outbound queue low watermark per connection, bytes [default: 1048576; below the high watermark].
     #[arg(long)]
     pub low_watermark_bytes: Option<u64>,
     /// Bytes held per connection for waiting requests, bytes [default: 4194304; 64 KiB ..= 1 GiB].
@@ -674,8 +675,40 @@ fn check(key: &'static str, value: u64, min: u64, max: u64) -> Result<(), Config
     }
 }
 
+/// `--channel-token UUID=TOKEN`: one channel's token on the command line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChannelToken {
+    /// The channel (as written: validated with the rest of the configuration).
+    pub channel: String,
+    /// Its token.
+    pub token: AccessToken,
+}
+
+impl FromStr for ChannelToken {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<ChannelToken, String> {
+        let (channel, token) = s
+            .split_once('=')
+            .ok_or_else(|| String::from("expected CHANNEL_UUID=TOKEN"))?;
+        Ok(ChannelToken {
+            channel: channel.trim().to_owned(),
+            token: token.parse()?,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_channel_token_flag_parses_and_never_prints_its_token() {
+        let flag: super::ChannelToken = "00000000-0000-0000-0000-000000000001=hunter2"
+            .parse()
+            .unwrap();
+        assert!(!format!("{flag:?}").contains("hunter2"));
+        assert!("no-equals".parse::<super::ChannelToken>().is_err());
+    }
+
     use super::*;
 
     #[test]
@@ -954,7 +987,7 @@ mod tests {
 
     #[test]
     fn tls_needs_the_listener_and_both_files_and_errors_name_the_key_or_file() {
-        use crate::tls::testing::Scratch;
+        use switchyard_testkit::Scratch;
         let dir = Scratch::new("config");
         let (cert, key) = dir.self_signed("broker");
         let (_, other_key) = dir.self_signed("other");

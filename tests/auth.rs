@@ -2,7 +2,7 @@
 //! ERROR UNAUTHORIZED and the connection is closed, unseen by the channel's peers. And the
 //! binary's refusal to listen beyond loopback with no token configured.
 
-mod support;
+use switchyard_testkit::support;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};

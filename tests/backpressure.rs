@@ -4,7 +4,7 @@
 //! byte arrives, in order, and the sender's writes complete (the predecessor's "deadlocks on full
 //! buffers" and unbounded queues).
 
-mod support;
+use switchyard_testkit::support;
 
 use std::io::{self, Write};
 use std::sync::atomic::{AtomicU64, Ordering};

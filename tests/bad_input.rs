@@ -8,7 +8,7 @@
 //! possible, so the bystanders' presence frames (PEER_JOINED then PEER_LEFT, even when the broker
 //! closes the connection itself) are checked as well.
 
-mod support;
+use switchyard_testkit::support;
 
 use bytes::BytesMut;
 use rand::rngs::StdRng;

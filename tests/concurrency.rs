@@ -8,7 +8,7 @@
 //!
 //! Every test ends by closing its clients and asserting the broker is idle (behaviour 9).
 
-mod common;
+use switchyard_testkit::common;
 
 use std::collections::HashSet;
 use std::sync::Arc;

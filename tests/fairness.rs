@@ -3,7 +3,7 @@
 //! sequential round trips completes within a generous per-read deadline while the firehose is
 //! demonstrably still flowing.
 
-mod support;
+use switchyard_testkit::support;
 
 use std::io::{self, Write};
 use std::net::TcpStream;

@@ -21,8 +21,8 @@
 //! (`tests/broadcast.rs`, `a_stuck_peer_does_not_delay_the_others`), a graceful broker restart
 //! (`tests/reconnect.rs`), a client that never reads its answers (`tests/resource_exhaustion.rs`).
 
-mod process;
-mod support;
+use switchyard_testkit::process;
+use switchyard_testkit::{sockets, support};
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;
@@ -214,9 +214,8 @@ impl FaultyPeer {
         let Some(mut child) = self.child.take() else {
             return;
         };
-        let pid = i32::try_from(child.id()).unwrap();
-        // SAFETY: kill has no memory preconditions; the pid is our own, unreaped child.
-        unsafe { libc::kill(pid, libc::SIGKILL) };
+        // std's Child::kill is SIGKILL on Unix; the child is our own and not yet reaped.
+        child.kill().expect("SIGKILL to the faulty peer");
         let status = child.wait().expect("reaping the faulty peer");
         assert_eq!(
             status.signal(),
@@ -355,26 +354,6 @@ fn expect_cancelled(receiver: &mut RawPeer, id: RequestId, sender: ClientId) {
     assert_eq!(late.header.request_id, id);
 }
 
-/// Sets SO_LINGER {on, 0}: closing the socket then sends a TCP RST instead of a FIN.
-fn reset_on_close(stream: &std::net::TcpStream) {
-    use std::os::fd::AsRawFd;
-    let linger = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: a valid socket descriptor and a pointer to a linger of the given length.
-    let rc = unsafe {
-        libc::setsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&linger as *const libc::linger).cast(),
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(rc, 0, "SO_LINGER: {}", io::Error::last_os_error());
-}
-
 /// A request/reply between two bystanders of the channel: they are served as usual.
 #[track_caller]
 fn bystander_round_trip(asker: &mut RawPeer, answerer: &mut RawPeer) {
@@ -424,7 +403,7 @@ fn a_sender_that_resets_mid_request_cancels_its_receiver() {
     asker.hello(channel, ClientId::random());
 
     let closed_before = handle.stats().unwrap().closed;
-    reset_on_close(sender.stream());
+    sockets::reset_on_close(sender.stream());
     drop(sender);
     expect_cancelled(&mut streaming, id, sender_id);
     let stats = wait_for(&handle, "the reset connection is closed", move |st| {
@@ -695,8 +674,12 @@ fn a_broker_killed_and_restarted_under_its_clients_is_rejoined() {
     ];
     // Trace lines of the routing core: "recv Start ..." says a request reached the broker.
     let any_port = "127.0.0.1:0".parse().unwrap();
-    let mut broker =
-        BrokerProcess::start_logging(any_port, &args, None, Some("info,switchyard::router=trace"));
+    let mut broker = BrokerProcess::start_logging(
+        any_port,
+        &args,
+        None,
+        Some("info,switchyard_core::router=trace"),
+    );
     let addr = broker.addr;
     let channel = ChannelId::random();
     let connect = || Client::connect_with(addr, channel, reconnecting()).expect("a client");

@@ -1,7 +1,7 @@
 //! Heartbeats over real sockets: the broker finds a half-open peer, the client finds a dead
 //! broker, and a client that answers keeps its connection.
 
-mod support;
+use switchyard_testkit::support;
 
 use std::io::{Read, Write};
 use std::net::TcpListener;

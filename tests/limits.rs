@@ -5,7 +5,7 @@
 //! before are never disturbed, and every count returns to zero at the end.
 //! (The channel, peer and in-flight limits are router logic: `src/router/tests/limits.rs`.)
 
-mod support;
+use switchyard_testkit::support;
 
 use std::time::Duration;
 use switchyard::client::{Client, Error};

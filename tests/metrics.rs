@@ -7,7 +7,7 @@
 //! broker traffic; the scrape deadline closes a silent scraper; connections beyond the limit are
 //! closed at once.
 
-mod support;
+use switchyard_testkit::support;
 
 use std::collections::BTreeMap;
 use std::io::{ErrorKind, Read, Write};

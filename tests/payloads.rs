@@ -6,8 +6,7 @@
 //! The broker runs with max_payload = 64 KiB so that every size class is cheap to reach.
 //! Every test ends by closing its clients and asserting the broker is idle (behaviour 9).
 
-#[macro_use]
-mod common;
+use switchyard_testkit::{assert_err, common};
 
 use std::io::{self, Read};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

@@ -3,7 +3,7 @@
 //! must leave the broker idle with presence events exactly paired and in order (the
 //! predecessor's "online/offline flapping on rapid reconnects" and "stale connections").
 
-mod support;
+use switchyard_testkit::support;
 
 use std::time::Duration;
 

@@ -2,7 +2,7 @@
 //! produce no presence flapping, in either interleaving of the old connection's close and the new
 //! one's hello, and leave nothing behind.
 
-mod support;
+use switchyard_testkit::support;
 
 use std::time::Duration;
 

@@ -3,8 +3,7 @@
 //! running out, and reconnection turned off. No sleeps: ordering comes from blocking calls with
 //! deadlines (state changes, `wait_connected`, requests) and from the broker's own stats.
 
-#[macro_use]
-mod common;
+use switchyard_testkit::{assert_err, common};
 
 use std::io;
 use std::net::SocketAddr;

@@ -6,8 +6,7 @@
 //!
 //! Every test ends by closing its clients and asserting the broker is idle (behaviour 9).
 
-#[macro_use]
-mod common;
+use switchyard_testkit::{assert_err, common};
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};

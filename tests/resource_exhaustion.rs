@@ -18,8 +18,8 @@
 //! - The channel's limit of waiting requests over real sockets (the router's unit test has the
 //!   logic; this is the wire view: which ids are refused, and FIFO service afterwards).
 
-mod process;
-mod support;
+use switchyard_testkit::process;
+use switchyard_testkit::{sockets, support};
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -479,24 +479,6 @@ fn a_flood_of_senders_without_receivers_stays_bounded_gets_its_answers_and_spare
 /// (a few MiB), so that without a bound the broker's queue for it would grow by megabytes.
 const UNREAD_FRAMES: usize = 200_000;
 
-/// Limits the socket's receive buffer (and so what the kernel absorbs of the broker's answers),
-/// so the broker's own queue is reached early.
-fn small_receive_buffer(stream: &TcpStream) {
-    use std::os::fd::AsRawFd;
-    let size: libc::c_int = 64 * 1024;
-    // SAFETY: a valid socket descriptor and a pointer to a c_int of the given length.
-    let rc = unsafe {
-        libc::setsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUF,
-            (&size as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(rc, 0, "SO_RCVBUF: {}", io::Error::last_os_error());
-}
-
 #[test]
 fn a_client_that_never_reads_its_answers_is_paused_not_buffered_for() {
     let mut config = support::config();
@@ -514,7 +496,7 @@ fn a_client_that_never_reads_its_answers_is_paused_not_buffered_for() {
     bystander.hello(ChannelId::random(), ClientId::random());
 
     let mut flooder = RawPeer::named(addr, "non-reader");
-    small_receive_buffer(flooder.stream());
+    sockets::small_receive_buffer(flooder.stream());
     flooder.hello(ChannelId::random(), ClientId::random());
     // PINGs and NO_WAIT requests on a channel with no receiver: every frame is answered (PONG,
     // ERROR NO_RECEIVER) to the flooder itself.
@@ -564,7 +546,7 @@ fn a_client_that_never_reads_its_answers_is_paused_not_buffered_for() {
                 payload.resize(header.payload_len as usize, 0);
                 reader.read_exact(&mut payload).expect("its payload");
                 let i = (n % 1000) as u32;
-                if i % 2 == 0 {
+                if i.is_multiple_of(2) {
                     assert_eq!((header.frame_type, header.sequence), (FrameType::Pong, i));
                 } else {
                     assert_eq!(header.frame_type, FrameType::Error);

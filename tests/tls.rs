@@ -16,9 +16,8 @@
 //! Every test ends with the broker idle. No sleeps: blocking calls with deadlines and the
 //! broker's event-driven `wait_until`.
 
-#[macro_use]
-mod common;
-mod support;
+use switchyard_testkit::support;
+use switchyard_testkit::{assert_err, common};
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};

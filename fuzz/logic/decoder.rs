@@ -11,7 +11,7 @@
 //! - the control-payload decoders never panic, and what they accept re-encodes exactly.
 
 use bytes::BytesMut;
-use switchyard::protocol::{
+use switchyard_proto::{
     decode_u32, encode_frame, DecodeError, Decoder, ErrorBody, Frame, WelcomeBody,
 };
 

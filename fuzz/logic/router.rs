@@ -20,11 +20,11 @@ use bytes::{Bytes, BytesMut};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use switchyard::ids::{ChannelId, ClientId, ConnId, RequestId};
-use switchyard::protocol::{
+use switchyard_core::ids::{ChannelId, ClientId, ConnId, RequestId};
+use switchyard_core::protocol::{
     encode_u32, DecodeError, Decoder, Flags, Frame, FrameType, Header, MAX_PAYLOAD_CEILING,
 };
-use switchyard::router::{Output, Router, RouterConfig};
+use switchyard_core::router::{Output, Router, RouterConfig};
 
 /// Connections alive at once (more connects are ignored).
 const MAX_CONNS: usize = 8;
@@ -146,7 +146,7 @@ impl World {
             deliver(conn, &frame);
         }
         if budget == usize::MAX {
-            assert_eq!(status, switchyard::router::WriteStatus::Drained);
+            assert_eq!(status, switchyard_core::router::WriteStatus::Drained);
             assert!(conn.sink.is_empty(), "the router emitted a partial frame");
             assert_eq!(self.router.queued_bytes(id), 0);
         }
@@ -360,7 +360,7 @@ pub fn run(data: &[u8]) {
 
 fn step(world: &mut World, input: &mut Input<'_>) {
     let op = input.byte();
-    if op % 16 == 0 || world.conns.is_empty() {
+    if op.is_multiple_of(16) || world.conns.is_empty() {
         // Connect.
         if world.conns.len() < MAX_CONNS {
             let id = world.router.handle_connect(world.now);
@@ -410,16 +410,16 @@ fn step(world: &mut World, input: &mut Input<'_>) {
     // Fatal operations (a second hello, decode errors, raw frames) are rarer than the rest:
     // random input would otherwise close connections before they do much.
     let op = match op % 16 {
-        2..=11 if conn.asked.is_none() && arg % 8 != 0 => 1,
-        1 if conn.asked.is_some() && arg % 8 != 0 => 2,
-        11 if arg % 4 != 0 => 10,
+        2..=11 if conn.asked.is_none() && !arg.is_multiple_of(8) => 1,
+        1 if conn.asked.is_some() && !arg.is_multiple_of(8) => 2,
+        11 if !arg.is_multiple_of(4) => 10,
         // Answers (chunks, responses, cancels, acks) mostly name streams that exist: without
         // one, start a request instead.
-        4 if outgoing.is_empty() && arg % 4 != 0 => 3,
-        5 | 6 if incoming.is_empty() && arg % 4 != 0 => 3,
-        7 if incoming.is_empty() && outgoing.is_empty() && arg % 4 != 0 => 3,
-        9 if broadcasts.is_empty() && arg % 4 != 0 => 8,
-        12 if arg % 4 != 0 => 14,
+        4 if outgoing.is_empty() && !arg.is_multiple_of(4) => 3,
+        5 | 6 if incoming.is_empty() && !arg.is_multiple_of(4) => 3,
+        7 if incoming.is_empty() && outgoing.is_empty() && !arg.is_multiple_of(4) => 3,
+        9 if broadcasts.is_empty() && !arg.is_multiple_of(4) => 8,
+        12 if !arg.is_multiple_of(4) => 14,
         op => op,
     };
     match op {

@@ -21,8 +21,8 @@ use std::net::IpAddr;
 
 use super::tls::{Absorbed, TlsSession};
 use crate::ids::ConnId;
-use crate::pool::BufferPool;
 use crate::protocol::Decoder;
+use switchyard_core::pool::BufferPool;
 
 /// Bytes asked of the socket per read call (the scratch buffer's size): many small frames per
 /// syscall, and a large payload in few calls.

@@ -73,10 +73,10 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::ids::{ConnId, RequestId};
-use crate::pool::BufferPool;
 use crate::protocol::{encode_error, ErrorCode, FrameType, Header};
 use crate::router::{Output, Router, RouterConfig, RouterStats, WriteStatus};
 use connection::{Fill, IoConnection, Transport};
+use switchyard_core::pool::BufferPool;
 
 /// Configuration of the server. `Default` listens on 127.0.0.1:7878 with the documented limits.
 #[derive(Clone, Debug)]

@@ -55,8 +55,8 @@ use bytes::BytesMut;
 use mio::net::TcpStream;
 use rustls::ServerConnection;
 
-use crate::pool::BufferPool;
 use crate::tls::{load_certificates, load_private_key, provider, TlsConfigError};
+use switchyard_core::pool::BufferPool;
 
 /// rustls' per-connection buffer limit: plaintext accepted before the handshake completes, and
 /// encrypted records not yet written to the socket. 64 KiB: a few records per write system call,

@@ -1,0 +1,605 @@
+//! Request/reply: one request, one receiver, one response.
+//!
+//! ```text
+//!            START ──no free receiver──▶ Queued ──receiver frees up──▶ Assigned
+//!              │                           │                           │  response START
+//!              └──free receiver───────────────────────────────────────▶│
+//!                                          │                           ▼
+//!                                          │                       Responding
+//!                                          │                           │ response FINAL
+//!        timeout: NO_RECEIVER to sender ◀──┤                           ▼
+//!                                          │                         Done (freed)
+//!   Assigned/Responding + timeout: TIMEOUT to sender, CANCEL to receiver  → Done
+//!   receiver gone: PEER_GONE to sender → Done      sender gone: CANCEL to receiver → Done
+//!   CANCEL from sender: CANCEL to receiver → Done  CANCEL from receiver: CANCEL to sender → Done
+//! ```
+//! The request direction (the sender's START … FINAL) progresses independently of these states:
+//! frames that arrive while Queued are held (bounded per sender connection by flow control) and
+//! forwarded in order on assignment; afterwards each frame goes straight to the receiver.
+//! Sequence numbers are checked in both directions; a frame out of order aborts the request.
+//! "Done" is not a state: the request is removed and every trace of it (timer, id, the
+//! connections' stream lists, the receiver's slot, held bytes) goes with it in
+//! [`Router::finish_request`].
+
+use bytes::Bytes;
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use super::channel::{CANCEL_TO_RECEIVER, CANCEL_TO_SENDER};
+use super::outbound::COPY_THRESHOLD;
+use super::store::Key;
+use super::{conn_key, PauseCause, Peer, Router, StreamKey, TimerTarget};
+use crate::ids::{ChannelId, ClientId, ConnId, RequestId};
+use crate::protocol::{ErrorCode, Flags, Frame, FrameType, Header};
+use crate::wheel::TimerKey;
+
+pub(super) enum RequestState {
+    /// In the channel's waiting FIFO; the frames received so far are held here.
+    Queued {
+        held: VecDeque<Frame>,
+        held_bytes: usize,
+    },
+    /// Held by `receiver`; its response has not started.
+    Assigned {
+        receiver: ConnId,
+        receiver_client: ClientId,
+    },
+    /// The receiver's response is streaming; `next_seq` is the sequence number expected next.
+    Responding {
+        receiver: ConnId,
+        receiver_client: ClientId,
+        next_seq: u32,
+    },
+}
+
+pub(super) struct Request {
+    pub(super) id: RequestId,
+    pub(super) channel: ChannelId,
+    pub(super) sender: ConnId,
+    pub(super) sender_client: ClientId,
+    pub(super) state: RequestState,
+    pub(super) timer: TimerKey,
+    pub(super) deadline: Instant,
+    /// Sequence number the sender's next frame must carry.
+    request_next_seq: u32,
+    /// The sender's FINAL frame arrived.
+    request_finished: bool,
+}
+
+impl Request {
+    pub(super) fn is_queued(&self) -> bool {
+        matches!(self.state, RequestState::Queued { .. })
+    }
+
+    pub(super) fn receiver(&self) -> Option<ConnId> {
+        match self.state {
+            RequestState::Queued { .. } => None,
+            RequestState::Assigned { receiver, .. } | RequestState::Responding { receiver, .. } => {
+                Some(receiver)
+            }
+        }
+    }
+
+    fn receiver_client(&self) -> ClientId {
+        match self.state {
+            RequestState::Queued { .. } => ClientId::NIL,
+            RequestState::Assigned {
+                receiver_client, ..
+            }
+            | RequestState::Responding {
+                receiver_client, ..
+            } => receiver_client,
+        }
+    }
+
+    pub(super) fn held_bytes(&self) -> usize {
+        match self.state {
+            RequestState::Queued { held_bytes, .. } => held_bytes,
+            _ => 0,
+        }
+    }
+
+    fn set_state(&mut self, state: RequestState) {
+        log::trace!(
+            "request {}: {} => {}",
+            self.id,
+            self.state.name(),
+            state.name()
+        );
+        self.state = state;
+    }
+}
+
+impl RequestState {
+    fn name(&self) -> &'static str {
+        match self {
+            RequestState::Queued { .. } => "Queued",
+            RequestState::Assigned { .. } => "Assigned",
+            RequestState::Responding { .. } => "Responding",
+        }
+    }
+}
+
+/// Checks a stream frame's type against its sequence number and FINAL bit.
+/// `expected` is the sequence number due next. START must be 0; CHUNK never final; END final.
+fn in_order(header: &Header, expected: u32) -> bool {
+    header.sequence == expected
+        && match header.frame_type {
+            FrameType::Start => expected == 0,
+            FrameType::Chunk => !header.is_final && expected > 0,
+            FrameType::End => header.is_final && expected > 0,
+            _ => false,
+        }
+}
+
+impl Router {
+    /// A START/CHUNK/END with REQUEST (not BROADCAST) from `from`.
+    pub(super) fn recv_request_frame(&mut self, from: Peer, frame: Frame, now: Instant) {
+        let id = frame.header.request_id;
+        if frame.header.frame_type == FrameType::Start {
+            return self.recv_request_start(from, frame, now);
+        }
+        let Some(&StreamKey::Request(key)) = self.streams.get(&id) else {
+            return self.reject_unknown_request(from.conn, id, "request frame");
+        };
+        let Some(request) = self.requests.get_mut(key) else {
+            return self.reject_unknown_request(from.conn, id, "request frame");
+        };
+        if request.sender != from.conn {
+            return self.reject_unknown_request(from.conn, id, "request frame");
+        }
+        if request.request_finished || !in_order(&frame.header, request.request_next_seq) {
+            return self.abort_out_of_order(key, from.conn, now);
+        }
+        request.request_next_seq = frame.header.sequence.wrapping_add(1);
+        request.request_finished = frame.header.is_final;
+        self.route_request_frame(key, frame, now);
+    }
+
+    fn recv_request_start(&mut self, from: Peer, frame: Frame, now: Instant) {
+        let id = frame.header.request_id;
+        if self.draining {
+            return self.send_error(
+                from.conn,
+                ErrorCode::ShuttingDown,
+                id,
+                "the broker is shutting down and takes no new requests",
+            );
+        }
+        if self.streams.contains_key(&id) {
+            return self.send_error(
+                from.conn,
+                ErrorCode::DuplicateRequest,
+                id,
+                "a request with this id is already in flight",
+            );
+        }
+        if !in_order(&frame.header, 0) {
+            return self.send_error(
+                from.conn,
+                ErrorCode::StreamOrder,
+                id,
+                "a start carries sequence 0",
+            );
+        }
+        if let Some(text) = self.sent_limit_reached(from.conn) {
+            return self.send_error(from.conn, ErrorCode::LimitExceeded, id, &text);
+        }
+        let receiver = self.pop_ready_receiver(from.channel);
+        if receiver.is_none() {
+            if frame.header.flags.contains(Flags::NO_WAIT) {
+                return self.send_error(
+                    from.conn,
+                    ErrorCode::NoReceiver,
+                    id,
+                    "no receiver has credit (NO_WAIT)",
+                );
+            }
+            if self.waiting_len(from.channel) >= self.config.max_waiting_per_channel {
+                return self.send_error(
+                    from.conn,
+                    ErrorCode::LimitExceeded,
+                    id,
+                    &format!(
+                        "channel {} already has {} requests waiting for a receiver",
+                        from.channel, self.config.max_waiting_per_channel
+                    ),
+                );
+            }
+        }
+        let timeout = self.effective_timeout(frame.header.timeout_ms);
+        let deadline_tick = self.deadline_tick(now, timeout);
+        let wheel = &mut self.wheel;
+        let key = self.requests.insert_with(|key| Request {
+            id,
+            channel: from.channel,
+            sender: from.conn,
+            sender_client: from.client,
+            state: RequestState::Queued {
+                held: VecDeque::new(),
+                held_bytes: 0,
+            },
+            timer: super::insert_timer(wheel, deadline_tick, TimerTarget::Request(key)),
+            deadline: now + timeout,
+            request_next_seq: 1,
+            request_finished: frame.header.is_final,
+        });
+        self.streams.insert(id, StreamKey::Request(key));
+        if let Some(c) = self.conns.get_mut(conn_key(from.conn)) {
+            c.streams.push(StreamKey::Request(key));
+            c.sent_in_flight += 1;
+        }
+        match receiver {
+            Some(receiver) => {
+                self.take_request(key, receiver);
+                self.route_request_frame(key, frame, now);
+            }
+            None => {
+                self.push_waiting(from.channel, key);
+                self.hold_frame(key, frame);
+            }
+        }
+    }
+
+    /// When `conn` already has `max_in_flight_per_connection` requests and broadcasts of its own
+    /// in flight, the text of the `LimitExceeded` refusing one more.
+    pub(super) fn sent_limit_reached(&self, conn: ConnId) -> Option<String> {
+        let max = self.config.max_in_flight_per_connection;
+        let sent = self.conns.get(conn_key(conn))?.sent_in_flight;
+        (sent >= max).then(|| format!("{max} requests and broadcasts of yours are in flight"))
+    }
+
+    /// Sends a request-direction frame onward: to the receiver, or into the held queue.
+    fn route_request_frame(&mut self, key: Key, frame: Frame, now: Instant) {
+        let Some(request) = self.requests.get(key) else {
+            return;
+        };
+        match request.receiver() {
+            Some(receiver) => {
+                let (sender, sender_client, deadline) =
+                    (request.sender, request.sender_client, request.deadline);
+                forward_request(self, receiver, sender, sender_client, deadline, frame, now);
+            }
+            None => self.hold_frame(key, frame),
+        }
+    }
+
+    /// Keeps a frame of a waiting request. Small payloads are copied so a held frame never pins a
+    /// read buffer; the sender's connection is paused when it holds too much.
+    fn hold_frame(&mut self, key: Key, mut frame: Frame) {
+        let Some(request) = self.requests.get_mut(key) else {
+            return;
+        };
+        let RequestState::Queued { held, held_bytes } = &mut request.state else {
+            return;
+        };
+        if frame.payload.len() <= COPY_THRESHOLD {
+            frame.payload = Bytes::copy_from_slice(&frame.payload);
+        }
+        let size = frame.wire_len();
+        held.push_back(frame);
+        *held_bytes += size;
+        let sender = request.sender;
+        self.held_bytes += size;
+        let over = match self.conns.get_mut(conn_key(sender)) {
+            Some(c) => {
+                c.held_bytes += size;
+                c.held_bytes > self.config.max_held_bytes
+            }
+            None => false,
+        };
+        if over {
+            self.pause(sender, PauseCause::Held);
+        }
+    }
+
+    /// Gives `bytes` of held frames back to the sender's allowance.
+    fn release_held(&mut self, sender: ConnId, bytes: usize) {
+        self.held_bytes -= bytes;
+        let Some(c) = self.conns.get_mut(conn_key(sender)) else {
+            return;
+        };
+        c.held_bytes -= bytes;
+        if c.held_bytes <= self.config.max_held_bytes / 2 {
+            self.unpause(sender, PauseCause::Held);
+        }
+    }
+
+    /// Records that `receiver` holds the request (its slot, its stream list, the FIFO).
+    fn take_request(&mut self, key: Key, receiver: ConnId) {
+        let Some(c) = self.conns.get_mut(conn_key(receiver)) else {
+            return;
+        };
+        let (receiver_client, channel) = match c.state {
+            super::connection::ConnState::Open { client, channel } => (client, channel),
+            _ => return,
+        };
+        c.in_flight += 1;
+        c.streams.push(StreamKey::Request(key));
+        if let Some(request) = self.requests.get_mut(key) {
+            request.set_state(RequestState::Assigned {
+                receiver,
+                receiver_client,
+            });
+        }
+        log::debug!("request assigned to {receiver}");
+        // Round-robin: back of the FIFO if it can take more.
+        self.mark_ready(receiver, channel);
+    }
+
+    /// Assigns a waiting request to `receiver` and forwards what was held.
+    pub(super) fn assign(&mut self, key: Key, receiver: ConnId, now: Instant) {
+        let Some(request) = self.requests.get_mut(key) else {
+            return;
+        };
+        let RequestState::Queued { held, held_bytes } = std::mem::replace(
+            &mut request.state,
+            RequestState::Queued {
+                held: VecDeque::new(),
+                held_bytes: 0,
+            },
+        ) else {
+            return;
+        };
+        let (sender, sender_client, deadline) =
+            (request.sender, request.sender_client, request.deadline);
+        self.take_request(key, receiver);
+        for frame in held {
+            forward_request(self, receiver, sender, sender_client, deadline, frame, now);
+        }
+        self.release_held(sender, held_bytes);
+    }
+
+    /// A START/CHUNK/END with RESPONSE from `from`.
+    pub(super) fn recv_response_frame(&mut self, from: Peer, frame: Frame, now: Instant) {
+        let id = frame.header.request_id;
+        let Some(&StreamKey::Request(key)) = self.streams.get(&id) else {
+            return self.reject_unknown_request(from.conn, id, "response frame");
+        };
+        let Some(request) = self.requests.get_mut(key) else {
+            return self.reject_unknown_request(from.conn, id, "response frame");
+        };
+        if request.receiver() != Some(from.conn) {
+            return self.reject_unknown_request(from.conn, id, "response frame");
+        }
+        let expected = match request.state {
+            RequestState::Assigned { .. } => 0,
+            RequestState::Responding { next_seq, .. } => next_seq,
+            RequestState::Queued { .. } => unreachable_queued(),
+        };
+        if !in_order(&frame.header, expected) {
+            return self.abort_out_of_order(key, from.conn, now);
+        }
+        let receiver_client = request.receiver_client();
+        request.set_state(RequestState::Responding {
+            receiver: from.conn,
+            receiver_client,
+            next_seq: frame.header.sequence.wrapping_add(1),
+        });
+        let sender = request.sender;
+        let is_final = frame.header.is_final;
+        let header = Header {
+            client_id: receiver_client,
+            timeout_ms: 0,
+            ..frame.header
+        };
+        self.send(sender, &header, &frame.payload, Some(from.conn));
+        if is_final {
+            self.finish_request(key, now);
+        }
+    }
+
+    /// CANCEL with REQUEST from the request's sender.
+    pub(super) fn recv_request_cancel(&mut self, from: Peer, id: RequestId, now: Instant) {
+        let key = match self.streams.get(&id) {
+            Some(&StreamKey::Request(key))
+                if self
+                    .requests
+                    .get(key)
+                    .is_some_and(|r| r.sender == from.conn) =>
+            {
+                key
+            }
+            _ => return self.reject_unknown_request(from.conn, id, "cancel"),
+        };
+        if let Some(receiver) = self.requests.get(key).and_then(Request::receiver) {
+            self.send_control(
+                receiver,
+                FrameType::Cancel,
+                CANCEL_TO_RECEIVER,
+                from.client,
+                id,
+            );
+        }
+        self.finish_request(key, now);
+    }
+
+    /// CANCEL with RESPONSE from the request's receiver.
+    pub(super) fn recv_response_cancel(&mut self, from: Peer, id: RequestId, now: Instant) {
+        let key = match self.streams.get(&id) {
+            Some(&StreamKey::Request(key))
+                if self.requests.get(key).and_then(Request::receiver) == Some(from.conn) =>
+            {
+                key
+            }
+            _ => return self.reject_unknown_request(from.conn, id, "cancel"),
+        };
+        if let Some(sender) = self.requests.get(key).map(|r| r.sender) {
+            self.send_control(sender, FrameType::Cancel, CANCEL_TO_SENDER, from.client, id);
+        }
+        self.finish_request(key, now);
+    }
+
+    /// A frame out of order from `offender`: STREAM_ORDER to it, CANCEL to the other side.
+    fn abort_out_of_order(&mut self, key: Key, offender: ConnId, now: Instant) {
+        let Some(request) = self.requests.get(key) else {
+            return;
+        };
+        let (id, sender, sender_client) = (request.id, request.sender, request.sender_client);
+        let (receiver, receiver_client) = (request.receiver(), request.receiver_client());
+        self.send_error(
+            offender,
+            ErrorCode::StreamOrder,
+            id,
+            "frame out of order; request aborted",
+        );
+        if offender == sender {
+            if let Some(receiver) = receiver.filter(|r| *r != offender) {
+                self.cancel_receiver(receiver, sender_client, id);
+            }
+        } else {
+            self.cancel_sender(sender, receiver_client, id);
+        }
+        self.finish_request(key, now);
+    }
+
+    /// The request's timer fired.
+    pub(super) fn expire_request(&mut self, key: Key, now: Instant) {
+        let Some(request) = self.requests.get(key) else {
+            return;
+        };
+        self.counters.timeouts += 1;
+        let (id, sender, sender_client) = (request.id, request.sender, request.sender_client);
+        match request.receiver() {
+            None => self.send_error(
+                sender,
+                ErrorCode::NoReceiver,
+                id,
+                "no receiver took the request in time",
+            ),
+            Some(receiver) => {
+                self.send_error(
+                    sender,
+                    ErrorCode::Timeout,
+                    id,
+                    "the response did not complete in time",
+                );
+                self.cancel_receiver(receiver, sender_client, id);
+            }
+        }
+        self.finish_request(key, now);
+    }
+
+    /// The drain deadline passed with the request in flight: SHUTTING_DOWN to the sender,
+    /// CANCEL to the receiver.
+    pub(super) fn end_request_for_shutdown(&mut self, key: Key, now: Instant) {
+        let Some(request) = self.requests.get(key) else {
+            return;
+        };
+        let (id, sender, sender_client) = (request.id, request.sender, request.sender_client);
+        if let Some(receiver) = request.receiver() {
+            self.cancel_receiver(receiver, sender_client, id);
+        }
+        self.send_error(
+            sender,
+            ErrorCode::ShuttingDown,
+            id,
+            "the broker shut down first",
+        );
+        self.finish_request(key, now);
+    }
+
+    /// `departed` (sender or receiver of the request) is gone.
+    pub(super) fn end_request_for_departed(&mut self, key: Key, departed: ConnId, now: Instant) {
+        let Some(request) = self.requests.get(key) else {
+            return;
+        };
+        let (id, sender, sender_client) = (request.id, request.sender, request.sender_client);
+        let receiver = request.receiver();
+        if departed == sender {
+            if let Some(receiver) = receiver.filter(|r| *r != departed) {
+                self.cancel_receiver(receiver, sender_client, id);
+            }
+        } else {
+            self.send_error(sender, ErrorCode::PeerGone, id, "the receiver disconnected");
+        }
+        self.finish_request(key, now);
+    }
+
+    /// CANCEL to a request's receiver, naming the request's sender.
+    fn cancel_receiver(&mut self, receiver: ConnId, sender_client: ClientId, id: RequestId) {
+        self.send_control(
+            receiver,
+            FrameType::Cancel,
+            CANCEL_TO_RECEIVER,
+            sender_client,
+            id,
+        );
+    }
+
+    /// CANCEL to a request's sender, naming the request's receiver.
+    fn cancel_sender(&mut self, sender: ConnId, receiver_client: ClientId, id: RequestId) {
+        self.send_control(
+            sender,
+            FrameType::Cancel,
+            CANCEL_TO_SENDER,
+            receiver_client,
+            id,
+        );
+    }
+
+    /// Removes a request and every trace of it; frees the receiver's slot and hands it the next
+    /// waiting request.
+    pub(super) fn finish_request(&mut self, key: Key, now: Instant) {
+        let Some(request) = self.requests.remove(key) else {
+            return;
+        };
+        self.wheel.remove(request.timer);
+        self.streams.remove(&request.id);
+        self.forget_sent(request.sender);
+        self.forget_stream(request.sender, StreamKey::Request(key));
+        match request.state {
+            RequestState::Queued { held_bytes, .. } => {
+                self.release_held(request.sender, held_bytes);
+                self.forget_waiting(request.channel);
+            }
+            RequestState::Assigned { receiver, .. } | RequestState::Responding { receiver, .. } => {
+                self.forget_stream(receiver, StreamKey::Request(key));
+                if let Some(c) = self.conns.get_mut(conn_key(receiver)) {
+                    c.in_flight -= 1;
+                }
+                // Whichever side flow control paused for this request's sake may go on: it has
+                // no more frames for the other (if it has others, they pause it again).
+                self.release_waiter(request.sender, receiver);
+                self.release_waiter(receiver, request.sender);
+                self.mark_ready(receiver, request.channel);
+                self.assign_waiting(request.channel, now);
+            }
+        }
+    }
+}
+
+/// Forwards one request-direction frame to its receiver, rewriting the client id to the
+/// sender's and, on the START, the timeout to what remains of it.
+fn forward_request(
+    router: &mut Router,
+    receiver: ConnId,
+    sender: ConnId,
+    sender_client: ClientId,
+    deadline: Instant,
+    frame: Frame,
+    now: Instant,
+) {
+    let mut header = Header {
+        client_id: sender_client,
+        flags: Flags::REQUEST,
+        timeout_ms: 0,
+        ..frame.header
+    };
+    if header.frame_type == FrameType::Start {
+        let remaining = deadline.saturating_duration_since(now);
+        header.timeout_ms = ceil_ms(remaining).max(1);
+    }
+    router.send(receiver, &header, &frame.payload, Some(sender));
+}
+
+fn ceil_ms(duration: Duration) -> u32 {
+    let ms = duration.as_millis() + u128::from(!duration.subsec_nanos().is_multiple_of(1_000_000));
+    u32::try_from(ms).unwrap_or(u32::MAX)
+}
+
+/// A request whose receiver is known cannot be Queued.
+fn unreachable_queued() -> u32 {
+    debug_assert!(false, "receiver() is None for a queued request");
+    u32::MAX
+}

@@ -1,0 +1,326 @@
+//! The real broker binary in a child process, for tests of process-level faults and resource
+//! limits: started on ephemeral ports (its addresses read from its log), optionally with a
+//! lowered descriptor limit, its log lines kept for event-driven waits, its counts read through
+//! the metrics endpoint, its CPU time read from `/proc`, and killed by PID (SIGKILL) and reaped
+//! when dropped, also when a test fails.
+// libc calls with no safe std equivalent: setrlimit in the child before exec, sysconf for the
+// clock tick, kill by PID. Each block is a single FFI call on plain integers.
+#![allow(unsafe_code)]
+
+use std::collections::BTreeMap;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+/// Bound on every wait for the broker's log or answers; only reached when a test fails.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// The `switchyard` binary of this build: `$SWITCHYARD_BIN` when set, else the one cargo built
+/// beside the running test (test binaries live in `target/<profile>/deps/`, the broker binary in
+/// `target/<profile>/`; cargo builds it before the root package's integration tests).
+///
+/// # Panics
+/// When neither exists: the message says how to build it.
+pub fn broker_binary() -> std::path::PathBuf {
+    if let Some(path) = std::env::var_os("SWITCHYARD_BIN") {
+        return path.into();
+    }
+    let exe = std::env::current_exe().expect("the running test's path");
+    let mut dir = exe.parent().expect("a directory");
+    if dir.ends_with("deps") {
+        dir = dir.parent().expect("the profile directory");
+    }
+    let candidate = dir.join("switchyard");
+    assert!(
+        candidate.exists(),
+        "no broker binary at {}: run `cargo build` first or set SWITCHYARD_BIN",
+        candidate.display()
+    );
+    candidate
+}
+
+/// Every line the broker logged so far, and a signal for each new one.
+#[derive(Default)]
+struct Log {
+    lines: Mutex<Vec<String>>,
+    grew: Condvar,
+}
+
+/// A broker process. Dropping it kills (SIGKILL) and reaps it.
+pub struct BrokerProcess {
+    child: Option<Child>,
+    pid: i32,
+    /// The broker's listening address.
+    pub addr: SocketAddr,
+    /// The metrics endpoint's address (`None` when started with `--metrics-listen off`).
+    pub metrics: Option<SocketAddr>,
+    log: Arc<Log>,
+}
+
+impl BrokerProcess {
+    /// Starts the broker with `args` after `--listen 127.0.0.1:0 --log-level info`, and
+    /// `--metrics-listen 127.0.0.1:0` unless `args` sets it. With `nofile`, the child's
+    /// RLIMIT_NOFILE (soft and hard) is lowered to it before `exec`.
+    #[track_caller]
+    pub fn start(args: &[&str], nofile: Option<u64>) -> BrokerProcess {
+        Self::start_on("127.0.0.1:0".parse().unwrap(), args, nofile)
+    }
+
+    /// As [`BrokerProcess::start`], listening on `listen`.
+    #[track_caller]
+    pub fn start_on(listen: SocketAddr, args: &[&str], nofile: Option<u64>) -> BrokerProcess {
+        Self::start_logging(listen, args, nofile, None)
+    }
+
+    /// As [`BrokerProcess::start_on`], with `RUST_LOG` set to `rust_log` (which wins over
+    /// `--log-level`), for a test that waits on finer log lines.
+    #[track_caller]
+    pub fn start_logging(
+        listen: SocketAddr,
+        args: &[&str],
+        nofile: Option<u64>,
+        rust_log: Option<&str>,
+    ) -> BrokerProcess {
+        let mut command = Command::new(broker_binary());
+        command
+            .args(["--listen", &listen.to_string(), "--log-level", "info"])
+            .args(args)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        if let Some(filter) = rust_log {
+            command.env("RUST_LOG", filter);
+        }
+        if !args.contains(&"--metrics-listen") {
+            command.args(["--metrics-listen", "127.0.0.1:0"]);
+        }
+        if let Some(limit) = nofile {
+            // SAFETY: between fork and exec only async-signal-safe calls are allowed; setrlimit
+            // is a plain system call, and the closure touches no lock or allocation.
+            unsafe {
+                command.pre_exec(move || {
+                    let rlimit = libc::rlimit {
+                        rlim_cur: limit as libc::rlim_t,
+                        rlim_max: limit as libc::rlim_t,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &rlimit) != 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let mut child = command.spawn().expect("starting the broker");
+        let pid = i32::try_from(child.id()).expect("a pid");
+        let stderr = child.stderr.take().expect("the broker's stderr");
+        let log = Arc::new(Log::default());
+        {
+            let log = Arc::clone(&log);
+            // Reads the log to its end, so the broker never blocks on a full pipe.
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    log.lines.lock().unwrap().push(line);
+                    log.grew.notify_all();
+                }
+            });
+        }
+        let mut broker = BrokerProcess {
+            child: Some(child),
+            pid,
+            addr: listen,
+            metrics: None,
+            log,
+        };
+        let listening = broker.wait_line("listening on ", WAIT);
+        broker.addr = after(&listening, "listening on ")
+            .parse()
+            .unwrap_or_else(|e| panic!("the broker's address in {listening:?}: {e}"));
+        let metrics = broker.wait_line("metrics ", WAIT);
+        broker.metrics = metrics.split("http://").nth(1).map(|rest| {
+            rest.trim_end_matches("/metrics")
+                .parse()
+                .expect("metrics address")
+        });
+        broker
+    }
+
+    /// The broker's process id.
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// Waits until the broker has logged a line containing `needle`; returns the first one.
+    #[track_caller]
+    pub fn wait_line(&self, needle: &str, within: Duration) -> String {
+        self.wait_lines(needle, 1, within).remove(0)
+    }
+
+    /// Waits until the broker has logged at least `count` lines containing `needle`; returns
+    /// them all.
+    #[track_caller]
+    pub fn wait_lines(&self, needle: &str, count: usize, within: Duration) -> Vec<String> {
+        let lines = self.log.lines.lock().unwrap();
+        let (lines, timeout) = self
+            .log
+            .grew
+            .wait_timeout_while(lines, within, |lines| {
+                lines.iter().filter(|l| l.contains(needle)).count() < count
+            })
+            .unwrap();
+        let found: Vec<String> = lines
+            .iter()
+            .filter(|l| l.contains(needle))
+            .cloned()
+            .collect();
+        if timeout.timed_out() {
+            panic!(
+                "the broker logged {} of {count} lines with {needle:?} within {within:?}; its \
+                 log:\n{}",
+                found.len(),
+                lines.join("\n")
+            );
+        }
+        found
+    }
+
+    /// The lines logged so far that contain `needle`.
+    pub fn lines(&self, needle: &str) -> Vec<String> {
+        let lines = self.log.lines.lock().unwrap();
+        lines
+            .iter()
+            .filter(|l| l.contains(needle))
+            .cloned()
+            .collect()
+    }
+
+    /// Waits until every connection the broker accepted has been closed again (one "closed"
+    /// line per "accepted" line: event-driven, through the log).
+    #[track_caller]
+    pub fn wait_all_closed(&self, within: Duration) {
+        let lines = self.log.lines.lock().unwrap();
+        let count =
+            |lines: &Vec<String>, needle: &str| lines.iter().filter(|l| l.contains(needle)).count();
+        let (lines, timeout) = self
+            .log
+            .grew
+            .wait_timeout_while(lines, within, |lines| {
+                count(lines, ": accepted from ") != count(lines, ": closed (")
+            })
+            .unwrap();
+        assert!(
+            !timeout.timed_out(),
+            "the broker still has connections after {within:?}; its log:\n{}",
+            lines.join("\n")
+        );
+    }
+
+    /// CPU time (user + system) the broker has used so far.
+    pub fn cpu_time(&self) -> Duration {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid))
+            .expect("the broker's /proc/<pid>/stat");
+        // Fields after the command name (which is in parentheses and may contain spaces): the
+        // first is field 3 (state); utime and stime are fields 14 and 15, in clock ticks.
+        let rest = &stat[stat.rfind(')').expect("a stat line") + 1..];
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+        // SAFETY: sysconf has no preconditions.
+        let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+        Duration::from_millis(ticks * 1000 / per_second)
+    }
+
+    /// Descriptor numbers below `limit` the broker does not use now: how many more it can
+    /// open under an RLIMIT_NOFILE of `limit`. (Counted by number: a descriptor inherited
+    /// above the limit takes no slot below it.)
+    pub fn free_fds(&self, limit: u64) -> u64 {
+        let used = std::fs::read_dir(format!("/proc/{}/fd", self.pid))
+            .expect("the broker's /proc/<pid>/fd")
+            .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u64>().ok())
+            .filter(|fd| *fd < limit)
+            .count() as u64;
+        limit.saturating_sub(used)
+    }
+
+    /// One scrape of the metrics endpoint: every sample, by series name (with labels).
+    #[track_caller]
+    pub fn scrape(&self) -> Metrics {
+        let addr = self.metrics.expect("the metrics endpoint is on");
+        let mut stream = TcpStream::connect(addr).expect("connecting to the metrics endpoint");
+        stream.set_read_timeout(Some(WAIT)).unwrap();
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .expect("the scrape request");
+        let mut answer = String::new();
+        stream
+            .read_to_string(&mut answer)
+            .expect("the scrape's answer");
+        let body = answer
+            .split_once("\r\n\r\n")
+            .map(|(_, body)| body)
+            .expect("an HTTP answer");
+        let series = body
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+            .filter_map(|l| l.rsplit_once(' '))
+            .map(|(name, value)| (name.to_string(), value.parse().expect("a value")))
+            .collect();
+        Metrics { series }
+    }
+
+    /// SIGKILL, then reap. Idempotent.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: kill has no memory preconditions; the pid is our own, unreaped child.
+            unsafe { libc::kill(self.pid, libc::SIGKILL) };
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for BrokerProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The samples of one scrape.
+pub struct Metrics {
+    series: BTreeMap<String, u64>,
+}
+
+impl Metrics {
+    /// The value of `series`; panics if the scrape does not have it.
+    #[track_caller]
+    pub fn get(&self, series: &str) -> u64 {
+        match self.series.get(series) {
+            Some(v) => *v,
+            None => panic!("no series {series} in the scrape: {:?}", self.series),
+        }
+    }
+
+    /// Asserts that every live count of the broker is zero (the binary's `is_idle`).
+    #[track_caller]
+    pub fn assert_idle(&self) {
+        for gauge in [
+            "switchyard_connections",
+            "switchyard_channels",
+            "switchyard_requests_pending",
+            "switchyard_requests_in_flight",
+            "switchyard_broadcasts_in_flight",
+            "switchyard_timers_armed",
+            "switchyard_buffered_bytes",
+            "switchyard_paused_connections",
+            "switchyard_presence_ghosts",
+            "switchyard_accept_starved",
+        ] {
+            assert_eq!(self.get(gauge), 0, "{gauge}: {:?}", self.series);
+        }
+    }
+}
+
+fn after<'a>(line: &'a str, marker: &str) -> &'a str {
+    line.split(marker).nth(1).unwrap_or("").trim()
+}
