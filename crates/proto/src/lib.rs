@@ -27,7 +27,9 @@ mod tests;
 pub use decoder::{DecodeError, Decoder};
 pub use encoder::{encode_frame, encode_header};
 pub use header::{field, Header, HEADER_LEN};
-pub use ids::{ChannelId, ClientId, RequestId};
+pub use ids::{
+    ChannelId, ChannelNameError, ClientId, RequestId, Uuid, CHANNEL_NAMESPACE, MAX_CHANNEL_NAME,
+};
 pub use payload::{
     decode_peers, decode_u32, encode_error, encode_peers, encode_u32, ErrorBody, PayloadError,
     WelcomeBody,
