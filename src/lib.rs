@@ -8,7 +8,7 @@
 //! |---|---|---|
 //! | `switchyard-proto` ([`protocol`]) | wire format: ids, header, decoder, encoder | `bytes`, `uuid` |
 //! | `switchyard-core` ([`router`], `wheel`, [`auth`]) | routing core, timer wheel, tokens | proto, `slab`, `hashbrown`, `log` |
-//! | `switchyard-client` ([`client`]) | blocking client library, TLS files | proto, `rustls` |
+//! | `switchyard-client` ([`client`]) | blocking client library, TLS files | proto, `rustls` (feature `tls`) |
 //! | `switchyard` (this crate: [`server`], [`config`]) | mio loop, TLS listener, metrics, binary | all of the above, `mio`, `rustls` |
 //!
 //! ## Architecture

@@ -79,7 +79,8 @@ pub enum Error {
     /// share no protocol version or cipher suite, the broker sent an alert, or the other end
     /// does not speak TLS at all (a plain-TCP port: `InvalidMessage`). The client is closed and
     /// does not reconnect: a new connection would meet the same certificate. Check the trusted
-    /// CA, the server name and the port.
+    /// CA, the server name and the port. (With the `tls` feature.)
+    #[cfg(feature = "tls")]
     Tls(rustls::Error),
     /// Any other error code the broker sent: `UNKNOWN_REQUEST`, `DUPLICATE_REQUEST`,
     /// `STREAM_ORDER`, `LIMIT_EXCEEDED` on one request, or a connection-fatal code (below
@@ -110,8 +111,9 @@ impl Error {
             | Error::Io(_)
             | Error::Closed
             | Error::Protocol(_)
-            | Error::Tls(_)
             | Error::TooLarge { .. } => true,
+            #[cfg(feature = "tls")]
+            Error::Tls(_) => true,
             Error::Broker { code, .. } => *code < 0x0100,
             _ => false,
         }
@@ -162,6 +164,7 @@ impl Error {
                 max_payload: *max_payload,
             },
             Error::Protocol(v) => Error::Protocol(v.clone()),
+            #[cfg(feature = "tls")]
             Error::Tls(e) => Error::Tls(e.clone()),
             Error::Broker { code, message } => Error::Broker {
                 code: *code,
@@ -208,6 +211,7 @@ impl fmt::Display for Error {
                 )
             }
             Error::Protocol(v) => write!(f, "broker protocol violation: {v}"),
+            #[cfg(feature = "tls")]
             Error::Tls(e) => write!(f, "TLS with the broker failed: {e}"),
             Error::Broker { code, message } => write!(f, "broker error 0x{code:04x}: {message}"),
         }
@@ -219,6 +223,7 @@ impl std::error::Error for Error {
         match self {
             Error::ConnectionRefused(e) | Error::Io(e) => Some(e),
             Error::Protocol(v) => Some(v),
+            #[cfg(feature = "tls")]
             Error::Tls(e) => Some(e),
             _ => None,
         }
@@ -239,7 +244,9 @@ impl From<Error> for io::Error {
                     Error::ConnectionLost => io::ErrorKind::ConnectionAborted,
                     Error::PeerGone => io::ErrorKind::ConnectionAborted,
                     Error::Cancelled => io::ErrorKind::ConnectionReset,
-                    Error::Protocol(_) | Error::Tls(_) => io::ErrorKind::InvalidData,
+                    Error::Protocol(_) => io::ErrorKind::InvalidData,
+                    #[cfg(feature = "tls")]
+                    Error::Tls(_) => io::ErrorKind::InvalidData,
                     _ => io::ErrorKind::Other,
                 };
                 io::Error::new(kind, other)

@@ -1,5 +1,7 @@
 //! Automatic reconnection: the policy ([`ReconnectPolicy`]), the connection states reported to the
-//! application ([`ConnectionState`], [`StateChange`]), and the backoff schedule ([`Backoff`]).
+//! application ([`ConnectionState`], [`StateChange`]), the backoff schedule ([`Backoff`]), and
+//! the loop that runs them on the link thread once a connection ended (`Shared::reconnect`:
+//! backoff, attempt, re-issue the receive window, publish the new link).
 //!
 //! # Lifecycle of a client's link to the broker
 //! ```text
@@ -40,11 +42,18 @@
 //! for it would flap forever), protocol violations, TLS failures (an untrusted or wrong
 //! certificate does not fix itself), `TooLarge`, channel mismatches.
 
+use std::net::TcpStream;
+use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
-use switchyard_proto::ErrorCode;
+use log::{debug, info};
+use switchyard_proto::{encode_u32, ErrorCode, Flags, FrameType, RequestId};
 
-use super::error::Error;
+use crate::error::Error;
+use crate::handshake::{handshake, Joined};
+use crate::link::Link;
+use crate::shared::Shared;
+use crate::transport;
 
 /// How a client reconnects after losing its link to the broker
 /// ([`ClientOptions::reconnect`](super::ClientOptions::reconnect)).
@@ -116,10 +125,11 @@ pub(crate) fn is_recoverable(reason: &Error) -> bool {
         | Error::NoPeers
         | Error::BroadcastIncomplete { .. }
         | Error::TooLarge { .. }
-        | Error::Protocol(_)
+        | Error::Protocol(_) => false,
         // A certificate the client does not trust, a protocol the two ends do not share, or a
         // port that does not speak TLS: a new connection meets the same.
-        | Error::Tls(_) => false,
+        #[cfg(feature = "tls")]
+        Error::Tls(_) => false,
     }
 }
 
@@ -216,6 +226,150 @@ impl Backoff {
         let keep = 1.0 - jitter * self.next_unit();
         // Not `mul_f64`, which panics when a huge max delay rounds past `Duration::MAX`.
         Duration::try_from_secs_f64(nominal.as_secs_f64() * keep).unwrap_or(nominal)
+    }
+}
+
+// ----- the reconnect loop (on the link thread) --------------------------------------------
+impl Shared {
+    /// `Connected => Reconnecting`, then backoff and attempts until one joins (returned) or the
+    /// client closes (`None`).
+    pub(crate) fn reconnect(
+        &self,
+        backoff: &mut Backoff,
+        cause: Error,
+    ) -> Option<(Joined, Arc<Link>)> {
+        let message = cause.to_string();
+        let mut last = cause.duplicate();
+        let wakeups = {
+            let mut locked = self.lock();
+            if !locked.session.handle_disconnect(cause) {
+                return None; // Closed meanwhile.
+            }
+            locked.link = None;
+            locked.session.take_wakeups()
+        };
+        self.notify(wakeups);
+        info!(
+            "client {} on channel {} lost its connection ({message}); reconnecting",
+            self.ids.client, self.ids.channel
+        );
+        let policy = backoff.policy();
+        let mut attempt = 1u32;
+        loop {
+            if !policy.allows(attempt) {
+                self.close(last);
+                return None;
+            }
+            if !self.wait_backoff(backoff.delay(attempt)) {
+                return None;
+            }
+            let error = match self.attempt() {
+                Ok(Some(joined)) => return Some(joined),
+                Ok(None) => return None,
+                Err(error) => error,
+            };
+            debug!("reconnect attempt {attempt} failed: {error}");
+            if !is_recoverable(&error) {
+                self.close(error);
+                return None;
+            }
+            attempt = attempt.saturating_add(1);
+            if !policy.allows(attempt) {
+                self.close(error);
+                return None;
+            }
+            last = error.duplicate();
+            let wakeups = {
+                let mut locked = self.lock();
+                if !locked.session.handle_attempt_failed(error) {
+                    return None;
+                }
+                locked.session.take_wakeups()
+            };
+            self.notify(wakeups);
+        }
+    }
+
+    /// Waits `delay` unless the client closes first (false). Not `thread::sleep`: a close wakes
+    /// the condvar at once.
+    fn wait_backoff(&self, delay: Duration) -> bool {
+        let deadline = transport::now().checked_add(delay);
+        let mut locked = self.lock();
+        loop {
+            if locked.session.close_reason().is_some() {
+                return false;
+            }
+            locked = match self.wait(&self.backoff, locked, deadline) {
+                Ok(locked) => locked,
+                Err(_) => return true, // The delay is over.
+            };
+        }
+    }
+
+    /// One connection attempt with the client's id: handshake, receive window re-issued,
+    /// `Reconnecting => Connected`. `Ok(None)` when the client closed meanwhile.
+    fn attempt(&self) -> Result<Option<(Joined, Arc<Link>)>, Error> {
+        let register = |stream: &TcpStream| -> Result<(), Error> {
+            let clone = stream.try_clone().map_err(Error::Io)?;
+            let mut locked = self.lock();
+            if let Some(reason) = locked.session.close_reason() {
+                return Err(reason);
+            }
+            locked.dialing = Some(clone);
+            Ok(())
+        };
+        let joined = handshake(
+            &self.addrs,
+            self.ids.channel,
+            self.ids.client,
+            &self.options,
+            &register,
+        );
+        // From here on nothing blocks on the new stream for long (one small write into an
+        // empty socket buffer), so a close need not cut it.
+        self.lock().dialing = None;
+        let joined = joined?;
+        let link = Arc::new(joined.link()?);
+        // The window goes out on the new connection before anything an operation can send, and
+        // under `window_order`, so a concurrent `set_receive_window` is either recorded before
+        // (and sent here) or sent after (on the new link).
+        let order = self
+            .window_order
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let window = self.lock().session.window();
+        if window > 0 {
+            let receive = self.ids.frame(
+                FrameType::Receive,
+                Flags::NONE,
+                RequestId::NIL,
+                0,
+                false,
+                encode_u32(window),
+            );
+            // Through the new link's transport (not published yet: nothing else writes on it).
+            link.transport.send(&receive).map_err(Error::Io)?;
+        }
+        let mut joined = joined;
+        let wakeups = {
+            let mut locked = self.lock();
+            if !locked
+                .session
+                .handle_reconnected(joined.max_payload, std::mem::take(&mut joined.peers))
+            {
+                return Ok(None); // Closed meanwhile: the new connection is dropped.
+            }
+            locked.link = Some(Arc::clone(&link));
+            locked.limits = link.limits;
+            locked.session.take_wakeups()
+        };
+        drop(order);
+        self.notify(wakeups);
+        info!(
+            "client {} rejoined channel {} at {} (receive window {window})",
+            self.ids.client, self.ids.channel, joined.peer_addr
+        );
+        Ok(Some((joined, link)))
     }
 }
 

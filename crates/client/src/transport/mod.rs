@@ -44,18 +44,29 @@
 //! the same system calls on the same buffers as before TLS existed.
 
 use std::collections::VecDeque;
-use std::io::{self, BufRead, Read, Write};
+use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
+use std::sync::{Mutex, MutexGuard, PoisonError, TryLockError};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use log::debug;
-use rustls::ClientConnection;
 
 use super::error::{Error, ProtocolViolation};
 use switchyard_proto::{Decoder, Frame, HEADER_LEN};
+
+#[cfg(feature = "tls")]
+mod tls;
+// Without the `tls` feature, the same functions over a `SharedTls` that has no values: every
+// `Option<SharedTls>` is `None`, and the TLS arms below are provably unreachable.
+#[cfg(not(feature = "tls"))]
+#[path = "no_tls.rs"]
+mod tls;
+
+pub(crate) use tls::SharedTls;
+#[cfg(feature = "tls")]
+pub(crate) use tls::{share, tls_handshake};
 
 /// Bytes asked of the socket per read: big enough to take several small frames or a good part
 /// of a large one per system call.
@@ -118,25 +129,6 @@ pub(crate) fn write_frame(stream: &mut TcpStream, frame: &Frame) -> io::Result<(
     }
 }
 
-/// One connection's rustls session and what the reader learnt from it; see the module docs.
-pub(crate) type SharedTls = Arc<Mutex<TlsState>>;
-
-/// What [`SharedTls`] guards.
-#[derive(Debug)]
-pub(crate) struct TlsState {
-    conn: ClientConnection,
-    /// The broker sent `close_notify`: after the plaintext before it, the stream is at its end.
-    peer_closed: bool,
-}
-
-/// Wraps a new session for sharing.
-pub(crate) fn share(conn: ClientConnection) -> SharedTls {
-    Arc::new(Mutex::new(TlsState {
-        conn,
-        peer_closed: false,
-    }))
-}
-
 /// What one [`read_some`] brought.
 pub(crate) enum Received {
     /// Bytes arrived (for TLS, whatever plaintext they held is in the buffer). `tls_output`:
@@ -145,6 +137,7 @@ pub(crate) enum Received {
     /// The broker closed the connection (TCP EOF, or TLS `close_notify`).
     Eof,
     /// rustls refused the input; its alert is queued (`tls_output`, in effect).
+    #[cfg(feature = "tls")]
     TlsFailed(rustls::Error),
 }
 
@@ -159,184 +152,15 @@ pub(crate) fn read_some(
     chunk: &mut [u8],
     buf: &mut BytesMut,
 ) -> io::Result<Received> {
-    let Some(tls) = tls else {
-        let n = stream.read(chunk)?;
-        if n == 0 {
-            return Ok(Received::Eof);
-        }
-        buf.extend_from_slice(&chunk[..n]);
-        return Ok(Received::Data { tls_output: false });
-    };
-    if lock(tls).peer_closed {
-        return Ok(Received::Eof);
+    if let Some(tls) = tls {
+        return tls::read_some(stream, tls, chunk, buf);
     }
-    // Outside the session's lock: this may block for as long as the broker is silent.
     let n = stream.read(chunk)?;
     if n == 0 {
         return Ok(Received::Eof);
     }
-    let mut state = lock(tls);
-    let mut input = &chunk[..n];
-    while !input.is_empty() {
-        if let Err(e) = state.conn.read_tls(&mut input) {
-            // Only when rustls' own buffers are full, which processing after each piece rules out.
-            return Ok(Received::TlsFailed(rustls::Error::General(format!(
-                "read_tls: {e}"
-            ))));
-        }
-        let io_state = match state.conn.process_new_packets() {
-            Ok(io_state) => io_state,
-            Err(e) => return Ok(Received::TlsFailed(e)),
-        };
-        if io_state.plaintext_bytes_to_read() > 0 {
-            let mut reader = state.conn.reader();
-            while let Ok(plaintext) = reader.fill_buf() {
-                if plaintext.is_empty() {
-                    break;
-                }
-                let taken = plaintext.len();
-                buf.extend_from_slice(plaintext);
-                reader.consume(taken);
-            }
-        }
-        if io_state.peer_has_closed() {
-            // The plaintext before it is in `buf`; the next read reports the end.
-            state.peer_closed = true;
-            break;
-        }
-    }
-    Ok(Received::Data {
-        tls_output: state.conn.wants_write(),
-    })
-}
-
-/// Extracts every record the session holds into `records` (cleared first).
-fn take_records(state: &mut TlsState, records: &mut Vec<u8>) -> io::Result<()> {
-    records.clear();
-    while state.conn.wants_write() {
-        // Writing into a Vec cannot fail.
-        state.conn.write_tls(records)?;
-    }
-    Ok(())
-}
-
-/// Encrypts one whole frame and writes its records, at most [`BUFFER_LIMIT`] bytes of plaintext
-/// per lock of the session (see the module docs). `records` is the writer's reusable buffer.
-///
-/// [`BUFFER_LIMIT`]: super::tls::BUFFER_LIMIT
-pub(crate) fn write_frame_tls(
-    stream: &mut TcpStream,
-    tls: &SharedTls,
-    records: &mut Vec<u8>,
-    frame: &Frame,
-) -> io::Result<()> {
-    let header = frame.header.encode();
-    let mut header_left: &[u8] = &header;
-    let mut payload_left: &[u8] = &frame.payload;
-    loop {
-        {
-            let mut state = lock(tls);
-            // Header and payload together: a small frame is one record.
-            let accepted = state.conn.writer().write_vectored(&[
-                io::IoSlice::new(header_left),
-                io::IoSlice::new(payload_left),
-            ])?;
-            let from_header = accepted.min(header_left.len());
-            header_left = &header_left[from_header..];
-            payload_left = &payload_left[accepted - from_header..];
-            take_records(&mut state, records)?;
-        }
-        // Outside the session's lock: the reader may process input meanwhile.
-        stream.write_all(records)?;
-        if header_left.is_empty() && payload_left.is_empty() {
-            return Ok(());
-        }
-        if records.is_empty() {
-            // Nothing accepted and nothing to send: rustls refuses plaintext (only before its
-            // handshake, which completes before any frame is written).
-            return Err(io::Error::new(
-                io::ErrorKind::WriteZero,
-                "the TLS session took no plaintext",
-            ));
-        }
-    }
-}
-
-/// Writes whatever records the session holds (alerts, key updates from reading).
-fn write_pending_records(
-    stream: &mut TcpStream,
-    tls: &SharedTls,
-    records: &mut Vec<u8>,
-) -> io::Result<()> {
-    take_records(&mut lock(tls), records)?;
-    if records.is_empty() {
-        return Ok(());
-    }
-    stream.write_all(records)
-}
-
-/// Runs the TLS handshake on a fresh connection, before the HELLO, until `deadline`. Plaintext
-/// that arrives with its last flight is appended to `buf`.
-///
-/// # Errors
-/// [`Error::Tls`] when rustls refuses the broker (its certificate, its protocol; the alert is
-/// sent best effort), [`Error::Timeout`] past `deadline`, [`Error::Io`] on EOF or socket errors.
-pub(crate) fn tls_handshake(
-    stream: &mut TcpStream,
-    tls: &SharedTls,
-    buf: &mut BytesMut,
-    deadline: Instant,
-) -> Result<(), Error> {
-    let mut chunk = vec![0u8; READ_CHUNK];
-    let mut records = Vec::new();
-    let time_left = || {
-        let left = deadline.saturating_duration_since(now());
-        if left.is_zero() {
-            Err(Error::Timeout)
-        } else {
-            Ok(left)
-        }
-    };
-    let io_error = |e: io::Error| match e.kind() {
-        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => Error::Timeout,
-        _ => Error::Io(e),
-    };
-    loop {
-        let handshaking = {
-            let mut state = lock(tls);
-            take_records(&mut state, &mut records).map_err(Error::Io)?;
-            state.conn.is_handshaking()
-        };
-        if !records.is_empty() {
-            stream
-                .set_write_timeout(Some(time_left()?))
-                .map_err(Error::Io)?;
-            stream.write_all(&records).map_err(io_error)?;
-        }
-        if !handshaking {
-            stream.set_write_timeout(None).map_err(Error::Io)?;
-            return Ok(());
-        }
-        stream
-            .set_read_timeout(Some(time_left()?))
-            .map_err(Error::Io)?;
-        match read_some(stream, Some(tls), &mut chunk, buf) {
-            Ok(Received::Data { .. }) => {}
-            Ok(Received::Eof) => {
-                return Err(Error::Io(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "the broker closed the connection during the TLS handshake",
-                )))
-            }
-            Ok(Received::TlsFailed(e)) => {
-                // Tell the broker why (the alert rustls queued), best effort.
-                let _ = write_pending_records(stream, tls, &mut records);
-                return Err(Error::Tls(e));
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(io_error(e)),
-        }
-    }
+    buf.extend_from_slice(&chunk[..n]);
+    Ok(Received::Data { tls_output: false })
 }
 
 /// Writes one frame during the handshake (HELLO, PONG), before the link's transport exists.
@@ -347,7 +171,7 @@ pub(crate) fn write_frame_on(
 ) -> io::Result<()> {
     match tls {
         None => write_frame(stream, frame),
-        Some(tls) => write_frame_tls(stream, tls, &mut Vec::new(), frame),
+        Some(tls) => tls::write_frame(stream, tls, &mut Vec::new(), frame),
     }
 }
 
@@ -388,12 +212,13 @@ pub(crate) fn read_frame_until(
             }
             Ok(Received::Data { tls_output }) => {
                 if let (true, Some(tls)) = (tls_output, tls) {
-                    write_pending_records(stream, tls, &mut Vec::new()).map_err(Error::Io)?;
+                    tls::write_pending_records(stream, tls, &mut Vec::new()).map_err(Error::Io)?;
                 }
             }
+            #[cfg(feature = "tls")]
             Ok(Received::TlsFailed(e)) => {
                 if let Some(tls) = tls {
-                    let _ = write_pending_records(stream, tls, &mut Vec::new());
+                    let _ = tls::write_pending_records(stream, tls, &mut Vec::new());
                 }
                 return Err(Error::Tls(e));
             }
@@ -475,6 +300,7 @@ pub(crate) fn read_frames(
                     on_tls_output();
                 }
             }
+            #[cfg(feature = "tls")]
             Ok(Received::TlsFailed(e)) => {
                 // The alert rustls queued goes out through the writer, best effort.
                 on_tls_output();
@@ -535,7 +361,7 @@ impl WriteHalf {
     fn write_frame(&mut self, frame: &Frame) -> io::Result<()> {
         match &mut self.tls {
             None => write_frame(&mut self.stream, frame),
-            Some((tls, records)) => write_frame_tls(&mut self.stream, tls, records, frame),
+            Some((tls, records)) => tls::write_frame(&mut self.stream, tls, records, frame),
         }
     }
 
@@ -543,7 +369,7 @@ impl WriteHalf {
     fn write_pending_records(&mut self) -> io::Result<()> {
         match &mut self.tls {
             None => Ok(()),
-            Some((tls, records)) => write_pending_records(&mut self.stream, tls, records),
+            Some((tls, records)) => tls::write_pending_records(&mut self.stream, tls, records),
         }
     }
 }
@@ -605,11 +431,7 @@ impl Transport {
 
     /// True when control frames, or TLS records left by reading, wait to be written.
     fn has_pending(&self) -> bool {
-        !lock(&self.control).is_empty()
-            || self
-                .tls
-                .as_ref()
-                .is_some_and(|tls| lock(tls).conn.wants_write())
+        !lock(&self.control).is_empty() || self.tls.as_ref().is_some_and(tls::wants_write)
     }
 
     /// Writes queued control frames and, for TLS, records reading left in the session, if the
