@@ -111,7 +111,7 @@ pub use reconnect::{ConnectionState, ReconnectPolicy, StateChange};
 #[cfg(feature = "tls")]
 pub use rustls;
 /// The wire ids, re-exported so a client user needs no other dependency to name a channel.
-pub use switchyard_proto::{ChannelId, ClientId, RequestId};
+pub use switchyard_proto::{ChannelId, ChannelNameError, ClientId, RequestId};
 #[cfg(feature = "tls")]
 pub use tls::ClientTls;
 
