@@ -55,6 +55,7 @@
 
 mod accept;
 mod connection;
+mod flush;
 mod metrics;
 mod tls;
 
@@ -74,7 +75,7 @@ use std::time::{Duration, Instant};
 
 use crate::ids::{ConnId, RequestId};
 use crate::protocol::{encode_error, ErrorCode, FrameType, Header};
-use crate::router::{Output, Router, RouterConfig, RouterStats, WriteStatus};
+use crate::router::{Output, Router, RouterConfig, RouterStats};
 use connection::{Fill, IoConnection, Transport};
 use switchyard_core::pool::BufferPool;
 
@@ -436,7 +437,7 @@ impl Server {
     pub fn handle_timeout(&mut self, now: Instant) {
         self.now = self.now.max(now);
         self.router.handle_timeout(now);
-        self.drain_outputs();
+        self.poll_router_outputs();
         // Connections re-queued by their budget or a resume: one pass over those queued now, so a
         // firehose re-queued during the pass waits for the next turn.
         for _ in 0..self.to_read.len() {
@@ -480,7 +481,7 @@ impl Server {
             self.config.drain_deadline
         );
         self.router.begin_drain(now, self.config.drain_deadline);
-        self.drain_outputs();
+        self.poll_router_outputs();
     }
 
     /// True once a graceful shutdown has closed every connection.
@@ -728,12 +729,12 @@ impl Server {
                     Ok(Some(frame)) => {
                         self.stats.frames_in += 1;
                         self.router.handle_frame(id, frame, now);
-                        self.drain_outputs();
+                        self.poll_router_outputs();
                     }
                     Ok(None) => break,
                     Err(error) => {
                         self.router.handle_decode_error(id, error, now);
-                        self.drain_outputs();
+                        self.poll_router_outputs();
                         return;
                     }
                 }
@@ -800,7 +801,7 @@ impl Server {
         }
     }
 
-    fn drain_outputs(&mut self) {
+    fn poll_router_outputs(&mut self) {
         while let Some(output) = self.router.poll_output() {
             match output {
                 Output::Transmit(id) => self.queue_flush(id),
@@ -818,56 +819,6 @@ impl Server {
             if !std::mem::replace(&mut c.queued_for_read, true) {
                 self.to_read.push_back(id);
             }
-        }
-    }
-
-    fn queue_flush(&mut self, id: ConnId) {
-        if let Some(c) = self.conn_mut(id) {
-            if !std::mem::replace(&mut c.queued_for_flush, true) {
-                self.to_flush.push(id);
-            }
-        }
-    }
-
-    /// Writes every queued connection once, up to the write budget each.
-    fn flush_all(&mut self) {
-        let mut pending = std::mem::take(&mut self.to_flush);
-        for id in pending.drain(..) {
-            let budget = self.config.write_budget;
-            let Some(slot) = self.conns.get_mut(id.slot as usize) else {
-                continue;
-            };
-            let Some(c) = slot.as_mut().filter(|c| c.id == id) else {
-                continue;
-            };
-            c.queued_for_flush = false;
-            let written = match &mut c.transport {
-                Transport::Plain => self.router.write_to(id, &mut c.stream, budget),
-                // Records rustls already holds go first, even with nothing queued in the router
-                // (the handshake); then the router's queue through the bounded TLS writer.
-                Transport::Tls(tls) => match tls.push_records(&mut c.stream) {
-                    Ok(_) => self
-                        .router
-                        .write_to(id, &mut tls.writer(&mut c.stream), budget),
-                    Err(e) => Err(e),
-                },
-            };
-            match written {
-                Ok(WriteStatus::Drained) | Ok(WriteStatus::Blocked) => {}
-                Ok(WriteStatus::BudgetSpent) => {
-                    c.queued_for_flush = true;
-                    self.to_flush.push(id);
-                }
-                Err(e) => self.to_close.push((id, CloseReason::IoError(e.kind()))),
-            }
-            // Draining may have resumed paused producers.
-            self.drain_outputs();
-        }
-        // Keep the vector's capacity for the next turn.
-        if self.to_flush.is_empty() {
-            self.to_flush = pending;
-        } else {
-            self.to_flush.append(&mut pending);
         }
     }
 
@@ -898,7 +849,7 @@ impl Server {
         }
         let who = self.router.describe(id);
         self.router.handle_disconnect(id, now);
-        self.drain_outputs();
+        self.poll_router_outputs();
         if let hashbrown::hash_map::Entry::Occupied(mut open) = self.per_ip.entry(c.ip) {
             *open.get_mut() -= 1;
             if *open.get() == 0 {

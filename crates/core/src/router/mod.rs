@@ -14,8 +14,33 @@
 //!   handle_timeout(now)                  the deadline from poll_timeout() passed (early is harmless)
 //! ```
 //! After each input the caller MUST drain [`Router::poll_output`] until `None`, then read
-//! [`Router::poll_timeout`] and wake up no later than the instant it returns. For every
-//! [`Output::Transmit`] it writes the connection's queued bytes with [`Router::write_to`].
+//! [`Router::poll_timeout`] and wake up no later than the instant it returns:
+//! ```text
+//!   handle_*(.., now)
+//!   while let Some(output) = poll_output() {
+//!       Transmit(conn) => remember conn for writing (now, or at the end of the batch)
+//!       Close(conn)    => write what is queued (best effort), close, handle_disconnect
+//!       Resume(conn)   => feed its buffered frames again, read its socket again
+//!   }
+//!   poll_timeout()
+//! ```
+//! # Writing: the byte seam
+//! The router never writes: it has no socket, is handed no writer, and does not know what "would
+//! block" means. For a connection with bytes queued ([`Output::Transmit`]), the I/O layer asks
+//! [`Router::poll_transmit`] for a [`Transmit`] — the front of the queue as borrowed slices,
+//! zero-copy — writes any prefix of it (a vectored socket write, a TLS session's plaintext
+//! buffer) and reports the prefix's length with [`Router::handle_written`]. It repeats until
+//! `poll_transmit` returns `None` (drained), its socket takes no more, or its own per-wakeup
+//! budget is spent; each of those is its own decision. `handle_written` is where flow control
+//! sees the queue shrink: the buffered-bytes count, the low watermark's resumes (drain
+//! [`Router::poll_output`] after it) and the heartbeat's sign of life all follow from it.
+//! Bytes a write took before it failed MUST still be reported.
+//!
+//! # Who holds what
+//! The router's connection table holds protocol state and the outbound queue (flow control
+//! needs the queue's length on every send); the I/O layer's table holds sockets, read buffers
+//! and decoders. Both are indexed by the same [`ConnId`]: the I/O layer never keeps protocol
+//! state, and the router never keeps bytes that have not been decoded yet.
 //!
 //! # Invariants (checked by [`Router::check_invariants`] in tests)
 //! - A request is in exactly one state — Queued (in its channel's waiting FIFO), Assigned or
@@ -38,12 +63,11 @@ mod store;
 #[cfg(test)]
 mod tests;
 
-pub use outbound::WriteStatus;
+pub use outbound::{Transmit, MAX_TRANSMIT_SLICES};
 
 use bytes::Bytes;
 use hashbrown::HashMap;
 use std::collections::VecDeque;
-use std::io;
 use std::time::{Duration, Instant};
 
 use crate::auth::Tokens;
@@ -133,7 +157,8 @@ impl Default for RouterConfig {
 #[must_use]
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Output {
-    /// The connection has bytes queued: write them with [`Router::write_to`].
+    /// The connection has bytes queued: write them with [`Router::poll_transmit`] and
+    /// [`Router::handle_written`] (until `poll_transmit` says `None`, or the socket is full).
     Transmit(ConnId),
     /// The connection must be closed once its queued bytes (an error frame) are written; then
     /// call [`Router::handle_disconnect`]. The router ignores its input from now on.
@@ -342,24 +367,32 @@ impl Router {
             .map_or(0, |c| c.outbound.len())
     }
 
-    /// Writes `conn`'s queued bytes to `writer` (vectored), at most about `budget` bytes.
+    /// Lends the front of `conn`'s outbound queue for writing; `None` when nothing is queued
+    /// (or the connection is unknown). Zero-copy and allocation-free: the slices borrow the
+    /// queue. Write any prefix of them, then report its length with [`Router::handle_written`]
+    /// — also when the write then failed, or wrote nothing (report 0, or nothing at all).
+    pub fn poll_transmit(&self, conn: ConnId) -> Option<Transmit<'_>> {
+        self.conns.get(conn_key(conn))?.outbound.transmit()
+    }
+
+    /// `written` bytes of `conn`'s last [`Transmit`] were written: they leave its queue and the
+    /// buffered-bytes count, count as a sign of life (see `heartbeat.rs`), and once the queue is
+    /// at or below the low watermark the producers paused on it resume ([`Output::Resume`]).
     ///
-    /// # Errors
-    /// The writer's error (other than `WouldBlock`): the caller should close the connection.
-    pub fn write_to(
-        &mut self,
-        conn: ConnId,
-        writer: &mut dyn io::Write,
-        budget: usize,
-    ) -> io::Result<WriteStatus> {
+    /// Report every byte that left, as soon as it left: bytes written before a write error
+    /// still count, or the buffered count would keep them after the connection is gone. More
+    /// than was lent is a caller bug (clamped; a debug assertion says so).
+    pub fn handle_written(&mut self, conn: ConnId, written: usize) {
         let tick = self.tick(self.now);
         let Some(c) = self.conns.get_mut(conn_key(conn)) else {
-            return Ok(WriteStatus::Drained);
+            return;
         };
-        // `written` counts also when the writer failed after earlier writes of this call: those
-        // bytes have left the queue, so `outbound_bytes` must lose them now — the disconnect
-        // that follows subtracts only what is still queued.
-        let (written, result) = c.outbound.write_to(&mut self.outbound_pool, writer, budget);
+        debug_assert!(
+            written <= c.outbound.len(),
+            "{conn}: wrote more than was lent"
+        );
+        let written = written.min(c.outbound.len());
+        c.outbound.consume(&mut self.outbound_pool, written);
         if written > 0 {
             c.last_drained = tick;
         }
@@ -378,7 +411,6 @@ impl Router {
                 c.waiters = waiters;
             }
         }
-        result
     }
 
     /// A malformed byte stream on `conn`: queue the matching error frame and close it.

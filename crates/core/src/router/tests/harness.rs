@@ -223,10 +223,7 @@ impl Harness {
 
     fn flush(&mut self, conn: ConnId) {
         let mut wire = Vec::new();
-        let _ = self
-            .router
-            .write_to(conn, &mut wire, usize::MAX)
-            .expect("Vec never fails");
+        write_all_queued(&mut self.router, conn, &mut wire);
         let mut buf = BytesMut::from(&wire[..]);
         let mut decoder = Decoder::new(MAX_PAYLOAD_CEILING);
         while let Some(frame) = decoder
@@ -330,4 +327,31 @@ impl Harness {
             "{s:?}"
         );
     }
+}
+
+/// Writes every byte queued for `conn` to `wire` through the byte seam: what a socket that takes
+/// everything does.
+pub(super) fn write_all_queued(router: &mut Router, conn: ConnId, wire: &mut Vec<u8>) {
+    while let Some(transmit) = router.poll_transmit(conn) {
+        let n = transmit.len();
+        for slice in transmit.slices() {
+            wire.extend_from_slice(slice);
+        }
+        router.handle_written(conn, n);
+    }
+}
+
+/// Writes at most `limit` of the bytes queued for `conn` (the rest stays queued), as a socket
+/// with that much room left does. Returns the bytes written.
+pub(super) fn write_at_most(router: &mut Router, conn: ConnId, limit: usize) -> usize {
+    let mut written = 0;
+    while written < limit {
+        let Some(transmit) = router.poll_transmit(conn) else {
+            break;
+        };
+        let n = transmit.len().min(limit - written);
+        router.handle_written(conn, n);
+        written += n;
+    }
+    written
 }
