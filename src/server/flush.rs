@@ -9,9 +9,9 @@
 //! # Contract
 //! - Every byte a write took is reported to [`Router::handle_written`] right after that write,
 //!   before anything else can fail: bytes written before an error leave the buffered count.
-//! - A connection is flushed once per turn, up to [`ServerConfig::write_budget`]
-//!   (super::ServerConfig::write_budget) bytes; one stopped by the budget is re-queued for the
-//!   next turn (no writable event would come for a socket that still has room).
+//! - A connection is flushed once per turn, up to `ServerConfig::write_budget` bytes; one
+//!   stopped by the budget is re-queued for the next turn (no writable event would come for a
+//!   socket that still has room).
 //! - A TLS connection's plaintext goes into rustls, which takes at most its buffer limit
 //!   ([`BUFFER_LIMIT`](super::tls::BUFFER_LIMIT)) of records not yet on the socket; what rustls
 //!   does not take stays in the router's queue, where the watermarks see it. See `tls.rs`.
@@ -22,7 +22,7 @@ use std::io::{self, IoSlice, Write};
 
 use mio::net::TcpStream;
 
-use super::connection::{CloseReason, IoConnection, Transport};
+use super::connection::{CloseReason, Encryption, IoConnection};
 use super::Server;
 use crate::ids::ConnId;
 use crate::router::Router;
@@ -90,12 +90,12 @@ fn flush_connection(
     budget: usize,
 ) -> io::Result<Flushed> {
     let id = c.id;
-    match &mut c.transport {
-        Transport::Plain => {
+    match &mut c.encryption {
+        Encryption::Plain => {
             let stream = &mut c.stream;
             write_queue(router, id, budget, |slices| write_plain(stream, slices))
         }
-        Transport::Tls(tls) => {
+        Encryption::Tls(tls) => {
             let stream = &mut c.stream;
             // Records rustls already holds go first, even with nothing queued in the router
             // (the handshake, an alert, what the socket did not take last time).

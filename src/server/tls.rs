@@ -1,6 +1,6 @@
-//! The TLS transport of broker connections accepted on the TLS listener.
+//! The TLS encryption of broker connections accepted on the TLS listener.
 //!
-//! A TLS connection is an ordinary broker connection (`connection.rs`) whose transport carries a
+//! A TLS connection is an ordinary broker connection (`connection.rs`) whose encryption is a
 //! rustls [`ServerConnection`]: the router sees the same frames as from a plain connection and
 //! never knows the difference. rustls is used sans-IO; every byte still moves through the
 //! server's non-blocking, edge-triggered socket and the same loop turn.
