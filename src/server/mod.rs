@@ -495,13 +495,13 @@ impl Server {
             "shutting down: no new connections; draining for at most {:?}",
             self.config.drain_deadline
         );
-        self.router.begin_drain(now, self.config.drain_deadline);
+        self.router.begin_shutdown(now, self.config.drain_deadline);
         self.poll_router_outputs();
     }
 
     /// True once a graceful shutdown has closed every connection.
     pub fn is_finished(&self) -> bool {
-        self.shutting_down && self.sockets == 0 && self.router.is_drained()
+        self.shutting_down && self.sockets == 0 && self.router.is_shut_down()
     }
 
     /// Closes every connection (shutdown).

@@ -109,7 +109,7 @@ impl Router {
     /// Creates the broadcast for a START; `None` when it was refused (an error was sent).
     fn open_broadcast(&mut self, from: Peer, frame: &Frame, now: Instant) -> Option<Key> {
         let id = frame.header.request_id;
-        if self.draining {
+        if self.shutting_down {
             self.send_error(
                 from.conn,
                 ErrorCode::ShuttingDown,
@@ -389,7 +389,7 @@ impl Router {
         self.end_broadcast(key);
     }
 
-    /// The drain deadline passed with the broadcast in flight.
+    /// The shutdown deadline passed with the broadcast in flight.
     pub(super) fn end_broadcast_for_shutdown(&mut self, key: Key) {
         let Some(broadcast) = self.broadcasts.get(key) else {
             return;

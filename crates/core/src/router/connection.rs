@@ -51,7 +51,7 @@ pub(super) struct Connection {
     pub(super) last_activity: u64,
     /// Wheel tick of the last write that took bytes of its outbound queue: while its reading is
     /// paused, the only sign of life the broker can see (see `heartbeat.rs`).
-    pub(super) last_drained: u64,
+    pub(super) last_written: u64,
     /// Its armed heartbeat timer (none when heartbeats are off, or while closing).
     pub(super) heartbeat: Option<crate::wheel::TimerKey>,
     /// Its handshake deadline's timer: armed at accept, removed at the handshake or the close
@@ -87,7 +87,7 @@ impl Connection {
             paused_by_consumer: false,
             paused_by_held: false,
             last_activity: 0,
-            last_drained: 0,
+            last_written: 0,
             heartbeat: None,
             handshake_timer: None,
             sent_in_flight: 0,

@@ -66,7 +66,7 @@ impl Router {
                 c.last_activity = tick;
                 c.unanswered_pings = 0;
             } else {
-                c.last_activity = c.last_activity.max(c.last_drained);
+                c.last_activity = c.last_activity.max(c.last_written);
             }
         }
         if c.last_activity >= c.pinged_at {

@@ -13,7 +13,7 @@
 //!   handle_disconnect(conn, now)         it closed (EOF, I/O error, or after Output::Close)
 //!   handle_timeout(now)                  the deadline from poll_timeout() passed (early is harmless)
 //! ```
-//! After each input the caller MUST drain [`Router::poll_output`] until `None`, then read
+//! After each input the caller MUST poll [`Router::poll_output`] until `None`, then read
 //! [`Router::poll_timeout`] and wake up no later than the instant it returns:
 //! ```text
 //!   handle_*(.., now)
@@ -30,9 +30,9 @@
 //! [`Router::poll_transmit`] for a [`Transmit`] — the front of the queue as borrowed slices,
 //! zero-copy — writes any prefix of it (a vectored socket write, a TLS session's plaintext
 //! buffer) and reports the prefix's length with [`Router::handle_written`]. It repeats until
-//! `poll_transmit` returns `None` (drained), its socket takes no more, or its own per-wakeup
+//! `poll_transmit` returns `None` (the queue is empty), its socket takes no more, or its own per-wakeup
 //! budget is spent; each of those is its own decision. `handle_written` is where flow control
-//! sees the queue shrink: the buffered-bytes count, the low watermark's resumes (drain
+//! sees the queue shrink: the buffered-bytes count, the low watermark's resumes (poll
 //! [`Router::poll_output`] after it) and the heartbeat's sign of life all follow from it.
 //! Bytes a write took before it failed MUST still be reported.
 //!
@@ -53,11 +53,11 @@
 mod broadcast;
 mod channel;
 mod connection;
-mod drain;
 mod heartbeat;
 mod outbound;
 mod presence;
 mod request;
+mod shutdown;
 mod store;
 
 #[cfg(test)]
@@ -95,7 +95,7 @@ pub struct RouterConfig {
     /// When a connection's outbound queue holds more than this, producers feeding it are paused
     /// and broadcast copies to it are dropped.
     pub high_watermark: usize,
-    /// Paused producers resume when the queue drains below this.
+    /// Paused producers resume when the queue is written down to this.
     pub low_watermark: usize,
     /// Bytes of request frames one connection may have held by the broker while its requests
     /// wait for a receiver; beyond it the connection is not read until they are assigned.
@@ -226,8 +226,8 @@ enum TimerTarget {
     Handshake(Key),
     /// A departed peer's grace period (see `presence.rs`).
     Ghost(ChannelId, ClientId),
-    /// The end of a graceful shutdown's drain (see [`Router::begin_drain`]).
-    DrainDeadline,
+    /// The deadline of a graceful shutdown (see [`Router::begin_shutdown`]).
+    ShutdownDeadline,
 }
 
 /// The routing core. See the module docs for the calling contract.
@@ -251,13 +251,13 @@ pub struct Router {
     /// The time given with the latest input: what internal cleanups that have no `now` of their
     /// own (a protocol error's release) take as the present.
     now: Instant,
-    /// A graceful shutdown is under way (see [`Router::begin_drain`]).
-    draining: bool,
+    /// A graceful shutdown is under way (see [`Router::begin_shutdown`]).
+    shutting_down: bool,
     /// The connection whose frame is being handled, while [`Router::handle_frame`] runs: what
     /// the broker queues to it then answers its own input (see [`Router::send`]).
     input: Option<ConnId>,
-    /// The drain deadline's timer, while draining.
-    drain_timer: Option<TimerKey>,
+    /// The shutdown deadline's timer, while shutting down.
+    shutdown_timer: Option<TimerKey>,
     /// Error frames sent, by code.
     errors_by_code: HashMap<u16, u64>,
     /// Outbound buffers of connections with nothing queued (see `pool.rs`).
@@ -281,9 +281,9 @@ impl Router {
             held_bytes: 0,
             counters: RouterStats::default(),
             now,
-            draining: false,
+            shutting_down: false,
             input: None,
-            drain_timer: None,
+            shutdown_timer: None,
             errors_by_code: HashMap::new(),
             // 256 warm buffers of up to 64 KiB: at most 16 MiB retained, whatever the number of
             // connections; new ones start at 4 KiB (dozens of small frames per turn).
@@ -329,10 +329,10 @@ impl Router {
                 TimerTarget::Heartbeat(key) => self.expire_heartbeat(key, now),
                 TimerTarget::Handshake(key) => self.expire_handshake(key),
                 TimerTarget::Ghost(channel, client) => self.expire_ghost(channel, client),
-                TimerTarget::DrainDeadline => self.expire_drain(now),
+                TimerTarget::ShutdownDeadline => self.expire_shutdown(now),
             }
         }
-        self.close_idle_drained();
+        self.close_idle_for_shutdown();
     }
 
     /// True when the I/O layer must not feed frames from `conn` now (flow control, or the
@@ -394,12 +394,12 @@ impl Router {
         let written = written.min(c.outbound.len());
         c.outbound.consume(&mut self.outbound_pool, written);
         if written > 0 {
-            c.last_drained = tick;
+            c.last_written = tick;
         }
         self.outbound_bytes -= written;
         self.counters.bytes_out += written as u64;
-        let drained_below_low = c.outbound.len() <= self.config.low_watermark;
-        if drained_below_low && !c.waiters.is_empty() {
+        let at_or_below_low = c.outbound.len() <= self.config.low_watermark;
+        if at_or_below_low && !c.waiters.is_empty() {
             let waiters = std::mem::take(&mut c.waiters);
             for waiter in &waiters {
                 self.unpause(*waiter, PauseCause::Consumer);
@@ -424,8 +424,8 @@ impl Router {
     /// unknown (already closed) connections are ignored.
     pub fn handle_disconnect(&mut self, conn: ConnId, now: Instant) {
         self.forget_connection(conn, now);
-        if self.draining {
-            self.close_idle_drained();
+        if self.shutting_down {
+            self.close_idle_for_shutdown();
         }
     }
 
@@ -456,8 +456,8 @@ impl Router {
         self.input = Some(conn);
         self.dispatch_frame(conn, frame, now);
         self.input = None;
-        if self.draining {
-            self.close_idle_drained();
+        if self.shutting_down {
+            self.close_idle_for_shutdown();
         }
     }
 
@@ -956,7 +956,7 @@ impl Router {
                 )
             })
             .count();
-        let drain = usize::from(self.drain_timer.is_some());
+        let shutdown = usize::from(self.shutdown_timer.is_some());
         assert_eq!(
             self.wheel.len(),
             self.requests.len()
@@ -964,7 +964,7 @@ impl Router {
                 + heartbeats
                 + handshakes
                 + self.ghost_timers()
-                + drain,
+                + shutdown,
             "timers"
         );
         let mut outbound = 0;

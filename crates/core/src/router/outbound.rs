@@ -45,7 +45,7 @@ pub(crate) const COPY_THRESHOLD: usize = 16 * 1024;
 pub const MAX_TRANSMIT_SLICES: usize = 64;
 
 /// A partly written tail is compacted (its written prefix dropped) once that prefix exceeds this,
-/// so a connection that never fully drains cannot grow its tail without bound.
+/// so a connection whose queue is never empty cannot grow its tail without bound.
 const COMPACT_AFTER: usize = 64 * 1024;
 
 /// The front of one connection's outbound queue, lent to the I/O layer by
@@ -336,7 +336,7 @@ mod tests {
     }
 
     #[test]
-    fn a_never_drained_queue_compacts_its_written_prefix() {
+    fn a_never_emptied_queue_compacts_its_written_prefix() {
         let mut queue = OutboundQueue::default();
         let mut pool = BufferPool::new(4, 1024, 1 << 20);
         let mut expected = Vec::new();
@@ -347,10 +347,10 @@ mod tests {
             queue.push(&mut pool, &header, &payload);
             expected.extend_from_slice(&header);
             expected.extend_from_slice(&payload);
-            // Write a little less than is pushed: the queue never drains until the end.
+            // Write a little less than is pushed: the queue is never empty until the end.
             write_some(&mut queue, &mut pool, &mut out, 100);
             assert!(queue.tail_sent <= COMPACT_AFTER + 100, "compacted");
-            assert!(!queue.is_empty(), "never drained");
+            assert!(!queue.is_empty(), "never empty");
         }
         while !queue.is_empty() {
             write_some(&mut queue, &mut pool, &mut out, usize::MAX);
@@ -359,7 +359,7 @@ mod tests {
         assert_eq!(
             queue.tail.capacity(),
             0,
-            "the drained buffer went back to the pool"
+            "the emptied queue's buffer went back to the pool"
         );
     }
 }

@@ -58,7 +58,7 @@ impl Router {
                 "access token missing or wrong",
             );
         }
-        if self.draining {
+        if self.shutting_down {
             self.counters.handshake_failures += 1;
             return self.fail_connection(conn, ErrorCode::GoingAway, "the broker is shutting down");
         }
@@ -235,7 +235,7 @@ impl Router {
         channel.ready.retain(|c| *c != conn);
         if replaced {
             // Its successor is already (or about to be) a member under the same id.
-        } else if !grace.is_zero() && !self.draining {
+        } else if !grace.is_zero() && !self.shutting_down {
             let target = TimerTarget::Ghost(channel_id, client);
             let timer = insert_timer(&mut self.wheel, deadline, target);
             channel.ghosts.push(Ghost { client, timer });

@@ -158,7 +158,7 @@ impl Router {
 
     fn recv_request_start(&mut self, from: Peer, frame: Frame, now: Instant) {
         let id = frame.header.request_id;
-        if self.draining {
+        if self.shutting_down {
             return self.send_error(
                 from.conn,
                 ErrorCode::ShuttingDown,
@@ -480,7 +480,7 @@ impl Router {
         self.finish_request(key, now);
     }
 
-    /// The drain deadline passed with the request in flight: SHUTTING_DOWN to the sender,
+    /// The shutdown deadline passed with the request in flight: SHUTTING_DOWN to the sender,
     /// CANCEL to the receiver.
     pub(super) fn end_request_for_shutdown(&mut self, key: Key, now: Instant) {
         let Some(request) = self.requests.get(key) else {
