@@ -20,7 +20,7 @@
 use std::time::Instant;
 
 use super::store::Key;
-use super::{conn_key, Peer, Router, StreamKey, TimerTarget};
+use super::{Peer, Router, StreamKey, TimerTarget};
 use crate::ids::{ChannelId, ClientId, ConnId, RequestId};
 use crate::protocol::{encode_u32, ErrorCode, Flags, Frame, FrameType, Header};
 use crate::wheel::TimerKey;
@@ -174,7 +174,7 @@ impl Router {
             finished: false,
         });
         self.streams.insert(id, StreamKey::Broadcast(key));
-        if let Some(c) = self.conns.get_mut(conn_key(from.conn)) {
+        if let Some(c) = self.conns.get_mut(from.conn) {
             c.sent_in_flight += 1;
         }
         let mut members = Vec::new();
@@ -183,7 +183,7 @@ impl Router {
             members.extend(b.peers.iter().map(|p| p.conn));
         }
         for conn in members {
-            if let Some(c) = self.conns.get_mut(conn_key(conn)) {
+            if let Some(c) = self.conns.get_mut(conn) {
                 c.streams.push(StreamKey::Broadcast(key));
             }
         }
@@ -223,10 +223,7 @@ impl Router {
                 continue;
             }
             let conn = peer.conn;
-            let queued = self
-                .conns
-                .get(conn_key(conn))
-                .map_or(0, |c| c.outbound.len());
+            let queued = self.conns.get(conn).map_or(0, |c| c.outbound.len());
             if queued > high {
                 peer.state = PeerState::Failed;
                 log::debug!("{conn}: dropped from broadcast {id}: {queued} bytes queued");

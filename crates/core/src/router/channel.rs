@@ -20,7 +20,7 @@ use std::collections::VecDeque;
 use std::time::Instant;
 
 use super::store::Key;
-use super::{conn_key, Peer, Router};
+use super::{Peer, Router};
 use crate::ids::{ChannelId, ClientId, ConnId};
 use crate::protocol::{decode_u32, ErrorCode, Flags};
 
@@ -75,7 +75,7 @@ impl Router {
                 "a receive frame carries a 4-byte window",
             );
         };
-        if let Some(c) = self.conns.get_mut(conn_key(from.conn)) {
+        if let Some(c) = self.conns.get_mut(from.conn) {
             log::debug!("{}: receive window {} => {window}", from.conn, c.window);
             c.window = window;
         }
@@ -85,7 +85,7 @@ impl Router {
 
     /// Puts `conn` at the back of the ready FIFO if it has a free slot and is not there yet.
     pub(super) fn mark_ready(&mut self, conn: ConnId, channel_id: ChannelId) {
-        let Some(c) = self.conns.get_mut(conn_key(conn)) else {
+        let Some(c) = self.conns.get_mut(conn) else {
             return;
         };
         if c.in_ready_queue || !c.has_free_slot() {
@@ -102,7 +102,7 @@ impl Router {
     pub(super) fn pop_ready_receiver(&mut self, channel_id: ChannelId) -> Option<ConnId> {
         let channel = self.channels.get_mut(&channel_id)?;
         while let Some(conn) = channel.ready.pop_front() {
-            let Some(c) = self.conns.get_mut(conn_key(conn)) else {
+            let Some(c) = self.conns.get_mut(conn) else {
                 continue;
             };
             c.in_ready_queue = false;

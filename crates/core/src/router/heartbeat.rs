@@ -22,7 +22,7 @@
 use std::time::Instant;
 
 use super::connection::ConnState;
-use super::{conn_key, insert_timer, Router, TimerTarget};
+use super::{insert_timer, Router, TimerTarget};
 use crate::ids::ConnId;
 use crate::protocol::{ErrorCode, FrameType, Header};
 
@@ -35,27 +35,25 @@ impl Router {
         }
         let tick = self.tick(now);
         let deadline = self.deadline_tick(now, interval);
-        let key = conn_key(conn);
-        let timer = insert_timer(&mut self.wheel, deadline, TimerTarget::Heartbeat(key));
-        if let Some(c) = self.conns.get_mut(key) {
+        let timer = insert_timer(&mut self.wheel, deadline, TimerTarget::Heartbeat(conn));
+        if let Some(c) = self.conns.get_mut(conn) {
             c.last_activity = tick;
             c.heartbeat = Some(timer);
         }
     }
 
     /// A connection's heartbeat timer fired.
-    pub(super) fn expire_heartbeat(&mut self, key: super::store::Key, now: Instant) {
+    pub(super) fn expire_heartbeat(&mut self, conn: ConnId, now: Instant) {
         let interval_ms = self.config.heartbeat_interval.as_millis() as u64;
         let misses = self.config.heartbeat_misses;
         let tick = self.tick(now);
-        let Some(c) = self.conns.get_mut(key) else {
+        let Some(c) = self.conns.get_mut(conn) else {
             return;
         };
         c.heartbeat = None;
         if matches!(c.state, ConnState::Closing) {
             return;
         }
-        let conn = c.id;
         if c.is_read_paused() {
             // Flow control stopped reading it, so its frames (its PONGs too) wait unread: its
             // silence is ours. It is alive if it owes nothing (an empty queue: paused for
@@ -97,8 +95,8 @@ impl Router {
                 &format!("silent for {silent_for} ms; {misses} pings unanswered"),
             );
         };
-        let timer = insert_timer(&mut self.wheel, next, TimerTarget::Heartbeat(key));
-        if let Some(c) = self.conns.get_mut(key) {
+        let timer = insert_timer(&mut self.wheel, next, TimerTarget::Heartbeat(conn));
+        if let Some(c) = self.conns.get_mut(conn) {
             c.heartbeat = Some(timer);
         }
     }

@@ -221,9 +221,9 @@ enum TimerTarget {
     Request(Key),
     Broadcast(Key),
     /// A connection's liveness check (see `heartbeat.rs`).
-    Heartbeat(Key),
+    Heartbeat(ConnId),
     /// The deadline of a connection's handshake (see `presence.rs`).
-    Handshake(Key),
+    Handshake(ConnId),
     /// A departed peer's grace period (see `presence.rs`).
     Ghost(ChannelId, ClientId),
     /// The deadline of a graceful shutdown (see [`Router::begin_shutdown`]).
@@ -235,7 +235,7 @@ pub struct Router {
     config: RouterConfig,
     /// Instant of tick 0 of the wheel: ticks are milliseconds since it.
     epoch: Instant,
-    conns: Store<Connection>,
+    conns: Store<Connection, ConnId>,
     channels: HashMap<ChannelId, Channel>,
     requests: Store<Request>,
     broadcasts: Store<Broadcast>,
@@ -299,8 +299,7 @@ impl Router {
     /// Registers a new connection (awaiting its hello).
     pub fn handle_connect(&mut self, now: Instant) -> ConnId {
         self.now = self.now.max(now);
-        let key = self.conns.insert_with(|key| Connection::new(conn_id(key)));
-        let conn = conn_id(key);
+        let conn = self.conns.insert_with(Connection::new);
         self.arm_heartbeat(conn, now);
         self.arm_handshake_timeout(conn, now);
         conn
@@ -339,7 +338,7 @@ impl Router {
     /// connection is closing). Frames already decoded stay buffered in the I/O layer; an
     /// [`Output::Resume`] says when to continue.
     pub fn is_read_paused(&self, conn: ConnId) -> bool {
-        match self.conns.get(conn_key(conn)) {
+        match self.conns.get(conn) {
             Some(c) => c.is_read_paused(),
             None => true,
         }
@@ -347,7 +346,7 @@ impl Router {
 
     /// "channel C client X" for a connection that completed its handshake, for log lines.
     pub fn describe(&self, conn: ConnId) -> String {
-        match self.conns.get(conn_key(conn)) {
+        match self.conns.get(conn) {
             Some(c) => c.describe(),
             None => format!("{conn} (closed)"),
         }
@@ -355,16 +354,14 @@ impl Router {
 
     /// Records the peer's address of a connection, for its log lines.
     pub fn set_peer_addr(&mut self, conn: ConnId, addr: std::net::SocketAddr) {
-        if let Some(c) = self.conns.get_mut(conn_key(conn)) {
+        if let Some(c) = self.conns.get_mut(conn) {
             c.peer_addr = Some(addr);
         }
     }
 
     /// Bytes queued for `conn`.
     pub fn queued_bytes(&self, conn: ConnId) -> usize {
-        self.conns
-            .get(conn_key(conn))
-            .map_or(0, |c| c.outbound.len())
+        self.conns.get(conn).map_or(0, |c| c.outbound.len())
     }
 
     /// Lends the front of `conn`'s outbound queue for writing; `None` when nothing is queued
@@ -372,7 +369,7 @@ impl Router {
     /// queue. Write any prefix of them, then report its length with [`Router::handle_written`]
     /// — also when the write then failed, or wrote nothing (report 0, or nothing at all).
     pub fn poll_transmit(&self, conn: ConnId) -> Option<Transmit<'_>> {
-        self.conns.get(conn_key(conn))?.outbound.transmit()
+        self.conns.get(conn)?.outbound.transmit()
     }
 
     /// `written` bytes of `conn`'s last [`Transmit`] were written: they leave its queue and the
@@ -384,7 +381,7 @@ impl Router {
     /// than was lent is a caller bug (clamped; a debug assertion says so).
     pub fn handle_written(&mut self, conn: ConnId, written: usize) {
         let tick = self.tick(self.now);
-        let Some(c) = self.conns.get_mut(conn_key(conn)) else {
+        let Some(c) = self.conns.get_mut(conn) else {
             return;
         };
         debug_assert!(
@@ -407,7 +404,7 @@ impl Router {
             // Give the (emptied) vector back to keep its capacity.
             let mut waiters = waiters;
             waiters.clear();
-            if let Some(c) = self.conns.get_mut(conn_key(conn)) {
+            if let Some(c) = self.conns.get_mut(conn) {
                 c.waiters = waiters;
             }
         }
@@ -431,12 +428,11 @@ impl Router {
 
     fn forget_connection(&mut self, conn: ConnId, now: Instant) {
         self.now = self.now.max(now);
-        let key = conn_key(conn);
-        if !self.conns.contains(key) {
+        if !self.conns.contains(conn) {
             return;
         }
         self.release_connection(conn);
-        if let Some(mut c) = self.conns.remove(key) {
+        if let Some(mut c) = self.conns.remove(conn) {
             if let Some(timer) = c.heartbeat.take() {
                 self.wheel.remove(timer);
             }
@@ -464,7 +460,7 @@ impl Router {
     fn dispatch_frame(&mut self, conn: ConnId, frame: Frame, now: Instant) {
         self.now = self.now.max(now);
         let tick = self.tick(now);
-        let Some(c) = self.conns.get_mut(conn_key(conn)) else {
+        let Some(c) = self.conns.get_mut(conn) else {
             return;
         };
         // The heartbeat's whole per-frame cost: one store (see `heartbeat.rs`).
@@ -661,7 +657,7 @@ impl Router {
     /// A frame queued to the very connection whose frame is being handled (an answer to it) over
     /// the high watermark pauses that connection: its own unread answers bound it too.
     fn send(&mut self, to: ConnId, header: &Header, payload: &Bytes, producer: Option<ConnId>) {
-        let Some(c) = self.conns.get_mut(conn_key(to)) else {
+        let Some(c) = self.conns.get_mut(to) else {
             return;
         };
         if matches!(c.state, ConnState::Closing) && header.frame_type != FrameType::Error {
@@ -689,7 +685,7 @@ impl Router {
             };
             if let Some(paused) = paused {
                 if self.pause(paused, PauseCause::Consumer) {
-                    if let Some(c) = self.conns.get_mut(conn_key(to)) {
+                    if let Some(c) = self.conns.get_mut(to) {
                         c.waiters.push(paused);
                     }
                 }
@@ -710,7 +706,7 @@ impl Router {
         text: &str,
         peers: &[ClientId],
     ) {
-        let Some(channel) = self.conns.get(conn_key(to)).map(|c| c.channel()) else {
+        let Some(channel) = self.conns.get(to).map(|c| c.channel()) else {
             return;
         };
         let header = Header {
@@ -734,7 +730,7 @@ impl Router {
         about: ClientId,
         request_id: RequestId,
     ) {
-        let Some(channel) = self.conns.get(conn_key(to)).map(|c| c.channel()) else {
+        let Some(channel) = self.conns.get(to).map(|c| c.channel()) else {
             return;
         };
         let header = Header {
@@ -777,7 +773,7 @@ impl Router {
     /// Frees the connection's state and asks the I/O layer to close it, after an error frame
     /// when one is given. Idempotent.
     fn close_connection(&mut self, conn: ConnId, error: Option<(ErrorCode, &str)>) {
-        let Some(c) = self.conns.get(conn_key(conn)) else {
+        let Some(c) = self.conns.get(conn) else {
             return;
         };
         if matches!(c.state, ConnState::Closing) {
@@ -798,7 +794,7 @@ impl Router {
         }
         self.release_connection(conn);
         self.disarm_handshake_timeout(conn);
-        if let Some(c) = self.conns.get_mut(conn_key(conn)) {
+        if let Some(c) = self.conns.get_mut(conn) {
             c.set_state(ConnState::Closing);
         }
         self.outputs.push_back(Output::Close(conn));
@@ -807,7 +803,7 @@ impl Router {
     /// Frees every request, broadcast, credit and presence the connection holds, as if it had
     /// gone away. Leaves its outbound queue (an error frame may still be in it).
     fn release_connection(&mut self, conn: ConnId) {
-        let Some(c) = self.conns.get_mut(conn_key(conn)) else {
+        let Some(c) = self.conns.get_mut(conn) else {
             return;
         };
         let mut streams = std::mem::take(&mut c.streams);
@@ -836,7 +832,7 @@ impl Router {
 
     /// Pauses reading from `conn`. Returns true when this cause was not already in force.
     fn pause(&mut self, conn: ConnId, cause: PauseCause) -> bool {
-        let Some(c) = self.conns.get_mut(conn_key(conn)) else {
+        let Some(c) = self.conns.get_mut(conn) else {
             return false;
         };
         let newly = match cause {
@@ -852,7 +848,7 @@ impl Router {
 
     /// Lifts one cause of pause; emits `Resume` when no cause remains.
     fn unpause(&mut self, conn: ConnId, cause: PauseCause) {
-        let Some(c) = self.conns.get_mut(conn_key(conn)) else {
+        let Some(c) = self.conns.get_mut(conn) else {
             return;
         };
         let was_paused = c.is_read_paused();
@@ -868,7 +864,7 @@ impl Router {
 
     /// Lifts the pause of `producer` if it is waiting on `consumer`'s queue.
     fn release_waiter(&mut self, producer: ConnId, consumer: ConnId) {
-        let Some(c) = self.conns.get_mut(conn_key(consumer)) else {
+        let Some(c) = self.conns.get_mut(consumer) else {
             return;
         };
         let Some(pos) = c.waiters.iter().position(|w| *w == producer) else {
@@ -880,7 +876,7 @@ impl Router {
 
     /// A request or broadcast `sender` started has ended: one less of its own in flight.
     fn forget_sent(&mut self, sender: ConnId) {
-        if let Some(c) = self.conns.get_mut(conn_key(sender)) {
+        if let Some(c) = self.conns.get_mut(sender) {
             // INVARIANT: counted up once per stream it started, down once when that stream ends.
             debug_assert!(
                 c.sent_in_flight > 0,
@@ -892,7 +888,7 @@ impl Router {
 
     /// Removes `stream` from the stream list of `conn`.
     fn forget_stream(&mut self, conn: ConnId, stream: StreamKey) {
-        if let Some(c) = self.conns.get_mut(conn_key(conn)) {
+        if let Some(c) = self.conns.get_mut(conn) {
             if let Some(pos) = c.streams.iter().position(|s| *s == stream) {
                 c.streams.swap_remove(pos);
             }
@@ -915,13 +911,10 @@ impl Router {
             );
             held += request.held_bytes();
             if let Some(receiver) = request.receiver() {
-                let c = self.conns.get(conn_key(receiver)).expect("receiver alive");
+                let c = self.conns.get(receiver).expect("receiver alive");
                 assert!(c.streams.contains(&StreamKey::Request(key)));
             }
-            let s = self
-                .conns
-                .get(conn_key(request.sender))
-                .expect("sender alive");
+            let s = self.conns.get(request.sender).expect("sender alive");
             assert!(s.streams.contains(&StreamKey::Request(key)));
         }
         for (key, broadcast) in self.broadcasts.iter() {
@@ -1030,19 +1023,5 @@ fn insert_timer(wheel: &mut TimerWheel<TimerTarget>, tick: u64, target: TimerTar
                 tick = wheel.elapsed() + 1;
             }
         }
-    }
-}
-
-fn conn_key(conn: ConnId) -> Key {
-    Key {
-        index: conn.slot,
-        generation: conn.generation,
-    }
-}
-
-fn conn_id(key: Key) -> ConnId {
-    ConnId {
-        slot: key.index,
-        generation: key.generation,
     }
 }

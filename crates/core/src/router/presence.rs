@@ -31,8 +31,7 @@ use std::time::Instant;
 
 use super::channel::{duration_ms, Ghost, Member};
 use super::connection::ConnState;
-use super::store::Key;
-use super::{conn_key, insert_timer, Router, TimerTarget};
+use super::{insert_timer, Router, TimerTarget};
 use crate::ids::{ChannelId, ClientId, ConnId};
 use crate::protocol::{encode_peers, ErrorCode, Frame, FrameType, Header, WelcomeBody};
 
@@ -88,7 +87,7 @@ impl Router {
         if let Some(old) = previous {
             self.counters.takeovers += 1;
             log::info!("{conn}: takes over client {client} on channel {channel_id} from {old}");
-            if let Some(c) = self.conns.get_mut(conn_key(old)) {
+            if let Some(c) = self.conns.get_mut(old) {
                 c.replaced = true;
             }
             self.fail_connection(
@@ -101,14 +100,14 @@ impl Router {
         let channel = self.channels.entry(channel_id).or_default();
         let peers = channel.visible_peers_except(conn);
         channel.members.push(Member { conn, client });
-        if let Some(c) = self.conns.get_mut(conn_key(conn)) {
+        if let Some(c) = self.conns.get_mut(conn) {
             c.set_state(ConnState::Open {
                 channel: channel_id,
                 client,
             });
         }
         self.disarm_handshake_timeout(conn);
-        if let Some(c) = self.conns.get(conn_key(conn)) {
+        if let Some(c) = self.conns.get(conn) {
             log::info!("{}: handshake done ({} peers)", c.describe(), peers.len());
         }
         let welcome = WelcomeBody {
@@ -152,9 +151,8 @@ impl Router {
             return;
         }
         let deadline = self.deadline_tick(now, timeout);
-        let key = conn_key(conn);
-        let timer = insert_timer(&mut self.wheel, deadline, TimerTarget::Handshake(key));
-        if let Some(c) = self.conns.get_mut(key) {
+        let timer = insert_timer(&mut self.wheel, deadline, TimerTarget::Handshake(conn));
+        if let Some(c) = self.conns.get_mut(conn) {
             c.handshake_timer = Some(timer);
         }
     }
@@ -163,7 +161,7 @@ impl Router {
     pub(super) fn disarm_handshake_timeout(&mut self, conn: ConnId) {
         if let Some(timer) = self
             .conns
-            .get_mut(conn_key(conn))
+            .get_mut(conn)
             .and_then(|c| c.handshake_timer.take())
         {
             self.wheel.remove(timer);
@@ -171,15 +169,14 @@ impl Router {
     }
 
     /// A connection's handshake deadline passed: close it if it is still awaiting its hello.
-    pub(super) fn expire_handshake(&mut self, key: Key) {
-        let Some(c) = self.conns.get_mut(key) else {
+    pub(super) fn expire_handshake(&mut self, conn: ConnId) {
+        let Some(c) = self.conns.get_mut(conn) else {
             return;
         };
         c.handshake_timer = None;
         if !matches!(c.state, ConnState::AwaitingHello) {
             return;
         }
-        let conn = c.id;
         let timeout_ms = duration_ms(self.config.handshake_timeout);
         self.counters.handshake_failures += 1;
         self.fail_connection(
@@ -222,8 +219,8 @@ impl Router {
     /// Removes a member: silently when it was replaced, as a ghost during the grace period, or
     /// with PEER_LEFT at once.
     pub(super) fn leave_channel(&mut self, conn: ConnId, channel_id: ChannelId, client: ClientId) {
-        let replaced = self.conns.get(conn_key(conn)).is_some_and(|c| c.replaced);
-        if let Some(c) = self.conns.get_mut(conn_key(conn)) {
+        let replaced = self.conns.get(conn).is_some_and(|c| c.replaced);
+        if let Some(c) = self.conns.get_mut(conn) {
             c.in_ready_queue = false;
         }
         let grace = self.config.presence_grace;

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use super::channel::{CANCEL_TO_RECEIVER, CANCEL_TO_SENDER};
 use super::outbound::COPY_THRESHOLD;
 use super::store::Key;
-use super::{conn_key, PauseCause, Peer, Router, StreamKey, TimerTarget};
+use super::{PauseCause, Peer, Router, StreamKey, TimerTarget};
 use crate::ids::{ChannelId, ClientId, ConnId, RequestId};
 use crate::protocol::{ErrorCode, Flags, Frame, FrameType, Header};
 use crate::wheel::TimerKey;
@@ -225,7 +225,7 @@ impl Router {
             request_finished: frame.header.is_final,
         });
         self.streams.insert(id, StreamKey::Request(key));
-        if let Some(c) = self.conns.get_mut(conn_key(from.conn)) {
+        if let Some(c) = self.conns.get_mut(from.conn) {
             c.streams.push(StreamKey::Request(key));
             c.sent_in_flight += 1;
         }
@@ -245,7 +245,7 @@ impl Router {
     /// in flight, the text of the `LimitExceeded` refusing one more.
     pub(super) fn sent_limit_reached(&self, conn: ConnId) -> Option<String> {
         let max = self.config.max_in_flight_per_connection;
-        let sent = self.conns.get(conn_key(conn))?.sent_in_flight;
+        let sent = self.conns.get(conn)?.sent_in_flight;
         (sent >= max).then(|| format!("{max} requests and broadcasts of yours are in flight"))
     }
 
@@ -281,7 +281,7 @@ impl Router {
         *held_bytes += size;
         let sender = request.sender;
         self.held_bytes += size;
-        let over = match self.conns.get_mut(conn_key(sender)) {
+        let over = match self.conns.get_mut(sender) {
             Some(c) => {
                 c.held_bytes += size;
                 c.held_bytes > self.config.max_held_bytes
@@ -296,7 +296,7 @@ impl Router {
     /// Gives `bytes` of held frames back to the sender's allowance.
     fn release_held(&mut self, sender: ConnId, bytes: usize) {
         self.held_bytes -= bytes;
-        let Some(c) = self.conns.get_mut(conn_key(sender)) else {
+        let Some(c) = self.conns.get_mut(sender) else {
             return;
         };
         c.held_bytes -= bytes;
@@ -307,7 +307,7 @@ impl Router {
 
     /// Records that `receiver` holds the request (its slot, its stream list, the FIFO).
     fn take_request(&mut self, key: Key, receiver: ConnId) {
-        let Some(c) = self.conns.get_mut(conn_key(receiver)) else {
+        let Some(c) = self.conns.get_mut(receiver) else {
             return;
         };
         let (receiver_client, channel) = match c.state {
@@ -555,7 +555,7 @@ impl Router {
             }
             RequestState::Assigned { receiver, .. } | RequestState::Responding { receiver, .. } => {
                 self.forget_stream(receiver, StreamKey::Request(key));
-                if let Some(c) = self.conns.get_mut(conn_key(receiver)) {
+                if let Some(c) = self.conns.get_mut(receiver) {
                     c.in_flight -= 1;
                 }
                 // Whichever side flow control paused for this request's sake may go on: it has

@@ -20,7 +20,7 @@
 use std::time::{Duration, Instant};
 
 use super::connection::ConnState;
-use super::{conn_key, insert_timer, Router, StreamKey, TimerTarget};
+use super::{insert_timer, Router, StreamKey, TimerTarget};
 use crate::ids::{ConnId, RequestId};
 use crate::protocol::ErrorCode;
 
@@ -55,7 +55,7 @@ impl Router {
         let open: Vec<ConnId> = self.conns.iter().map(|(_, c)| c.id).collect();
         for conn in open {
             if matches!(
-                self.conns.get(conn_key(conn)).map(|c| c.state),
+                self.conns.get(conn).map(|c| c.state),
                 Some(ConnState::Open { .. })
             ) {
                 self.send_error(
