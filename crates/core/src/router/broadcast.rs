@@ -175,7 +175,7 @@ impl Router {
         });
         self.streams.insert(id, StreamKey::Broadcast(key));
         if let Some(c) = self.conns.get_mut(from.conn) {
-            c.sent_in_flight += 1;
+            c.start_sending();
         }
         let mut members = Vec::new();
         if let Some(b) = self.broadcasts.get(key) {
@@ -184,7 +184,7 @@ impl Router {
         }
         for conn in members {
             if let Some(c) = self.conns.get_mut(conn) {
-                c.streams.push(StreamKey::Broadcast(key));
+                c.add_stream(StreamKey::Broadcast(key));
             }
         }
         log::debug!(
@@ -223,7 +223,7 @@ impl Router {
                 continue;
             }
             let conn = peer.conn;
-            let queued = self.conns.get(conn).map_or(0, |c| c.outbound.len());
+            let queued = self.conns.get(conn).map_or(0, |c| c.outbound().len());
             if queued > high {
                 peer.state = PeerState::Failed;
                 log::debug!("{conn}: dropped from broadcast {id}: {queued} bytes queued");

@@ -13,7 +13,7 @@
 //! outnumber the live entries, so neither grows without bound under churn.
 //!
 //! # Invariants
-//! - `Connection::in_ready_queue` is true iff the connection's id is in `ready` (possibly stale).
+//! - A connection's ready mark (`Connection::enter_ready_queue`) is set iff the connection's id is in `ready` (possibly stale).
 //! - `live_waiting` counts the entries of `waiting` that name a queued request.
 
 use std::collections::VecDeque;
@@ -76,8 +76,8 @@ impl Router {
             );
         };
         if let Some(c) = self.conns.get_mut(from.conn) {
-            log::debug!("{}: receive window {} => {window}", from.conn, c.window);
-            c.window = window;
+            log::debug!("{}: receive window {} => {window}", from.conn, c.window());
+            c.set_window(window);
         }
         self.mark_ready(from.conn, from.channel);
         self.assign_waiting(from.channel, now);
@@ -88,14 +88,12 @@ impl Router {
         let Some(c) = self.conns.get_mut(conn) else {
             return;
         };
-        if c.in_ready_queue || !c.has_free_slot() {
-            return;
-        }
         let Some(channel) = self.channels.get_mut(&channel_id) else {
             return;
         };
-        c.in_ready_queue = true;
-        channel.ready.push_back(conn);
+        if c.enter_ready_queue() {
+            channel.ready.push_back(conn);
+        }
     }
 
     /// The receiver that has waited longest among those with a free slot, taken off the FIFO.
@@ -105,7 +103,7 @@ impl Router {
             let Some(c) = self.conns.get_mut(conn) else {
                 continue;
             };
-            c.in_ready_queue = false;
+            c.leave_ready_queue();
             if c.has_free_slot() {
                 return Some(conn);
             }

@@ -30,7 +30,6 @@ use bytes::Bytes;
 use std::time::Instant;
 
 use super::channel::{duration_ms, Ghost, Member};
-use super::connection::ConnState;
 use super::{insert_timer, Router, TimerTarget};
 use crate::ids::{ChannelId, ClientId, ConnId};
 use crate::protocol::{encode_peers, ErrorCode, Frame, FrameType, Header, WelcomeBody};
@@ -87,8 +86,9 @@ impl Router {
         if let Some(old) = previous {
             self.counters.takeovers += 1;
             log::info!("{conn}: takes over client {client} on channel {channel_id} from {old}");
-            if let Some(c) = self.conns.get_mut(old) {
-                c.replaced = true;
+            if let Some(Err(e)) = self.conns.get_mut(old).map(|c| c.replace()) {
+                log::debug!("{old}: {e}");
+                debug_assert!(false, "{old}: {e}");
             }
             self.fail_connection(
                 old,
@@ -100,13 +100,16 @@ impl Router {
         let channel = self.channels.entry(channel_id).or_default();
         let peers = channel.visible_peers_except(conn);
         channel.members.push(Member { conn, client });
-        if let Some(c) = self.conns.get_mut(conn) {
-            c.set_state(ConnState::Open {
-                channel: channel_id,
-                client,
-            });
+        match self.conns.get_mut(conn).map(|c| c.open(channel_id, client)) {
+            Some(Ok(Some(timer))) => {
+                self.wheel.remove(timer);
+            }
+            Some(Ok(None)) | None => {}
+            Some(Err(e)) => {
+                log::debug!("{conn}: {e}");
+                debug_assert!(false, "{conn}: {e}");
+            }
         }
-        self.disarm_handshake_timeout(conn);
         if let Some(c) = self.conns.get(conn) {
             log::info!("{}: handshake done ({} peers)", c.describe(), peers.len());
         }
@@ -152,18 +155,14 @@ impl Router {
         }
         let deadline = self.deadline_tick(now, timeout);
         let timer = insert_timer(&mut self.wheel, deadline, TimerTarget::Handshake(conn));
-        if let Some(c) = self.conns.get_mut(conn) {
-            c.handshake_timer = Some(timer);
-        }
-    }
-
-    /// Removes the handshake deadline (the handshake completed, or the connection is closing).
-    pub(super) fn disarm_handshake_timeout(&mut self, conn: ConnId) {
-        if let Some(timer) = self
+        if let Some(Err(e)) = self
             .conns
             .get_mut(conn)
-            .and_then(|c| c.handshake_timer.take())
+            .map(|c| c.arm_handshake_deadline(timer))
         {
+            // A new connection awaits its hello: cannot happen; the timer must not leak.
+            log::debug!("{conn}: {e}");
+            debug_assert!(false, "{conn}: {e}");
             self.wheel.remove(timer);
         }
     }
@@ -173,8 +172,7 @@ impl Router {
         let Some(c) = self.conns.get_mut(conn) else {
             return;
         };
-        c.handshake_timer = None;
-        if !matches!(c.state, ConnState::AwaitingHello) {
+        if !c.handshake_deadline_passed() {
             return;
         }
         let timeout_ms = duration_ms(self.config.handshake_timeout);
@@ -219,9 +217,9 @@ impl Router {
     /// Removes a member: silently when it was replaced, as a ghost during the grace period, or
     /// with PEER_LEFT at once.
     pub(super) fn leave_channel(&mut self, conn: ConnId, channel_id: ChannelId, client: ClientId) {
-        let replaced = self.conns.get(conn).is_some_and(|c| c.replaced);
+        let replaced = self.conns.get(conn).is_some_and(|c| c.is_replaced());
         if let Some(c) = self.conns.get_mut(conn) {
-            c.in_ready_queue = false;
+            c.leave_ready_queue();
         }
         let grace = self.config.presence_grace;
         let deadline = self.deadline_tick(self.now, grace);

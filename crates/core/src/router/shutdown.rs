@@ -19,7 +19,6 @@
 
 use std::time::{Duration, Instant};
 
-use super::connection::ConnState;
 use super::{insert_timer, Router, StreamKey, TimerTarget};
 use crate::ids::{ConnId, RequestId};
 use crate::protocol::ErrorCode;
@@ -52,12 +51,9 @@ impl Router {
             self.wheel.remove(timer);
             self.expire_ghost(channel, client);
         }
-        let open: Vec<ConnId> = self.conns.iter().map(|(_, c)| c.id).collect();
+        let open: Vec<ConnId> = self.conns.iter().map(|(id, _)| id).collect();
         for conn in open {
-            if matches!(
-                self.conns.get(conn).map(|c| c.state),
-                Some(ConnState::Open { .. })
-            ) {
+            if self.conns.get(conn).is_some_and(|c| c.is_open()) {
                 self.send_error(
                     conn,
                     ErrorCode::GoingAway,
@@ -88,10 +84,10 @@ impl Router {
         let idle: Vec<ConnId> = self
             .conns
             .iter()
-            .filter(|(_, c)| !matches!(c.state, ConnState::Closing))
-            .filter(|(_, c)| c.streams.is_empty())
-            .filter(|(_, c)| !(c.window > 0 && self.waiting_len(c.channel()) > 0))
-            .map(|(_, c)| c.id)
+            .filter(|(_, c)| !c.is_closing())
+            .filter(|(_, c)| c.streams().is_empty())
+            .filter(|(_, c)| !(c.window() > 0 && self.waiting_len(c.channel()) > 0))
+            .map(|(id, _)| id)
             .collect();
         for conn in idle {
             self.close_connection(conn, None);
@@ -108,7 +104,7 @@ impl Router {
                 StreamKey::Broadcast(key) => self.end_broadcast_for_shutdown(key),
             }
         }
-        let all: Vec<ConnId> = self.conns.iter().map(|(_, c)| c.id).collect();
+        let all: Vec<ConnId> = self.conns.iter().map(|(id, _)| id).collect();
         for conn in all {
             self.close_connection(conn, None);
         }
