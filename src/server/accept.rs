@@ -58,7 +58,7 @@ use crate::protocol::{encode_error, ErrorCode, FrameType, Header};
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Backlog {
     /// `WouldBlock`: nothing more waits.
-    Drained,
+    Empty,
     /// `accept` failed for lack of resources: the rest waits for a retry.
     Starved,
 }
@@ -130,7 +130,7 @@ impl Server {
             let accepted = match (from, &self.tls) {
                 (Listener::Plain, _) => self.listener.accept(),
                 (Listener::Tls, Some(tls)) => tls.listener.accept(),
-                (Listener::Tls, None) => return Backlog::Drained,
+                (Listener::Tls, None) => return Backlog::Empty,
             };
             match accepted {
                 Ok((stream, addr)) => {
@@ -139,7 +139,7 @@ impl Server {
                     }
                     self.accept(stream, addr, from, now);
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Backlog::Drained,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Backlog::Empty,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 // One pending connection died before it was accepted: skip it.
                 Err(e)

@@ -150,7 +150,7 @@ impl IoConnection {
         matches!(self.encryption, Encryption::Tls(_))
     }
 
-    /// Gives a drained read buffer back to the pool, so an idle connection holds none.
+    /// Gives an emptied read buffer back to the pool, so an idle connection holds none.
     pub(crate) fn trim(&mut self, pool: &mut BufferPool) {
         if self.read_buf.is_empty() && self.read_buf.capacity() > 0 {
             pool.give(std::mem::take(&mut self.read_buf));

@@ -15,7 +15,7 @@
 //! - A TLS connection's plaintext goes into rustls, which takes at most its buffer limit
 //!   ([`BUFFER_LIMIT`](super::tls::BUFFER_LIMIT)) of records not yet on the socket; what rustls
 //!   does not take stays in the router's queue, where the watermarks see it. See `tls.rs`.
-//! - After every connection's flush the router's outputs are drained: a queue that went below
+//! - After every connection's flush the router's outputs are polled: a queue that went below
 //!   the low watermark resumes the producers paused on it.
 
 use std::io::{self, IoSlice, Write};
@@ -31,7 +31,7 @@ use crate::router::Router;
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(crate) enum Flushed {
     /// The router's queue is empty.
-    Drained,
+    Empty,
     /// The socket (or rustls' buffer behind it) takes no more now: a writable event resumes.
     Blocked,
     /// The per-turn byte budget ran out with bytes still queued: flush again next turn.
@@ -54,7 +54,7 @@ fn write_queue(
     let mut written_total = 0;
     loop {
         let Some(transmit) = router.poll_transmit(id) else {
-            return Ok(Flushed::Drained);
+            return Ok(Flushed::Empty);
         };
         if written_total >= budget {
             return Ok(Flushed::BudgetSpent);
@@ -134,7 +134,7 @@ impl Server {
             };
             c.queued_for_flush = false;
             match flush_connection(&mut self.router, c, budget) {
-                Ok(Flushed::Drained) | Ok(Flushed::Blocked) => {}
+                Ok(Flushed::Empty) | Ok(Flushed::Blocked) => {}
                 Ok(Flushed::BudgetSpent) => {
                     c.queued_for_flush = true;
                     self.to_flush.push(id);

@@ -20,7 +20,7 @@ use super::Server;
 use crate::ids::ConnId;
 
 impl Server {
-    /// Decodes buffered frames and reads more, within the budget, until paused or drained.
+    /// Decodes buffered frames and reads more, within the budget, until paused or the socket has nothing more.
     pub(super) fn drive_input(&mut self, id: ConnId, now: Instant) {
         let mut budget = self.config.read_budget;
         loop {

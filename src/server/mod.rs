@@ -243,7 +243,7 @@ pub struct Server {
     read_pool: BufferPool,
     /// End of the current busy-poll window (see [`ServerConfig::busy_poll`]).
     spin_until: Instant,
-    /// A graceful shutdown began: the listener is deregistered and the router drains.
+    /// A graceful shutdown began: the listener is deregistered and the router shuts down.
     shutting_down: bool,
     stats: ServerStats,
     /// The Prometheus endpoint, when `metrics_listen` is set.
@@ -478,7 +478,8 @@ impl Server {
     }
 
     /// Begins a graceful shutdown (PROTOCOL.md §8.1): stops accepting connections and lets the
-    /// router drain, for at most the configured drain deadline. Idempotent. The server is done
+    /// router shut down gracefully, for at most [`ServerConfig::drain_deadline`] (the setting
+    /// keeps its name: it is the graceful shutdown's deadline). Idempotent. The server is done
     /// when [`Server::is_finished`].
     pub fn begin_shutdown(&mut self, now: Instant) {
         if std::mem::replace(&mut self.shutting_down, true) {

@@ -130,7 +130,7 @@ fn serve_with_control(mut server: Server, mut poll: Poll, control_rx: mpsc::Rece
                     let _ = reply.send(server.stats());
                 }
                 Control::Watch(watcher) => watchers.push(watcher),
-                Control::Drain => {
+                Control::BeginShutdown => {
                     #[allow(clippy::disallowed_methods)] // the server reads the clock
                     let now = Instant::now();
                     server.begin_shutdown(now);
@@ -170,7 +170,7 @@ const SIGNAL_TOKEN: Token = Token(Server::TOKEN_SPAN + 1);
 enum Control {
     Stats(mpsc::Sender<ServerStats>),
     Watch(Watcher),
-    Drain,
+    BeginShutdown,
     Shutdown,
 }
 
@@ -273,13 +273,13 @@ impl ServerHandle {
     }
 
     /// Begins a graceful shutdown, as a signal does for [`Server::run`]: the server thread ends
-    /// once the drain is complete (see [`ServerHandle::join`]).
+    /// once the graceful shutdown is complete (see [`ServerHandle::join`]).
     ///
     /// # Errors
     /// `BrokenPipe` when the server thread has stopped.
     pub fn begin_shutdown(&self) -> io::Result<()> {
         self.control
-            .send(Control::Drain)
+            .send(Control::BeginShutdown)
             .map_err(|_| io::Error::from(io::ErrorKind::BrokenPipe))?;
         self.waker.wake()
     }

@@ -135,7 +135,7 @@ pub(super) fn render(
     family(
         "timers_armed",
         "gauge",
-        "Armed timers (requests, broadcasts, heartbeats, presence grace, drain).",
+        "Armed timers (requests, broadcasts, heartbeats, presence grace, shutdown deadline).",
         &gauge(r.armed_timers),
     );
     family(
