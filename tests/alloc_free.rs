@@ -131,9 +131,14 @@ impl Rig {
         while let Some(output) = self.router.poll_output() {
             if let Output::Transmit(conn) = output {
                 self.sink.clear();
-                self.router
-                    .write_to(conn, &mut self.sink, usize::MAX)
-                    .expect("Vec never fails");
+                // The byte seam, as the server drives it: borrowed slices out, a count in.
+                while let Some(transmit) = self.router.poll_transmit(conn) {
+                    let n = transmit.len();
+                    for slice in transmit.slices() {
+                        self.sink.extend_from_slice(slice);
+                    }
+                    self.router.handle_written(conn, n);
+                }
             }
         }
     }

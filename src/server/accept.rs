@@ -1,5 +1,13 @@
-//! Accepting connections, and what the loop does when `accept` fails for lack of resources.
+//! Accepting connections: admission (the connection limits, a TLS session for the TLS
+//! listener, registration), and what the loop does when `accept` fails for lack of resources.
 //!
+//! # Admission
+//! Beyond `max_connections` open connections, or `max_connections_per_ip` from one address, an
+//! accepted connection is refused: one ERROR LIMIT_EXCEEDED (nil request id) written straight to
+//! the fresh socket (not for TLS: the peer could not read it), FIN, and close. The router never
+//! sees a refused connection. An admitted one is registered with the router first (its
+//! [`ConnId`](crate::ids::ConnId) names its slot in both connection tables), then with mio.
+//!//!
 //! # Descriptor (or memory) exhaustion
 //! When the process is out of file descriptors (`EMFILE`, `ENFILE`) or kernel memory
 //! (`ENOBUFS`, `ENOMEM`), `accept` fails and the connection stays in the kernel's backlog. The
@@ -35,16 +43,22 @@
 //! or handshake timeout. The kernel's backlog bounds how many wait; beyond it new connection
 //! attempts are not completed by the kernel (the client's SYNs are retried and time out).
 
+use mio::net::TcpStream;
+use mio::{Interest, Token};
 use std::io;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use super::{Listener, Server};
+use super::connection::{Encryption, IoConnection};
+use super::{tls, Listener, Server, CONN_OFFSET};
+use crate::ids::RequestId;
+use crate::protocol::{encode_error, ErrorCode, FrameType, Header};
 
 /// How one listener's accept loop ended.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Backlog {
     /// `WouldBlock`: nothing more waits.
-    Drained,
+    Empty,
     /// `accept` failed for lack of resources: the rest waits for a retry.
     Starved,
 }
@@ -116,7 +130,7 @@ impl Server {
             let accepted = match (from, &self.tls) {
                 (Listener::Plain, _) => self.listener.accept(),
                 (Listener::Tls, Some(tls)) => tls.listener.accept(),
-                (Listener::Tls, None) => return Backlog::Drained,
+                (Listener::Tls, None) => return Backlog::Empty,
             };
             match accepted {
                 Ok((stream, addr)) => {
@@ -125,7 +139,7 @@ impl Server {
                     }
                     self.accept(stream, addr, from, now);
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Backlog::Drained,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Backlog::Empty,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 // One pending connection died before it was accepted: skip it.
                 Err(e)
@@ -185,6 +199,120 @@ impl Server {
                 now.saturating_duration_since(starved.since),
                 starved.accepted
             );
+        }
+    }
+}
+
+/// Admission.
+impl Server {
+    fn accept(&mut self, mut stream: TcpStream, addr: SocketAddr, from: Listener, now: Instant) {
+        if let Err(e) = stream.set_nodelay(true) {
+            log::debug!("{addr}: set_nodelay failed: {e}");
+        }
+        let ip = addr.ip();
+        let from_ip = self.per_ip.get(&ip).copied().unwrap_or(0);
+        if self.sockets >= self.config.max_connections {
+            let max = self.config.max_connections;
+            return self.refuse(
+                stream,
+                addr,
+                from,
+                &format!("the broker has {max} connections"),
+            );
+        }
+        if from_ip >= self.config.max_connections_per_ip {
+            let max = self.config.max_connections_per_ip;
+            return self.refuse(
+                stream,
+                addr,
+                from,
+                &format!("{max} connections from {ip} are open"),
+            );
+        }
+        let encryption = match (from, &self.tls) {
+            (Listener::Plain, _) => Encryption::Plain,
+            (Listener::Tls, Some(tls)) => match tls::new_session(&tls.config) {
+                Ok(session) => Encryption::Tls(Box::new(session)),
+                Err(e) => {
+                    log::warn!("{addr}: TLS session refused: {e}");
+                    return;
+                }
+            },
+            (Listener::Tls, None) => return,
+        };
+        let Some(registry) = self.registry.as_ref() else {
+            return;
+        };
+        let id = self.router.handle_connect(now);
+        self.router.set_peer_addr(id, addr);
+        let token = Token(self.token_base + CONN_OFFSET + id.slot as usize);
+        if let Err(e) =
+            registry.register(&mut stream, token, Interest::READABLE | Interest::WRITABLE)
+        {
+            log::warn!("{addr}: register failed: {e}");
+            self.router.handle_disconnect(id, now);
+            return;
+        }
+        let slot = id.slot as usize;
+        if self.conns.len() <= slot {
+            self.conns.resize_with(slot + 1, || None);
+        }
+        self.conns[slot] = Some(IoConnection::new(
+            id,
+            stream,
+            ip,
+            encryption,
+            self.config.router.max_payload,
+        ));
+        *self.per_ip.entry(ip).or_default() += 1;
+        self.sockets += 1;
+        self.stats.accepted += 1;
+        match from {
+            Listener::Plain => log::info!("{id}: accepted from {addr}"),
+            Listener::Tls => {
+                self.stats.tls_accepted += 1;
+                log::info!("{id}: accepted from {addr} (tls)");
+            }
+        }
+    }
+
+    /// Refuses an accepted connection over a connection limit: one ERROR LIMIT_EXCEEDED (nil
+    /// request id), best effort, then close. The router never sees it.
+    fn refuse(&mut self, mut stream: TcpStream, addr: SocketAddr, from: Listener, text: &str) {
+        use std::io::{Read, Write};
+        self.stats.refused += 1;
+        // A debug line and a counter, not an info line: a connection flood must not flood the log.
+        log::debug!("{addr}: refused: {text}");
+        if from == Listener::Tls {
+            // A TLS client could not read a plain ERROR frame: it sees the connection closed
+            // during its handshake. Dropping the stream closes it.
+            return;
+        }
+        let payload = encode_error(ErrorCode::LimitExceeded as u16, text, &[]);
+        let header = Header {
+            request_id: RequestId::NIL,
+            is_final: true,
+            payload_len: payload.len() as u32,
+            ..Header::new(FrameType::Error)
+        };
+        let mut frame = Vec::with_capacity(header.encode().len() + payload.len());
+        frame.extend_from_slice(&header.encode());
+        frame.extend_from_slice(&payload);
+        // A fresh socket's send buffer takes a small frame whole; if not, the peer gets only the
+        // close. Nothing here blocks: the stream is non-blocking.
+        if let Err(e) = stream.write_all(&frame) {
+            log::debug!("{addr}: refusal not written: {e}");
+        }
+        // FIN after the frame; then discard what the peer already sent (its HELLO), so that the
+        // close does not turn into a reset that could destroy the frame before it is read.
+        let _ = stream.shutdown(std::net::Shutdown::Write);
+        let mut sink = [0u8; 1024];
+        for _ in 0..64 {
+            match stream.read(&mut sink) {
+                Ok(n) if n > 0 => continue,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                _ => break,
+            }
         }
     }
 }

@@ -1,7 +1,7 @@
-//! The I/O side of one connection: socket, transport, read buffer, decoder.
+//! The I/O side of one connection: socket, encryption (plain or TLS), read buffer, decoder.
 //!
 //! The router owns the outbound queue (it needs its length for flow control); this side owns
-//! what arrives. One connection type serves both listeners: its [`Transport`] is `Plain` or
+//! what arrives. One connection type serves both listeners: its [`Encryption`] is `Plain` or
 //! `Tls` (see `tls.rs`), and everything past the read buffer (decoder, router) is the same.
 //!
 //! Reads land in one scratch buffer shared by every connection and only the bytes received are
@@ -58,8 +58,9 @@ pub(crate) enum Fill {
     TlsFailed(rustls::Error),
 }
 
-/// How a connection's bytes are carried.
-pub(crate) enum Transport {
+/// How a connection's bytes are carried: in the clear or inside TLS records. (Not "transport":
+/// that names the client's socket threads.)
+pub(crate) enum Encryption {
     /// Frames straight on the socket.
     Plain,
     /// Frames inside TLS records (boxed: a plain connection stays small).
@@ -71,7 +72,7 @@ pub(crate) struct IoConnection {
     pub(crate) stream: TcpStream,
     /// The peer's IP address (for the per-address connection limit).
     pub(crate) ip: IpAddr,
-    pub(crate) transport: Transport,
+    pub(crate) encryption: Encryption,
     pub(crate) read_buf: BytesMut,
     pub(crate) decoder: Decoder,
     /// Queued in the server's to-read list (avoids duplicates).
@@ -85,14 +86,14 @@ impl IoConnection {
         id: ConnId,
         stream: TcpStream,
         ip: IpAddr,
-        transport: Transport,
+        encryption: Encryption,
         max_payload: u32,
     ) -> IoConnection {
         IoConnection {
             id,
             stream,
             ip,
-            transport,
+            encryption,
             read_buf: BytesMut::new(),
             decoder: Decoder::new(max_payload),
             queued_for_read: false,
@@ -103,7 +104,7 @@ impl IoConnection {
     /// Reads once from the socket through `scratch` into the read buffer (for TLS: through
     /// rustls, which appends the plaintext).
     pub(crate) fn fill(&mut self, scratch: &mut [u8], pool: &mut BufferPool) -> io::Result<Fill> {
-        if let Transport::Tls(tls) = &self.transport {
+        if let Encryption::Tls(tls) = &self.encryption {
             if tls.peer_closed {
                 return Ok(Fill::Eof);
             }
@@ -112,15 +113,15 @@ impl IoConnection {
             match self.stream.read(scratch) {
                 Ok(0) => return Ok(Fill::Eof),
                 Ok(n) => {
-                    let tls = match &mut self.transport {
-                        Transport::Plain => {
+                    let tls = match &mut self.encryption {
+                        Encryption::Plain => {
                             if self.read_buf.capacity() == 0 {
                                 self.read_buf = pool.take();
                             }
                             self.read_buf.extend_from_slice(&scratch[..n]);
                             return Ok(Fill::Read(n));
                         }
-                        Transport::Tls(tls) => tls,
+                        Encryption::Tls(tls) => tls,
                     };
                     return Ok(match tls.absorb(&scratch[..n], &mut self.read_buf, pool) {
                         Absorbed::Ok => Fill::Read(n),
@@ -138,18 +139,18 @@ impl IoConnection {
     /// True when rustls holds records to write with nothing queued in the router for them
     /// (handshake messages, alerts, the records of an earlier flush the socket did not take).
     pub(crate) fn tls_wants_write(&self) -> bool {
-        match &self.transport {
-            Transport::Plain => false,
-            Transport::Tls(tls) => tls.conn.wants_write(),
+        match &self.encryption {
+            Encryption::Plain => false,
+            Encryption::Tls(tls) => tls.conn.wants_write(),
         }
     }
 
     /// True for a connection of the TLS listener.
     pub(crate) fn is_tls(&self) -> bool {
-        matches!(self.transport, Transport::Tls(_))
+        matches!(self.encryption, Encryption::Tls(_))
     }
 
-    /// Gives a drained read buffer back to the pool, so an idle connection holds none.
+    /// Gives an emptied read buffer back to the pool, so an idle connection holds none.
     pub(crate) fn trim(&mut self, pool: &mut BufferPool) {
         if self.read_buf.is_empty() && self.read_buf.capacity() > 0 {
             pool.give(std::mem::take(&mut self.read_buf));

@@ -17,6 +17,21 @@
 //!   }
 //! ```
 //!
+//! # Module map
+//! ```text
+//!   mod.rs         Server: configuration, stats, the embedding API, router outputs, close
+//!   accept.rs      admission (limits, TLS session, registration) and accept starvation
+//!   input.rs       read + decode + feed the router, within the read budget
+//!   flush.rs       the write side of the router's byte seam (poll_transmit / handle_written)
+//!   connection.rs  the I/O half of one connection: socket, encryption, read buffer, decoder
+//!   tls.rs         rustls, sans-IO, under the same loop
+//!   run.rs         Server::run, Server::spawn and ServerHandle: loops on the embedding API
+//!   metrics/       the Prometheus endpoint: HTTP handling (mod.rs), rendering (render.rs)
+//! ```
+//! Two connection tables, one id: the router's holds each connection's protocol state and
+//! outbound queue, the server's (`conns`, indexed by [`ConnId`]'s slot) holds its socket, read
+//! buffer and decoder. Bytes arrive here and leave through the router's queue.
+//!
 //! # Loop-turn discipline
 //! - Sockets are registered once for READABLE | WRITABLE (edge-triggered): no `epoll_ctl` per
 //!   write. Reads go until `WouldBlock`, the per-connection read budget, or a router pause;
@@ -40,8 +55,8 @@
 //! With [`ServerConfig::tls`] set, a second listener takes TLS connections (TLS 1.2 and 1.3,
 //! rustls with the `ring` provider); the plain listener stays as it is. The certificate chain and
 //! key are read at [`Server::bind`], which fails with a [`TlsConfigError`](crate::tls::TlsConfigError)
-//! naming the file. Connections from either listener are one connection type whose transport is
-//! plain or TLS (`connection.rs`); the router sees the same frames from both. The TLS transport's
+//! naming the file. Connections from either listener are one connection type whose encryption is
+//! plain or TLS (`connection.rs`); the router sees the same frames from both. The TLS path.s
 //! invariants — rustls holds at most [`TLS_BUFFER_LIMIT`] bytes of records behind the router's
 //! queue, records (handshake included) are written at every flush even with nothing queued,
 //! nothing blocks — are in `tls.rs`. A TLS peer that never completes its handshake never says
@@ -55,27 +70,28 @@
 
 mod accept;
 mod connection;
+mod flush;
+mod input;
 mod metrics;
+mod run;
 mod tls;
 
 pub use connection::CloseReason;
+pub use run::ServerHandle;
 pub use tls::{TlsListenerConfig, BUFFER_LIMIT as TLS_BUFFER_LIMIT};
 
 use hashbrown::HashMap;
 use mio::event::Event;
-use mio::net::{TcpListener, TcpStream};
-use mio::{Events, Interest, Poll, Registry, Token, Waker};
+use mio::net::TcpListener;
+use mio::{Interest, Registry, Token};
 use std::collections::VecDeque;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::mpsc;
-use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::ids::{ConnId, RequestId};
-use crate::protocol::{encode_error, ErrorCode, FrameType, Header};
-use crate::router::{Output, Router, RouterConfig, RouterStats, WriteStatus};
-use connection::{Fill, IoConnection, Transport};
+use crate::ids::ConnId;
+use crate::router::{Output, Router, RouterConfig, RouterStats};
+use connection::{Encryption, IoConnection};
 use switchyard_core::pool::BufferPool;
 
 /// Configuration of the server. `Default` listens on 127.0.0.1:7878 with the documented limits.
@@ -227,7 +243,7 @@ pub struct Server {
     read_pool: BufferPool,
     /// End of the current busy-poll window (see [`ServerConfig::busy_poll`]).
     spin_until: Instant,
-    /// A graceful shutdown began: the listener is deregistered and the router drains.
+    /// A graceful shutdown began: the listener is deregistered and the router shuts down.
     shutting_down: bool,
     stats: ServerStats,
     /// The Prometheus endpoint, when `metrics_listen` is set.
@@ -436,7 +452,7 @@ impl Server {
     pub fn handle_timeout(&mut self, now: Instant) {
         self.now = self.now.max(now);
         self.router.handle_timeout(now);
-        self.drain_outputs();
+        self.poll_router_outputs();
         // Connections re-queued by their budget or a resume: one pass over those queued now, so a
         // firehose re-queued during the pass waits for the next turn.
         for _ in 0..self.to_read.len() {
@@ -462,7 +478,8 @@ impl Server {
     }
 
     /// Begins a graceful shutdown (PROTOCOL.md §8.1): stops accepting connections and lets the
-    /// router drain, for at most the configured drain deadline. Idempotent. The server is done
+    /// router shut down gracefully, for at most [`ServerConfig::drain_deadline`] (the setting
+    /// keeps its name: it is the graceful shutdown's deadline). Idempotent. The server is done
     /// when [`Server::is_finished`].
     pub fn begin_shutdown(&mut self, now: Instant) {
         if std::mem::replace(&mut self.shutting_down, true) {
@@ -479,110 +496,13 @@ impl Server {
             "shutting down: no new connections; draining for at most {:?}",
             self.config.drain_deadline
         );
-        self.router.begin_drain(now, self.config.drain_deadline);
-        self.drain_outputs();
+        self.router.begin_shutdown(now, self.config.drain_deadline);
+        self.poll_router_outputs();
     }
 
     /// True once a graceful shutdown has closed every connection.
     pub fn is_finished(&self) -> bool {
-        self.shutting_down && self.sockets == 0 && self.router.is_drained()
-    }
-
-    /// Runs the server's own poll loop. SIGINT or SIGTERM begins a graceful shutdown; a second
-    /// one closes every connection at once. Returns when the shutdown is complete.
-    ///
-    /// # Errors
-    /// Failure to create or wait on the poll, or to install the signal handlers.
-    pub fn run(mut self) -> io::Result<()> {
-        use signal_hook::consts::{SIGINT, SIGTERM};
-        let mut poll = Poll::new()?;
-        self.register(poll.registry(), Token(0))?;
-        let mut signals = signal_hook_mio::v1_0::Signals::new([SIGINT, SIGTERM])?;
-        poll.registry()
-            .register(&mut signals, SIGNAL_TOKEN, Interest::READABLE)?;
-        let mut events = Events::with_capacity(1024);
-        loop {
-            let foreign = self.turn(&mut poll, &mut events)?;
-            if foreign {
-                for signal in signals.pending() {
-                    #[allow(clippy::disallowed_methods)] // the server reads the clock
-                    let now = Instant::now();
-                    if self.shutting_down {
-                        log::warn!("signal {signal} again: closing every connection now");
-                        self.close_all();
-                    } else {
-                        log::info!("signal {signal}: graceful shutdown");
-                        self.begin_shutdown(now);
-                        self.handle_timeout(now);
-                    }
-                }
-            }
-            if self.is_finished() {
-                log::info!("shutdown complete");
-                return Ok(());
-            }
-        }
-    }
-
-    /// Runs the server on its own thread; the handle reads its stats and stops it.
-    ///
-    /// # Errors
-    /// Bind or poll creation failure.
-    pub fn spawn(config: ServerConfig) -> io::Result<ServerHandle> {
-        let mut server = Server::bind(config)?;
-        let addr = server.local_addr();
-        let metrics_addr = server.metrics_addr();
-        let tls_addr = server.tls_addr();
-        let poll = Poll::new()?;
-        server.register(poll.registry(), Token(0))?;
-        let waker = Waker::new(poll.registry(), CONTROL_TOKEN)?;
-        let (control_tx, control_rx) = mpsc::channel::<Control>();
-        let thread = thread::Builder::new()
-            .name("switchyard".into())
-            .spawn(move || serve_with_control(server, poll, control_rx))?;
-        Ok(ServerHandle {
-            addr,
-            metrics_addr,
-            tls_addr,
-            waker,
-            control: control_tx,
-            thread: Some(thread),
-        })
-    }
-
-    /// One loop turn: wait, dispatch events, finish the turn. Returns whether an event for a
-    /// token outside the server's range arrived (the caller's own sources).
-    fn turn(&mut self, poll: &mut Poll, events: &mut Events) -> io::Result<bool> {
-        #[allow(clippy::disallowed_methods)] // the server is where the clock is read
-        let before = Instant::now();
-        let mut timeout = self
-            .poll_timeout()
-            .map(|at| at.saturating_duration_since(before));
-        if self.spin_until > before {
-            // Busy-poll window after activity: look for more without sleeping, which saves the
-            // wakeup (tens of µs on a VM) of a request that follows the last one closely.
-            timeout = Some(Duration::ZERO);
-        }
-        match poll.poll(events, timeout) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(false),
-            Err(e) => return Err(e),
-        }
-        #[allow(clippy::disallowed_methods)] // once per wakeup, passed down
-        let now = Instant::now();
-        let mut foreign = false;
-        for event in events.iter() {
-            if self.owns(event.token()) {
-                self.handle_event(event, now);
-            } else {
-                foreign = true;
-            }
-        }
-        if !events.is_empty() && !self.config.busy_poll.is_zero() {
-            self.spin_until = now + self.config.busy_poll;
-        }
-        self.handle_timeout(now);
-        Ok(foreign)
+        self.shutting_down && self.sockets == 0 && self.router.is_shut_down()
     }
 
     /// Closes every connection (shutdown).
@@ -601,206 +521,7 @@ impl Server {
             .filter(|c| c.id == id)
     }
 
-    fn accept(&mut self, mut stream: TcpStream, addr: SocketAddr, from: Listener, now: Instant) {
-        if let Err(e) = stream.set_nodelay(true) {
-            log::debug!("{addr}: set_nodelay failed: {e}");
-        }
-        let ip = addr.ip();
-        let from_ip = self.per_ip.get(&ip).copied().unwrap_or(0);
-        if self.sockets >= self.config.max_connections {
-            let max = self.config.max_connections;
-            return self.refuse(
-                stream,
-                addr,
-                from,
-                &format!("the broker has {max} connections"),
-            );
-        }
-        if from_ip >= self.config.max_connections_per_ip {
-            let max = self.config.max_connections_per_ip;
-            return self.refuse(
-                stream,
-                addr,
-                from,
-                &format!("{max} connections from {ip} are open"),
-            );
-        }
-        let transport = match (from, &self.tls) {
-            (Listener::Plain, _) => Transport::Plain,
-            (Listener::Tls, Some(tls)) => match tls::new_session(&tls.config) {
-                Ok(session) => Transport::Tls(Box::new(session)),
-                Err(e) => {
-                    log::warn!("{addr}: TLS session refused: {e}");
-                    return;
-                }
-            },
-            (Listener::Tls, None) => return,
-        };
-        let Some(registry) = self.registry.as_ref() else {
-            return;
-        };
-        let id = self.router.handle_connect(now);
-        self.router.set_peer_addr(id, addr);
-        let token = Token(self.token_base + CONN_OFFSET + id.slot as usize);
-        if let Err(e) =
-            registry.register(&mut stream, token, Interest::READABLE | Interest::WRITABLE)
-        {
-            log::warn!("{addr}: register failed: {e}");
-            self.router.handle_disconnect(id, now);
-            return;
-        }
-        let slot = id.slot as usize;
-        if self.conns.len() <= slot {
-            self.conns.resize_with(slot + 1, || None);
-        }
-        self.conns[slot] = Some(IoConnection::new(
-            id,
-            stream,
-            ip,
-            transport,
-            self.config.router.max_payload,
-        ));
-        *self.per_ip.entry(ip).or_default() += 1;
-        self.sockets += 1;
-        self.stats.accepted += 1;
-        match from {
-            Listener::Plain => log::info!("{id}: accepted from {addr}"),
-            Listener::Tls => {
-                self.stats.tls_accepted += 1;
-                log::info!("{id}: accepted from {addr} (tls)");
-            }
-        }
-    }
-
-    /// Refuses an accepted connection over a connection limit: one ERROR LIMIT_EXCEEDED (nil
-    /// request id), best effort, then close. The router never sees it.
-    fn refuse(&mut self, mut stream: TcpStream, addr: SocketAddr, from: Listener, text: &str) {
-        use std::io::{Read, Write};
-        self.stats.refused += 1;
-        // A debug line and a counter, not an info line: a connection flood must not flood the log.
-        log::debug!("{addr}: refused: {text}");
-        if from == Listener::Tls {
-            // A TLS client could not read a plain ERROR frame: it sees the connection closed
-            // during its handshake. Dropping the stream closes it.
-            return;
-        }
-        let payload = encode_error(ErrorCode::LimitExceeded as u16, text, &[]);
-        let header = Header {
-            request_id: RequestId::NIL,
-            is_final: true,
-            payload_len: payload.len() as u32,
-            ..Header::new(FrameType::Error)
-        };
-        let mut frame = Vec::with_capacity(header.encode().len() + payload.len());
-        frame.extend_from_slice(&header.encode());
-        frame.extend_from_slice(&payload);
-        // A fresh socket's send buffer takes a small frame whole; if not, the peer gets only the
-        // close. Nothing here blocks: the stream is non-blocking.
-        if let Err(e) = stream.write_all(&frame) {
-            log::debug!("{addr}: refusal not written: {e}");
-        }
-        // FIN after the frame; then discard what the peer already sent (its HELLO), so that the
-        // close does not turn into a reset that could destroy the frame before it is read.
-        let _ = stream.shutdown(std::net::Shutdown::Write);
-        let mut sink = [0u8; 1024];
-        for _ in 0..64 {
-            match stream.read(&mut sink) {
-                Ok(n) if n > 0 => continue,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                _ => break,
-            }
-        }
-    }
-
-    /// Decodes buffered frames and reads more, within the budget, until paused or drained.
-    fn drive_input(&mut self, id: ConnId, now: Instant) {
-        let mut budget = self.config.read_budget;
-        loop {
-            // Frames already buffered first: they may be all that is left after a pause.
-            loop {
-                if self.router.is_read_paused(id) {
-                    return;
-                }
-                let Some(c) = self.conn_mut(id) else {
-                    return;
-                };
-                match c.decoder.decode(&mut c.read_buf) {
-                    Ok(Some(frame)) => {
-                        self.stats.frames_in += 1;
-                        self.router.handle_frame(id, frame, now);
-                        self.drain_outputs();
-                    }
-                    Ok(None) => break,
-                    Err(error) => {
-                        self.router.handle_decode_error(id, error, now);
-                        self.drain_outputs();
-                        return;
-                    }
-                }
-            }
-            if budget == 0 {
-                self.queue_read(id);
-                return;
-            }
-            let slot = self
-                .conns
-                .get_mut(id.slot as usize)
-                .and_then(|c| c.as_mut());
-            let Some(c) = slot.filter(|c| c.id == id) else {
-                return;
-            };
-            let filled = c.fill(&mut self.scratch, &mut self.read_pool);
-            // TLS: input may call for output with nothing queued in the router (the handshake's
-            // next flight, an alert, a key update): the flush at the end of the turn writes it.
-            let tls_output = c.tls_wants_write();
-            match filled {
-                Ok(Fill::Read(n)) => {
-                    self.stats.bytes_in += n as u64;
-                    budget = budget.saturating_sub(n);
-                    if tls_output {
-                        self.queue_flush(id);
-                    }
-                }
-                Ok(Fill::TlsHandshakeDone(n)) => {
-                    self.stats.bytes_in += n as u64;
-                    budget = budget.saturating_sub(n);
-                    if let Some(Transport::Tls(tls)) = self.conn_mut(id).map(|c| &c.transport) {
-                        log::debug!(
-                            "{id}: TLS handshake done ({:?}, {:?})",
-                            tls.conn.protocol_version(),
-                            tls.conn.negotiated_cipher_suite().map(|s| s.suite())
-                        );
-                    }
-                    if tls_output {
-                        self.queue_flush(id);
-                    }
-                }
-                Ok(Fill::TlsFailed(error)) => {
-                    let who = self.router.describe(id);
-                    let handshaking = self.conn_mut(id).is_some_and(
-                        |c| matches!(&c.transport, Transport::Tls(t) if t.is_handshaking()),
-                    );
-                    if handshaking {
-                        log::info!("{who}: TLS handshake failed: {error}");
-                    } else {
-                        log::info!("{who}: TLS error: {error}");
-                    }
-                    return self.close(id, CloseReason::TlsError, now);
-                }
-                Ok(Fill::WouldBlock) => {
-                    c.trim(&mut self.read_pool);
-                    return;
-                }
-                // Close at once, not at the end of the turn: anything routed later in this
-                // turn (a reconnect with the same client id, presence) must already see the
-                // departure, in the order the peer's actions happened.
-                Ok(Fill::Eof) => return self.close(id, CloseReason::PeerClosed, now),
-                Err(e) => return self.close(id, CloseReason::IoError(e.kind()), now),
-            }
-        }
-    }
-
-    fn drain_outputs(&mut self) {
+    fn poll_router_outputs(&mut self) {
         while let Some(output) = self.router.poll_output() {
             match output {
                 Output::Transmit(id) => self.queue_flush(id),
@@ -810,64 +531,6 @@ impl Server {
                 }
                 Output::Resume(id) => self.queue_read(id),
             }
-        }
-    }
-
-    fn queue_read(&mut self, id: ConnId) {
-        if let Some(c) = self.conn_mut(id) {
-            if !std::mem::replace(&mut c.queued_for_read, true) {
-                self.to_read.push_back(id);
-            }
-        }
-    }
-
-    fn queue_flush(&mut self, id: ConnId) {
-        if let Some(c) = self.conn_mut(id) {
-            if !std::mem::replace(&mut c.queued_for_flush, true) {
-                self.to_flush.push(id);
-            }
-        }
-    }
-
-    /// Writes every queued connection once, up to the write budget each.
-    fn flush_all(&mut self) {
-        let mut pending = std::mem::take(&mut self.to_flush);
-        for id in pending.drain(..) {
-            let budget = self.config.write_budget;
-            let Some(slot) = self.conns.get_mut(id.slot as usize) else {
-                continue;
-            };
-            let Some(c) = slot.as_mut().filter(|c| c.id == id) else {
-                continue;
-            };
-            c.queued_for_flush = false;
-            let written = match &mut c.transport {
-                Transport::Plain => self.router.write_to(id, &mut c.stream, budget),
-                // Records rustls already holds go first, even with nothing queued in the router
-                // (the handshake); then the router's queue through the bounded TLS writer.
-                Transport::Tls(tls) => match tls.push_records(&mut c.stream) {
-                    Ok(_) => self
-                        .router
-                        .write_to(id, &mut tls.writer(&mut c.stream), budget),
-                    Err(e) => Err(e),
-                },
-            };
-            match written {
-                Ok(WriteStatus::Drained) | Ok(WriteStatus::Blocked) => {}
-                Ok(WriteStatus::BudgetSpent) => {
-                    c.queued_for_flush = true;
-                    self.to_flush.push(id);
-                }
-                Err(e) => self.to_close.push((id, CloseReason::IoError(e.kind()))),
-            }
-            // Draining may have resumed paused producers.
-            self.drain_outputs();
-        }
-        // Keep the vector's capacity for the next turn.
-        if self.to_flush.is_empty() {
-            self.to_flush = pending;
-        } else {
-            self.to_flush.append(&mut pending);
         }
     }
 
@@ -882,7 +545,7 @@ impl Server {
             return;
         };
         let mut tls_unfinished = false;
-        if let Transport::Tls(tls) = &mut c.transport {
+        if let Encryption::Tls(tls) = &mut c.encryption {
             tls_unfinished = tls.is_handshaking();
             if tls_unfinished {
                 self.stats.tls_handshake_failures += 1;
@@ -898,7 +561,7 @@ impl Server {
         }
         let who = self.router.describe(id);
         self.router.handle_disconnect(id, now);
-        self.drain_outputs();
+        self.poll_router_outputs();
         if let hashbrown::hash_map::Entry::Occupied(mut open) = self.per_ip.entry(c.ip) {
             *open.get_mut() -= 1;
             if *open.get() == 0 {
@@ -912,197 +575,5 @@ impl Server {
         } else {
             log::info!("{who}: closed ({reason:?})");
         }
-    }
-}
-
-/// The loop of [`Server::spawn`]: turns, then control messages, then watchers.
-fn serve_with_control(mut server: Server, mut poll: Poll, control_rx: mpsc::Receiver<Control>) {
-    let mut events = Events::with_capacity(1024);
-    let mut watchers: Vec<Watcher> = Vec::new();
-    loop {
-        if let Err(e) = server.turn(&mut poll, &mut events) {
-            log::error!("poll failed: {e}");
-            return;
-        }
-        while let Ok(control) = control_rx.try_recv() {
-            match control {
-                Control::Stats(reply) => {
-                    let _ = reply.send(server.stats());
-                }
-                Control::Watch(watcher) => watchers.push(watcher),
-                Control::Drain => {
-                    #[allow(clippy::disallowed_methods)] // the server reads the clock
-                    let now = Instant::now();
-                    server.begin_shutdown(now);
-                    server.handle_timeout(now);
-                }
-                Control::Shutdown => {
-                    server.close_all();
-                    return;
-                }
-            }
-        }
-        if !watchers.is_empty() {
-            // Checked after every turn, so a watcher sees every state the loop passes through.
-            let stats = server.stats();
-            watchers.retain(|w| {
-                if (w.condition)(&stats) {
-                    let _ = w.reply.try_send(stats);
-                    false
-                } else {
-                    !w.abandoned()
-                }
-            });
-        }
-        if server.is_finished() {
-            log::info!("shutdown complete");
-            return;
-        }
-    }
-}
-
-/// Token of the control waker in [`Server::spawn`]'s loop: just past the server's range.
-const CONTROL_TOKEN: Token = Token(Server::TOKEN_SPAN);
-
-/// Token of the signal source in [`Server::run`]'s loop.
-const SIGNAL_TOKEN: Token = Token(Server::TOKEN_SPAN + 1);
-
-enum Control {
-    Stats(mpsc::Sender<ServerStats>),
-    Watch(Watcher),
-    Drain,
-    Shutdown,
-}
-
-/// A waiter of [`ServerHandle::wait_until`]: answered with the first stats that satisfy it.
-struct Watcher {
-    condition: Box<dyn Fn(&ServerStats) -> bool + Send>,
-    reply: mpsc::SyncSender<ServerStats>,
-    gave_up: std::sync::Arc<std::sync::atomic::AtomicBool>,
-}
-
-impl Watcher {
-    fn abandoned(&self) -> bool {
-        self.gave_up.load(std::sync::atomic::Ordering::Relaxed)
-    }
-}
-
-/// Handle to a server running on its own thread ([`Server::spawn`]). Dropping it stops the
-/// server.
-pub struct ServerHandle {
-    addr: SocketAddr,
-    metrics_addr: Option<SocketAddr>,
-    tls_addr: Option<SocketAddr>,
-    waker: Waker,
-    control: mpsc::Sender<Control>,
-    thread: Option<thread::JoinHandle<()>>,
-}
-
-impl ServerHandle {
-    /// The address the server listens on.
-    pub fn local_addr(&self) -> SocketAddr {
-        self.addr
-    }
-
-    /// The address of the metrics endpoint, when it is on.
-    pub fn metrics_addr(&self) -> Option<SocketAddr> {
-        self.metrics_addr
-    }
-
-    /// The address of the TLS listener, when it is on.
-    pub fn tls_addr(&self) -> Option<SocketAddr> {
-        self.tls_addr
-    }
-
-    /// A snapshot of the server's state counts, taken between two loop turns.
-    ///
-    /// # Errors
-    /// `BrokenPipe` when the server thread has stopped.
-    pub fn stats(&self) -> io::Result<ServerStats> {
-        let (tx, rx) = mpsc::channel();
-        self.control
-            .send(Control::Stats(tx))
-            .map_err(|_| io::Error::from(io::ErrorKind::BrokenPipe))?;
-        self.waker.wake()?;
-        rx.recv_timeout(Duration::from_secs(10))
-            .map_err(|_| io::Error::from(io::ErrorKind::BrokenPipe))
-    }
-
-    /// Waits until the server's stats satisfy `condition` (checked after every loop turn), for at
-    /// most `timeout`. Returns the first satisfying stats, or the error `TimedOut` with no stats.
-    /// Event-driven: no polling, no sleeping.
-    ///
-    /// # Errors
-    /// `TimedOut`, or `BrokenPipe` when the server thread has stopped.
-    pub fn wait_until(
-        &self,
-        condition: impl Fn(&ServerStats) -> bool + Send + 'static,
-        timeout: Duration,
-    ) -> io::Result<ServerStats> {
-        let (tx, rx) = mpsc::sync_channel(1);
-        let gave_up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let watcher = Watcher {
-            condition: Box::new(condition),
-            reply: tx,
-            gave_up: gave_up.clone(),
-        };
-        self.control
-            .send(Control::Watch(watcher))
-            .map_err(|_| io::Error::from(io::ErrorKind::BrokenPipe))?;
-        self.waker.wake()?;
-        match rx.recv_timeout(timeout) {
-            Ok(stats) => Ok(stats),
-            Err(mpsc::RecvTimeoutError::Timeout) => {
-                gave_up.store(true, std::sync::atomic::Ordering::Relaxed);
-                Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "condition not reached in time",
-                ))
-            }
-            Err(mpsc::RecvTimeoutError::Disconnected) => Err(io::ErrorKind::BrokenPipe.into()),
-        }
-    }
-
-    /// Waits until every connection, channel, request, broadcast, timer and buffered byte is
-    /// gone ([`ServerStats::is_idle`]).
-    ///
-    /// # Errors
-    /// As [`ServerHandle::wait_until`].
-    pub fn wait_idle(&self, timeout: Duration) -> io::Result<ServerStats> {
-        self.wait_until(ServerStats::is_idle, timeout)
-    }
-
-    /// Begins a graceful shutdown, as a signal does for [`Server::run`]: the server thread ends
-    /// once the drain is complete (see [`ServerHandle::join`]).
-    ///
-    /// # Errors
-    /// `BrokenPipe` when the server thread has stopped.
-    pub fn begin_shutdown(&self) -> io::Result<()> {
-        self.control
-            .send(Control::Drain)
-            .map_err(|_| io::Error::from(io::ErrorKind::BrokenPipe))?;
-        self.waker.wake()
-    }
-
-    /// Waits for the server thread to end (after a graceful shutdown completed).
-    pub fn join(&mut self) {
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-
-    /// Stops the server: closes every connection and joins its thread. Idempotent.
-    pub fn shutdown(&mut self) {
-        if let Some(thread) = self.thread.take() {
-            let _ = self.control.send(Control::Shutdown);
-            let _ = self.waker.wake();
-            let _ = thread.join();
-        }
-    }
-}
-
-impl Drop for ServerHandle {
-    fn drop(&mut self) {
-        self.shutdown();
     }
 }

@@ -1,6 +1,6 @@
-//! The TLS transport of broker connections accepted on the TLS listener.
+//! The TLS encryption of broker connections accepted on the TLS listener.
 //!
-//! A TLS connection is an ordinary broker connection (`connection.rs`) whose transport carries a
+//! A TLS connection is an ordinary broker connection (`connection.rs`) whose encryption is a
 //! rustls [`ServerConnection`]: the router sees the same frames as from a plain connection and
 //! never knows the difference. rustls is used sans-IO; every byte still moves through the
 //! server's non-blocking, edge-triggered socket and the same loop turn.
@@ -19,13 +19,15 @@
 //! plaintext before it has been decoded.
 //!
 //! # Write path
-//! The router writes a connection's queue through `Router::write_to(id, writer, budget)`. A TLS
-//! connection gets a [`TlsWriter`]: each write first pushes the records rustls already holds
-//! to the socket until `WouldBlock`; if any are still pending (the socket is full) it reports
-//! `WouldBlock`, so the router keeps its queue and its watermarks keep pausing producers; else
-//! it lets rustls encrypt at most [`BUFFER_LIMIT`] bytes (rustls' own buffer limit) and pushes
-//! the records out. So rustls never holds more than one buffer limit of records behind the
-//! router's queue: the router's flow control sees every other byte.
+//! The router lends a connection's queue as borrowed slices (`Router::poll_transmit`) and is
+//! told how many bytes left it (`Router::handle_written`); `flush.rs` drives that loop. For a
+//! TLS connection the bytes "written" are the plaintext rustls took:
+//! [`TlsSession::write_plaintext`] first pushes the records rustls already holds to the socket
+//! until `WouldBlock`; if any are still pending (the socket is full) rustls takes nothing, so
+//! the router keeps its queue and its watermarks keep pausing producers; else rustls takes at
+//! most [`BUFFER_LIMIT`] bytes (its own buffer limit), and the flush reports exactly that to the
+//! router. So rustls never holds more than one buffer limit of records behind the router's
+//! queue: the router's flow control sees every other byte.
 //!
 //! # When records are flushed
 //! Records are written at every flush of the connection (the end of the turn, as for plain
@@ -204,46 +206,29 @@ impl TlsSession {
         let _ = self.push_records(stream);
     }
 
-    /// A writer for the router's queue; see the module docs.
-    pub(crate) fn writer<'a>(&'a mut self, stream: &'a mut TcpStream) -> TlsWriter<'a> {
-        TlsWriter {
-            session: self,
-            stream,
-        }
-    }
-}
-
-/// The `io::Write` the router's queue is flushed through for a TLS connection. Plaintext in,
-/// records out, never more than [`BUFFER_LIMIT`] held by rustls; see the module docs.
-pub(crate) struct TlsWriter<'a> {
-    session: &'a mut TlsSession,
-    stream: &'a mut TcpStream,
-}
-
-impl Write for TlsWriter<'_> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.write_vectored(&[IoSlice::new(buf)])
-    }
-
-    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-        if !self.session.push_records(self.stream)? {
-            // Records still pending: the socket is full. The router keeps its queue.
-            return Err(io::ErrorKind::WouldBlock.into());
+    /// Hands a prefix of `plaintext` (the front of the router's queue) to rustls, after
+    /// pushing the records it already holds. Returns how many bytes rustls took — `Ok(None)`
+    /// when it takes nothing now: records are still pending (the socket is full), or before the
+    /// handshake completes its plaintext buffer is full. rustls takes at most its buffer limit
+    /// ([`BUFFER_LIMIT`]), so the rest stays in the router's queue; see the module docs.
+    ///
+    /// # Errors
+    /// The socket's error while pushing records (the connection must close).
+    pub(crate) fn write_plaintext(
+        &mut self,
+        stream: &mut TcpStream,
+        plaintext: &[IoSlice<'_>],
+    ) -> io::Result<Option<usize>> {
+        if !self.push_records(stream)? {
+            return Ok(None);
         }
         // rustls coalesces the slices into records of up to 16 KiB, up to its buffer limit.
-        let accepted = self.session.conn.writer().write_vectored(bufs)?;
-        if accepted == 0 && bufs.iter().any(|b| !b.is_empty()) {
-            // Only before the handshake completes: its plaintext buffer is full. The handshake's
-            // completion (input) queues a flush that resumes the router's queue.
-            return Err(io::ErrorKind::WouldBlock.into());
+        let accepted = self.conn.writer().write_vectored(plaintext)?;
+        if accepted == 0 {
+            // Only before the handshake completes: its completion (input) queues a flush that
+            // resumes the router's queue.
+            return Ok(None);
         }
-        // The records just made go out now; what the socket does not take goes out at the next
-        // call or writable event.
-        self.session.push_records(self.stream)?;
-        Ok(accepted)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
+        Ok(Some(accepted))
     }
 }

@@ -20,7 +20,7 @@
 use std::time::Instant;
 
 use super::store::Key;
-use super::{conn_key, Peer, Router, StreamKey, TimerTarget};
+use super::{Peer, Router, StreamKey, TimerTarget};
 use crate::ids::{ChannelId, ClientId, ConnId, RequestId};
 use crate::protocol::{encode_u32, ErrorCode, Flags, Frame, FrameType, Header};
 use crate::wheel::TimerKey;
@@ -109,7 +109,7 @@ impl Router {
     /// Creates the broadcast for a START; `None` when it was refused (an error was sent).
     fn open_broadcast(&mut self, from: Peer, frame: &Frame, now: Instant) -> Option<Key> {
         let id = frame.header.request_id;
-        if self.draining {
+        if self.shutting_down {
             self.send_error(
                 from.conn,
                 ErrorCode::ShuttingDown,
@@ -174,8 +174,8 @@ impl Router {
             finished: false,
         });
         self.streams.insert(id, StreamKey::Broadcast(key));
-        if let Some(c) = self.conns.get_mut(conn_key(from.conn)) {
-            c.sent_in_flight += 1;
+        if let Some(c) = self.conns.get_mut(from.conn) {
+            c.start_sending();
         }
         let mut members = Vec::new();
         if let Some(b) = self.broadcasts.get(key) {
@@ -183,8 +183,8 @@ impl Router {
             members.extend(b.peers.iter().map(|p| p.conn));
         }
         for conn in members {
-            if let Some(c) = self.conns.get_mut(conn_key(conn)) {
-                c.streams.push(StreamKey::Broadcast(key));
+            if let Some(c) = self.conns.get_mut(conn) {
+                c.add_stream(StreamKey::Broadcast(key));
             }
         }
         log::debug!(
@@ -223,10 +223,7 @@ impl Router {
                 continue;
             }
             let conn = peer.conn;
-            let queued = self
-                .conns
-                .get(conn_key(conn))
-                .map_or(0, |c| c.outbound.len());
+            let queued = self.conns.get(conn).map_or(0, |c| c.outbound().len());
             if queued > high {
                 peer.state = PeerState::Failed;
                 log::debug!("{conn}: dropped from broadcast {id}: {queued} bytes queued");
@@ -389,7 +386,7 @@ impl Router {
         self.end_broadcast(key);
     }
 
-    /// The drain deadline passed with the broadcast in flight.
+    /// The shutdown deadline passed with the broadcast in flight.
     pub(super) fn end_broadcast_for_shutdown(&mut self, key: Key) {
         let Some(broadcast) = self.broadcasts.get(key) else {
             return;

@@ -13,14 +13,14 @@
 //! outnumber the live entries, so neither grows without bound under churn.
 //!
 //! # Invariants
-//! - `Connection::in_ready_queue` is true iff the connection's id is in `ready` (possibly stale).
+//! - A connection's ready mark (`Connection::enter_ready_queue`) is set iff the connection's id is in `ready` (possibly stale).
 //! - `live_waiting` counts the entries of `waiting` that name a queued request.
 
 use std::collections::VecDeque;
 use std::time::Instant;
 
 use super::store::Key;
-use super::{conn_key, Peer, Router};
+use super::{Peer, Router};
 use crate::ids::{ChannelId, ClientId, ConnId};
 use crate::protocol::{decode_u32, ErrorCode, Flags};
 
@@ -75,9 +75,9 @@ impl Router {
                 "a receive frame carries a 4-byte window",
             );
         };
-        if let Some(c) = self.conns.get_mut(conn_key(from.conn)) {
-            log::debug!("{}: receive window {} => {window}", from.conn, c.window);
-            c.window = window;
+        if let Some(c) = self.conns.get_mut(from.conn) {
+            log::debug!("{}: receive window {} => {window}", from.conn, c.window());
+            c.set_window(window);
         }
         self.mark_ready(from.conn, from.channel);
         self.assign_waiting(from.channel, now);
@@ -85,27 +85,25 @@ impl Router {
 
     /// Puts `conn` at the back of the ready FIFO if it has a free slot and is not there yet.
     pub(super) fn mark_ready(&mut self, conn: ConnId, channel_id: ChannelId) {
-        let Some(c) = self.conns.get_mut(conn_key(conn)) else {
+        let Some(c) = self.conns.get_mut(conn) else {
             return;
         };
-        if c.in_ready_queue || !c.has_free_slot() {
-            return;
-        }
         let Some(channel) = self.channels.get_mut(&channel_id) else {
             return;
         };
-        c.in_ready_queue = true;
-        channel.ready.push_back(conn);
+        if c.enter_ready_queue() {
+            channel.ready.push_back(conn);
+        }
     }
 
     /// The receiver that has waited longest among those with a free slot, taken off the FIFO.
     pub(super) fn pop_ready_receiver(&mut self, channel_id: ChannelId) -> Option<ConnId> {
         let channel = self.channels.get_mut(&channel_id)?;
         while let Some(conn) = channel.ready.pop_front() {
-            let Some(c) = self.conns.get_mut(conn_key(conn)) else {
+            let Some(c) = self.conns.get_mut(conn) else {
                 continue;
             };
-            c.in_ready_queue = false;
+            c.leave_ready_queue();
             if c.has_free_slot() {
                 return Some(conn);
             }

@@ -1,82 +1,117 @@
-//! The router's view of one connection.
+//! The router's view of one connection: its lifecycle, its credit as a receiver, what it takes
+//! part in, why its reading is paused, and its outbound queue.
 //!
 //! ```text
-//!   AwaitingHello ──hello ok──▶ Open { channel, client } ──protocol error──▶ Closing
-//!        │                            │                                       │
-//!        └──protocol error──▶ Closing  └──────────── disconnect ──────────────┴──▶ (removed)
+//!   AwaitingHello ──hello ok──▶ Open { channel, client } ──takeover──▶ Replaced { channel, client }
+//!    { deadline }                     │                                      │
+//!        │                            └──protocol error, shutdown──┐         │ (its close follows)
+//!        └──protocol error, handshake timeout, shutdown──────────▶ Closing { identity } ◀─┘
+//!                                                                     │
+//!                        disconnect (from any state) ───────────────▶ (removed)
 //! ```
-//! `Closing` means a fatal error frame is queued and the I/O layer was asked to close; all the
-//! connection's requests, credit and presence were already released, only its outbound queue is
-//! kept until the I/O layer reports the disconnect. Removal is the terminal state: the
-//! connection's key is never valid again (generation check), so closing twice is a no-op.
+//! - `AwaitingHello { deadline }`: waits for its HELLO until the handshake timer `deadline`
+//!   fires (none when the handshake timeout is off).
+//! - `Open`: a member of `channel` as `client`; the only state that receives requests.
+//! - `Replaced`: a newer connection took over its client id; it is leaving its channel silently
+//!   (no PEER_LEFT, no ghost: its successor is the same peer). Transient: the router closes it in
+//!   the same call.
+//! - `Closing { identity }`: a fatal error frame may be queued and the I/O layer was asked to
+//!   close it; all its requests, credit and presence were already released, only its outbound
+//!   queue is kept until the I/O layer reports the disconnect. `identity` keeps the channel and
+//!   client of its handshake for log lines.
+//!
+//! Removal is the terminal state: the connection's [`ConnId`] is never valid again (generation
+//! check), so closing twice is a no-op. Every transition is a method that matches on the current
+//! state; one that does not apply returns a [`StateError`] (never a silent `_ => {}`), and every
+//! change goes through [`Connection::set_state`], which logs `old => new` at trace.
+//!
+//! # Invariants
+//! - Only `AwaitingHello` holds a handshake timer; leaving it hands the timer back to the caller,
+//!   which removes it from the wheel.
+//! - `in_flight <= window` whenever the window was not lowered under it (a lowered window only
+//!   stops new assignments), and both are zero once it leaves `Open`.
+//! - `in_ready_queue` is true iff its id is in its channel's ready FIFO (possibly stale there).
 
+use super::heartbeat::Liveness;
 use super::outbound::OutboundQueue;
-use super::StreamKey;
+use super::{PauseCause, StateError, StreamKey};
 use crate::ids::{ChannelId, ClientId, ConnId};
+use crate::wheel::TimerKey;
 
+/// Where a connection is in its lifecycle; see the module docs.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub(super) enum ConnState {
-    /// Connected; waiting for its hello.
-    AwaitingHello,
+enum ConnState {
+    /// Connected; waiting for its hello until `deadline` (none: no handshake timeout).
+    AwaitingHello { deadline: Option<TimerKey> },
     /// Handshake done: a member of `channel` as `client`.
     Open {
         channel: ChannelId,
         client: ClientId,
     },
-    /// A fatal error is queued; waiting for the I/O layer to close it.
-    Closing,
+    /// A newer connection took over its client id: it leaves its channel silently.
+    Replaced {
+        channel: ChannelId,
+        client: ClientId,
+    },
+    /// Waiting for the I/O layer to close it; `identity` is its handshake's, if it had one.
+    Closing {
+        identity: Option<(ChannelId, ClientId)>,
+    },
+}
+
+impl ConnState {
+    fn name(&self) -> &'static str {
+        match self {
+            ConnState::AwaitingHello { .. } => "AwaitingHello",
+            ConnState::Open { .. } => "Open",
+            ConnState::Replaced { .. } => "Replaced",
+            ConnState::Closing { .. } => "Closing",
+        }
+    }
+}
+
+/// Why reading is paused: any cause pauses it, it resumes when none is left.
+#[derive(Clone, Copy, Default, Debug)]
+struct ReadPause {
+    /// A connection it feeds has more than the high watermark queued.
+    by_consumer: bool,
+    /// Its requests waiting for a receiver hold more than `max_held_bytes`.
+    by_held: bool,
 }
 
 pub(super) struct Connection {
-    pub(super) id: ConnId,
-    pub(super) state: ConnState,
-    pub(super) outbound: OutboundQueue,
+    id: ConnId,
+    state: ConnState,
+    outbound: OutboundQueue,
     /// The receive window: how many requests it is ready to hold at once.
-    pub(super) window: u32,
+    window: u32,
     /// Requests it holds as receiver.
-    pub(super) in_flight: u32,
+    in_flight: u32,
     /// True while it is in its channel's FIFO of ready receivers.
-    pub(super) in_ready_queue: bool,
+    in_ready_queue: bool,
     /// Every request and broadcast it takes part in (as sender, receiver or broadcast peer).
     /// Small in practice (bounded by the window and the requests it has outstanding); linear
     /// removal is cheaper than a map at these sizes.
-    pub(super) streams: Vec<StreamKey>,
+    streams: Vec<StreamKey>,
     /// Connections paused because this one's outbound queue went over the high watermark.
-    pub(super) waiters: Vec<ConnId>,
+    waiters: Vec<ConnId>,
     /// Bytes of its requests' frames held while they wait for a receiver.
-    pub(super) held_bytes: usize,
-    pub(super) paused_by_consumer: bool,
-    pub(super) paused_by_held: bool,
-    /// Wheel tick of the last frame received from it.
-    pub(super) last_activity: u64,
-    /// Wheel tick of the last write that took bytes of its outbound queue: while its reading is
-    /// paused, the only sign of life the broker can see (see `heartbeat.rs`).
-    pub(super) last_drained: u64,
-    /// Its armed heartbeat timer (none when heartbeats are off, or while closing).
-    pub(super) heartbeat: Option<crate::wheel::TimerKey>,
-    /// Its handshake deadline's timer: armed at accept, removed at the handshake or the close
-    /// (none when the handshake timeout is off).
-    pub(super) handshake_timer: Option<crate::wheel::TimerKey>,
+    held_bytes: usize,
+    pause: ReadPause,
+    /// What the heartbeat knows of it (see `heartbeat.rs`).
+    liveness: Liveness,
     /// Requests and broadcasts it started that are still in flight (bounded by
     /// `max_in_flight_per_connection`).
-    pub(super) sent_in_flight: usize,
-    /// Pings sent since it was last heard from.
-    pub(super) unanswered_pings: u32,
-    /// Tick at which the last ping was sent (a frame at or after it answers it).
-    pub(super) pinged_at: u64,
-    /// A newer connection took over its client id: it leaves its channel silently.
-    pub(super) replaced: bool,
+    sent_in_flight: usize,
     /// The peer's address, for log lines only (given by the I/O layer).
-    pub(super) peer_addr: Option<std::net::SocketAddr>,
-    /// Channel and client of its handshake, kept after it closes, for log lines.
-    pub(super) identity: Option<(ChannelId, ClientId)>,
+    peer_addr: Option<std::net::SocketAddr>,
 }
 
 impl Connection {
     pub(super) fn new(id: ConnId) -> Connection {
         Connection {
             id,
-            state: ConnState::AwaitingHello,
+            state: ConnState::AwaitingHello { deadline: None },
             outbound: OutboundQueue::default(),
             window: 0,
             in_flight: 0,
@@ -84,27 +119,165 @@ impl Connection {
             streams: Vec::new(),
             waiters: Vec::new(),
             held_bytes: 0,
-            paused_by_consumer: false,
-            paused_by_held: false,
-            last_activity: 0,
-            last_drained: 0,
-            heartbeat: None,
-            handshake_timer: None,
+            pause: ReadPause::default(),
+            liveness: Liveness::default(),
             sent_in_flight: 0,
-            unanswered_pings: 0,
-            pinged_at: 0,
-            replaced: false,
             peer_addr: None,
-            identity: None,
         }
     }
 
-    pub(super) fn set_state(&mut self, state: ConnState) {
-        log::trace!("{}: {:?} => {:?}", self.id, self.state, state);
-        if let ConnState::Open { channel, client } = state {
-            self.identity = Some((channel, client));
-        }
+    pub(super) fn id(&self) -> ConnId {
+        self.id
+    }
+
+    // ----- lifecycle -----
+
+    /// The one place the state changes.
+    fn set_state(&mut self, state: ConnState) {
+        log::trace!("{}: {} => {}", self.id, self.state.name(), state.name());
         self.state = state;
+    }
+
+    fn refuse(&self, event: &'static str) -> StateError {
+        StateError {
+            state: self.state.name(),
+            event,
+        }
+    }
+
+    /// Records the timer of its handshake deadline.
+    pub(super) fn arm_handshake_deadline(&mut self, timer: TimerKey) -> Result<(), StateError> {
+        match self.state {
+            ConnState::AwaitingHello { deadline: None } => {
+                self.state = ConnState::AwaitingHello {
+                    deadline: Some(timer),
+                };
+                Ok(())
+            }
+            _ => Err(self.refuse("arm_handshake_deadline")),
+        }
+    }
+
+    /// Its handshake deadline's timer fired: true when it still awaits its hello (close it).
+    pub(super) fn handshake_deadline_passed(&mut self) -> bool {
+        match self.state {
+            ConnState::AwaitingHello { .. } => {
+                self.state = ConnState::AwaitingHello { deadline: None };
+                true
+            }
+            // The timer is removed on every way out of AwaitingHello: a late firing is harmless.
+            ConnState::Open { .. } | ConnState::Replaced { .. } | ConnState::Closing { .. } => {
+                false
+            }
+        }
+    }
+
+    /// The handshake succeeded: `AwaitingHello → Open`. Returns the handshake timer, which the
+    /// caller removes from the wheel.
+    pub(super) fn open(
+        &mut self,
+        channel: ChannelId,
+        client: ClientId,
+    ) -> Result<Option<TimerKey>, StateError> {
+        match self.state {
+            ConnState::AwaitingHello { deadline } => {
+                self.set_state(ConnState::Open { channel, client });
+                Ok(deadline)
+            }
+            _ => Err(self.refuse("open")),
+        }
+    }
+
+    /// A newer connection took over its client id: `Open → Replaced`.
+    pub(super) fn replace(&mut self) -> Result<(), StateError> {
+        match self.state {
+            ConnState::Open { channel, client } => {
+                self.set_state(ConnState::Replaced { channel, client });
+                Ok(())
+            }
+            _ => Err(self.refuse("replace")),
+        }
+    }
+
+    /// Any state but `Closing` → `Closing`. Returns the handshake timer (if it was still awaiting
+    /// its hello), which the caller removes from the wheel.
+    ///
+    /// # Errors
+    /// Already `Closing`: closing is idempotent, the caller does nothing more.
+    pub(super) fn close(&mut self) -> Result<Option<TimerKey>, StateError> {
+        match self.state {
+            ConnState::AwaitingHello { deadline } => {
+                self.set_state(ConnState::Closing { identity: None });
+                Ok(deadline)
+            }
+            ConnState::Open { channel, client } | ConnState::Replaced { channel, client } => {
+                self.set_state(ConnState::Closing {
+                    identity: Some((channel, client)),
+                });
+                Ok(None)
+            }
+            ConnState::Closing { .. } => Err(self.refuse("close")),
+        }
+    }
+
+    /// Removes the handshake timer (the connection is going away); the caller removes it from
+    /// the wheel.
+    pub(super) fn take_handshake_deadline(&mut self) -> Option<TimerKey> {
+        match &mut self.state {
+            ConnState::AwaitingHello { deadline } => deadline.take(),
+            _ => None,
+        }
+    }
+
+    /// True while its handshake deadline is armed (for the invariant checks).
+    pub(super) fn has_handshake_deadline(&self) -> bool {
+        matches!(self.state, ConnState::AwaitingHello { deadline: Some(_) })
+    }
+
+    pub(super) fn is_awaiting_hello(&self) -> bool {
+        matches!(self.state, ConnState::AwaitingHello { .. })
+    }
+
+    pub(super) fn is_closing(&self) -> bool {
+        matches!(self.state, ConnState::Closing { .. })
+    }
+
+    pub(super) fn is_open(&self) -> bool {
+        matches!(self.state, ConnState::Open { .. })
+    }
+
+    /// True when a newer connection took over its client id (it leaves its channel silently).
+    pub(super) fn is_replaced(&self) -> bool {
+        matches!(self.state, ConnState::Replaced { .. })
+    }
+
+    /// Channel and client while it is a member of its channel (`Open` or `Replaced`).
+    pub(super) fn membership(&self) -> Option<(ChannelId, ClientId)> {
+        match self.state {
+            ConnState::Open { channel, client } | ConnState::Replaced { channel, client } => {
+                Some((channel, client))
+            }
+            ConnState::AwaitingHello { .. } | ConnState::Closing { .. } => None,
+        }
+    }
+
+    /// Channel and client of its handshake while `Open`: who may send and receive.
+    pub(super) fn open_identity(&self) -> Option<(ChannelId, ClientId)> {
+        match self.state {
+            ConnState::Open { channel, client } => Some((channel, client)),
+            _ => None,
+        }
+    }
+
+    /// The channel it joined (nil before the handshake and once closing).
+    pub(super) fn channel(&self) -> ChannelId {
+        self.membership()
+            .map_or(ChannelId::NIL, |(channel, _)| channel)
+    }
+
+    /// Records the peer's address, for log lines.
+    pub(super) fn set_peer_addr(&mut self, addr: std::net::SocketAddr) {
+        self.peer_addr = Some(addr);
     }
 
     /// "conn#3.7 127.0.0.1:5000 channel C client X": who this is, for log lines.
@@ -112,7 +285,11 @@ impl Connection {
         let addr = self
             .peer_addr
             .map_or_else(|| String::from("-"), |a| a.to_string());
-        match self.identity {
+        let identity = match self.state {
+            ConnState::Closing { identity } => identity,
+            _ => self.membership(),
+        };
+        match identity {
             Some((channel, client)) => {
                 format!("{} {addr} channel {channel} client {client}", self.id)
             }
@@ -120,20 +297,180 @@ impl Connection {
         }
     }
 
+    // ----- flow control -----
+
     pub(super) fn is_read_paused(&self) -> bool {
-        self.paused_by_consumer || self.paused_by_held || matches!(self.state, ConnState::Closing)
+        self.pause.by_consumer || self.pause.by_held || self.is_closing()
+    }
+
+    /// Adds a cause of pause. Returns true when this cause was not already in force.
+    pub(super) fn pause(&mut self, cause: PauseCause) -> bool {
+        let flag = match cause {
+            PauseCause::Consumer => &mut self.pause.by_consumer,
+            PauseCause::Held => &mut self.pause.by_held,
+        };
+        !std::mem::replace(flag, true)
+    }
+
+    /// Lifts a cause of pause. Returns true when that made reading resume.
+    pub(super) fn unpause(&mut self, cause: PauseCause) -> bool {
+        let was_paused = self.is_read_paused();
+        match cause {
+            PauseCause::Consumer => self.pause.by_consumer = false,
+            PauseCause::Held => self.pause.by_held = false,
+        }
+        was_paused && !self.is_read_paused()
+    }
+
+    pub(super) fn outbound(&self) -> &OutboundQueue {
+        &self.outbound
+    }
+
+    pub(super) fn outbound_mut(&mut self) -> &mut OutboundQueue {
+        &mut self.outbound
+    }
+
+    /// `producer` was paused because this connection's queue is over the high watermark.
+    pub(super) fn add_waiter(&mut self, producer: ConnId) {
+        self.waiters.push(producer);
+    }
+
+    /// Forgets `producer` as a waiter; true when it was one.
+    pub(super) fn remove_waiter(&mut self, producer: ConnId) -> bool {
+        match self.waiters.iter().position(|w| *w == producer) {
+            Some(pos) => {
+                self.waiters.swap_remove(pos);
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub(super) fn has_waiters(&self) -> bool {
+        !self.waiters.is_empty()
+    }
+
+    /// Takes every waiter out (to resume them); give the vector back with
+    /// [`Connection::restore_waiters`] to keep its capacity.
+    pub(super) fn take_waiters(&mut self) -> Vec<ConnId> {
+        std::mem::take(&mut self.waiters)
+    }
+
+    /// Gives back the (emptied) vector taken by [`Connection::take_waiters`].
+    pub(super) fn restore_waiters(&mut self, mut waiters: Vec<ConnId>) {
+        waiters.clear();
+        self.waiters = waiters;
+    }
+
+    /// Adds `size` bytes held for its waiting requests; returns the new total.
+    pub(super) fn hold(&mut self, size: usize) -> usize {
+        self.held_bytes += size;
+        self.held_bytes
+    }
+
+    /// Gives back `size` held bytes; returns the new total.
+    pub(super) fn release_held(&mut self, size: usize) -> usize {
+        // INVARIANT: held once per frame, released once per frame.
+        debug_assert!(size <= self.held_bytes, "{}: held bytes underflow", self.id);
+        self.held_bytes = self.held_bytes.saturating_sub(size);
+        self.held_bytes
+    }
+
+    // ----- credit as a receiver -----
+
+    pub(super) fn window(&self) -> u32 {
+        self.window
+    }
+
+    pub(super) fn set_window(&mut self, window: u32) {
+        self.window = window;
+    }
+
+    pub(super) fn in_flight(&self) -> u32 {
+        self.in_flight
     }
 
     /// True when it can take one more request.
     pub(super) fn has_free_slot(&self) -> bool {
-        matches!(self.state, ConnState::Open { .. }) && self.in_flight < self.window
+        self.is_open() && self.in_flight < self.window
     }
 
-    /// The channel it joined (nil before the handshake).
-    pub(super) fn channel(&self) -> ChannelId {
-        match self.state {
-            ConnState::Open { channel, .. } => channel,
-            _ => ChannelId::NIL,
+    /// It holds one more request.
+    pub(super) fn take_request(&mut self) {
+        self.in_flight += 1;
+    }
+
+    /// A request it held has ended.
+    pub(super) fn end_request(&mut self) {
+        // INVARIANT: counted up once per assignment, down once when that request ends.
+        debug_assert!(self.in_flight > 0, "{}: in-flight count underflow", self.id);
+        self.in_flight = self.in_flight.saturating_sub(1);
+    }
+
+    /// Puts it in its channel's ready FIFO if it has a free slot and is not there yet: true when
+    /// the caller must push its id.
+    pub(super) fn enter_ready_queue(&mut self) -> bool {
+        if self.in_ready_queue || !self.has_free_slot() {
+            return false;
         }
+        self.in_ready_queue = true;
+        true
+    }
+
+    /// Its id was taken off (or dropped from) its channel's ready FIFO.
+    pub(super) fn leave_ready_queue(&mut self) {
+        self.in_ready_queue = false;
+    }
+
+    // ----- streams -----
+
+    pub(super) fn streams(&self) -> &[StreamKey] {
+        &self.streams
+    }
+
+    pub(super) fn add_stream(&mut self, stream: StreamKey) {
+        self.streams.push(stream);
+    }
+
+    pub(super) fn forget_stream(&mut self, stream: StreamKey) {
+        if let Some(pos) = self.streams.iter().position(|s| *s == stream) {
+            self.streams.swap_remove(pos);
+        }
+    }
+
+    /// Everything it took part in, taken out, and its credit withdrawn: what a departure ends.
+    pub(super) fn release(&mut self) -> Vec<StreamKey> {
+        self.window = 0;
+        std::mem::take(&mut self.streams)
+    }
+
+    pub(super) fn sent_in_flight(&self) -> usize {
+        self.sent_in_flight
+    }
+
+    /// It started one more request or broadcast.
+    pub(super) fn start_sending(&mut self) {
+        self.sent_in_flight += 1;
+    }
+
+    /// A request or broadcast it started has ended.
+    pub(super) fn end_sending(&mut self) {
+        // INVARIANT: counted up once per stream it started, down once when that stream ends.
+        debug_assert!(
+            self.sent_in_flight > 0,
+            "{}: sent in-flight count underflow",
+            self.id
+        );
+        self.sent_in_flight = self.sent_in_flight.saturating_sub(1);
+    }
+
+    // ----- liveness -----
+
+    pub(super) fn liveness(&self) -> &Liveness {
+        &self.liveness
+    }
+
+    pub(super) fn liveness_mut(&mut self) -> &mut Liveness {
+        &mut self.liveness
     }
 }

@@ -21,10 +21,104 @@
 
 use std::time::Instant;
 
-use super::connection::ConnState;
-use super::{conn_key, insert_timer, Router, TimerTarget};
+use super::{insert_timer, Router, TimerTarget};
 use crate::ids::ConnId;
 use crate::protocol::{ErrorCode, FrameType, Header};
+use crate::wheel::TimerKey;
+
+/// What the heartbeat knows of one connection. Ticks are the wheel's (milliseconds).
+#[derive(Default)]
+pub(super) struct Liveness {
+    /// Tick of the last frame received from it.
+    last_activity: u64,
+    /// Tick of the last write that took bytes of its outbound queue: while its reading is
+    /// paused, the only sign of life the broker can see.
+    last_written: u64,
+    /// Its armed heartbeat timer (none when heartbeats are off, or while it fires).
+    timer: Option<TimerKey>,
+    /// Pings sent since it was last heard from.
+    unanswered_pings: u32,
+    /// Tick at which the last ping was sent (a frame at or after it answers it).
+    pinged_at: u64,
+}
+
+/// What a firing heartbeat timer decided.
+enum Verdict {
+    /// Alive: re-arm at `next`.
+    Alive { next: u64 },
+    /// Silent for an interval: send PING `sequence`, re-arm at `next`.
+    Ping { sequence: u32, next: u64 },
+    /// Silent through every allowed ping: close it.
+    Dead { silent_for: u64 },
+}
+
+impl Liveness {
+    /// A frame arrived from it (the heartbeat's whole per-frame cost: one store).
+    pub(super) fn heard(&mut self, tick: u64) {
+        self.last_activity = tick;
+    }
+
+    /// A write took bytes of its outbound queue.
+    pub(super) fn wrote(&mut self, tick: u64) {
+        self.last_written = tick;
+    }
+
+    pub(super) fn set_timer(&mut self, timer: TimerKey) {
+        self.timer = Some(timer);
+    }
+
+    pub(super) fn take_timer(&mut self) -> Option<TimerKey> {
+        self.timer.take()
+    }
+
+    pub(super) fn has_timer(&self) -> bool {
+        self.timer.is_some()
+    }
+
+    /// The timer fired at `tick`. `paused_queue_empty` is `Some(queue is empty)` while flow
+    /// control pauses its reading, `None` otherwise. See the module docs.
+    fn check(
+        &mut self,
+        tick: u64,
+        interval_ms: u64,
+        misses: u32,
+        paused_queue_empty: Option<bool>,
+    ) -> Verdict {
+        match paused_queue_empty {
+            // Flow control stopped reading it, so its frames (its PONGs too) wait unread: its
+            // silence is ours. It is alive if it owes nothing (an empty queue: paused for
+            // someone else's sake) or takes what is queued for it; a paused connection that
+            // takes nothing for the whole heartbeat window is stuck, and closed like a silent
+            // one — else it would collect presence frames and pings without bound.
+            Some(true) => {
+                self.last_activity = tick;
+                self.unanswered_pings = 0;
+            }
+            Some(false) => self.last_activity = self.last_activity.max(self.last_written),
+            None => {}
+        }
+        if self.last_activity >= self.pinged_at {
+            // Heard from since the last ping: it is alive, whatever the interval says.
+            self.unanswered_pings = 0;
+        }
+        let silent_for = tick.saturating_sub(self.last_activity);
+        if silent_for < interval_ms {
+            Verdict::Alive {
+                next: self.last_activity + interval_ms,
+            }
+        } else if self.unanswered_pings < misses {
+            self.unanswered_pings += 1;
+            // Strictly after `last_activity`: only a frame that arrives from now on answers it.
+            self.pinged_at = tick.max(self.last_activity + 1);
+            Verdict::Ping {
+                sequence: self.unanswered_pings,
+                next: tick + interval_ms,
+            }
+        } else {
+            Verdict::Dead { silent_for }
+        }
+    }
+}
 
 impl Router {
     /// Arms the first heartbeat of a new connection.
@@ -35,71 +129,54 @@ impl Router {
         }
         let tick = self.tick(now);
         let deadline = self.deadline_tick(now, interval);
-        let key = conn_key(conn);
-        let timer = insert_timer(&mut self.wheel, deadline, TimerTarget::Heartbeat(key));
-        if let Some(c) = self.conns.get_mut(key) {
-            c.last_activity = tick;
-            c.heartbeat = Some(timer);
+        let timer = insert_timer(&mut self.wheel, deadline, TimerTarget::Heartbeat(conn));
+        if let Some(c) = self.conns.get_mut(conn) {
+            let liveness = c.liveness_mut();
+            liveness.heard(tick);
+            liveness.set_timer(timer);
         }
     }
 
     /// A connection's heartbeat timer fired.
-    pub(super) fn expire_heartbeat(&mut self, key: super::store::Key, now: Instant) {
+    pub(super) fn expire_heartbeat(&mut self, conn: ConnId, now: Instant) {
         let interval_ms = self.config.heartbeat_interval.as_millis() as u64;
         let misses = self.config.heartbeat_misses;
         let tick = self.tick(now);
-        let Some(c) = self.conns.get_mut(key) else {
+        let Some(c) = self.conns.get_mut(conn) else {
             return;
         };
-        c.heartbeat = None;
-        if matches!(c.state, ConnState::Closing) {
+        c.liveness_mut().take_timer();
+        if c.is_closing() {
             return;
         }
-        let conn = c.id;
-        if c.is_read_paused() {
-            // Flow control stopped reading it, so its frames (its PONGs too) wait unread: its
-            // silence is ours. It is alive if it owes nothing (an empty queue: paused for
-            // someone else's sake) or takes what is queued for it; a paused connection that
-            // takes nothing for the whole heartbeat window is stuck, and closed like a silent
-            // one — else it would collect presence frames and pings without bound.
-            if c.outbound.is_empty() {
-                c.last_activity = tick;
-                c.unanswered_pings = 0;
-            } else {
-                c.last_activity = c.last_activity.max(c.last_drained);
+        let paused_queue_empty = c.is_read_paused().then(|| c.outbound().is_empty());
+        let channel_id = c.channel();
+        let next = match c
+            .liveness_mut()
+            .check(tick, interval_ms, misses, paused_queue_empty)
+        {
+            Verdict::Alive { next } => next,
+            Verdict::Ping { sequence, next } => {
+                let ping = Header {
+                    channel_id,
+                    sequence,
+                    ..Header::new(FrameType::Ping)
+                };
+                self.send(conn, &ping, &bytes::Bytes::new(), None);
+                next
             }
-        }
-        if c.last_activity >= c.pinged_at {
-            // Heard from since the last ping: it is alive, whatever the interval says.
-            c.unanswered_pings = 0;
-        }
-        let silent_for = tick.saturating_sub(c.last_activity);
-        let next = if silent_for < interval_ms {
-            c.last_activity + interval_ms
-        } else if c.unanswered_pings < misses {
-            c.unanswered_pings += 1;
-            // Strictly after `last_activity`: only a frame that arrives from now on answers it.
-            c.pinged_at = tick.max(c.last_activity + 1);
-            let sequence = c.unanswered_pings;
-            let channel_id = c.channel();
-            let ping = Header {
-                channel_id,
-                sequence,
-                ..Header::new(FrameType::Ping)
-            };
-            self.send(conn, &ping, &bytes::Bytes::new(), None);
-            tick + interval_ms
-        } else {
-            log::info!("{conn}: no answer to {misses} pings; closing");
-            return self.fail_connection(
-                conn,
-                ErrorCode::HeartbeatTimeout,
-                &format!("silent for {silent_for} ms; {misses} pings unanswered"),
-            );
+            Verdict::Dead { silent_for } => {
+                log::info!("{conn}: no answer to {misses} pings; closing");
+                return self.fail_connection(
+                    conn,
+                    ErrorCode::HeartbeatTimeout,
+                    &format!("silent for {silent_for} ms; {misses} pings unanswered"),
+                );
+            }
         };
-        let timer = insert_timer(&mut self.wheel, next, TimerTarget::Heartbeat(key));
-        if let Some(c) = self.conns.get_mut(key) {
-            c.heartbeat = Some(timer);
+        let timer = insert_timer(&mut self.wheel, next, TimerTarget::Heartbeat(conn));
+        if let Some(c) = self.conns.get_mut(conn) {
+            c.liveness_mut().set_timer(timer);
         }
     }
 }

@@ -13,9 +13,52 @@
 //!   handle_disconnect(conn, now)         it closed (EOF, I/O error, or after Output::Close)
 //!   handle_timeout(now)                  the deadline from poll_timeout() passed (early is harmless)
 //! ```
-//! After each input the caller MUST drain [`Router::poll_output`] until `None`, then read
-//! [`Router::poll_timeout`] and wake up no later than the instant it returns. For every
-//! [`Output::Transmit`] it writes the connection's queued bytes with [`Router::write_to`].
+//! After each input the caller MUST poll [`Router::poll_output`] until `None`, then read
+//! [`Router::poll_timeout`] and wake up no later than the instant it returns:
+//! ```text
+//!   handle_*(.., now)
+//!   while let Some(output) = poll_output() {
+//!       Transmit(conn) => remember conn for writing (now, or at the end of the batch)
+//!       Close(conn)    => write what is queued (best effort), close, handle_disconnect
+//!       Resume(conn)   => feed its buffered frames again, read its socket again
+//!   }
+//!   poll_timeout()
+//! ```
+//! # Writing: the byte seam
+//! The router never writes: it has no socket, is handed no writer, and does not know what "would
+//! block" means. For a connection with bytes queued ([`Output::Transmit`]), the I/O layer asks
+//! [`Router::poll_transmit`] for a [`Transmit`] — the front of the queue as borrowed slices,
+//! zero-copy — writes any prefix of it (a vectored socket write, a TLS session's plaintext
+//! buffer) and reports the prefix's length with [`Router::handle_written`]. It repeats until
+//! `poll_transmit` returns `None` (the queue is empty), its socket takes no more, or its own
+//! per-wakeup budget is spent; each of those is its own decision. `handle_written` is where flow control
+//! sees the queue shrink: the buffered-bytes count, the low watermark's resumes (poll
+//! [`Router::poll_output`] after it) and the heartbeat's sign of life all follow from it.
+//! Bytes a write took before it failed MUST still be reported.
+//!
+//! # Who holds what
+//! The router's connection table holds protocol state and the outbound queue (flow control
+//! needs the queue's length on every send); the I/O layer's table holds sockets, read buffers
+//! and decoders. Both are indexed by the same [`ConnId`]: the I/O layer never keeps protocol
+//! state, and the router never keeps bytes that have not been decoded yet.
+//!
+//! # Module map
+//! ```text
+//!   mod.rs         Router, its configuration, outputs and stats; the timers' dispatch
+//!   dispatch.rs    input: a decoded frame checked against its connection's state and routed
+//!   connection.rs  one connection's lifecycle (AwaitingHello → Open → Closing), credit, pauses
+//!   lifecycle.rs   closing a connection and forgetting it (close_connection, handle_disconnect)
+//!   send.rs        everything queued to a connection; flow control; the byte seam's core side
+//!   outbound.rs    one connection's outbound queue and the Transmit it lends
+//!   presence.rs    handshake, channel membership, takeovers, ghosts
+//!   channel.rs     receive windows, the ready and waiting FIFOs
+//!   request/       request/reply: routing (mod.rs) and one request's state machine (state.rs)
+//!   broadcast.rs   broadcasts and their acks
+//!   heartbeat.rs   liveness: pings and the silent-connection close
+//!   shutdown.rs    graceful shutdown
+//!   store.rs       generation-checked slabs (connections keyed by ConnId itself)
+//!   invariants.rs  the cross-structure checks the tests run after every step
+//! ```
 //!
 //! # Invariants (checked by [`Router::check_invariants`] in tests)
 //! - A request is in exactly one state — Queued (in its channel's waiting FIFO), Assigned or
@@ -28,34 +71,34 @@
 mod broadcast;
 mod channel;
 mod connection;
-mod drain;
+mod dispatch;
 mod heartbeat;
+mod invariants;
+mod lifecycle;
 mod outbound;
 mod presence;
 mod request;
+mod send;
+mod shutdown;
 mod store;
 
 #[cfg(test)]
 mod tests;
 
-pub use outbound::WriteStatus;
+pub use outbound::{Transmit, MAX_TRANSMIT_SLICES};
 
-use bytes::Bytes;
 use hashbrown::HashMap;
 use std::collections::VecDeque;
-use std::io;
 use std::time::{Duration, Instant};
 
 use crate::auth::Tokens;
 use crate::ids::{ChannelId, ClientId, ConnId, RequestId};
 use crate::pool::BufferPool;
-use crate::protocol::{
-    encode_error, DecodeError, ErrorCode, Flags, Frame, FrameType, Header, DEFAULT_MAX_PAYLOAD,
-};
+use crate::protocol::{ErrorCode, DEFAULT_MAX_PAYLOAD};
 use crate::wheel::{Elapsed, TimerKey, TimerWheel};
 use broadcast::Broadcast;
 use channel::Channel;
-use connection::{ConnState, Connection};
+use connection::Connection;
 use request::Request;
 use store::{Key, Store};
 
@@ -71,7 +114,7 @@ pub struct RouterConfig {
     /// When a connection's outbound queue holds more than this, producers feeding it are paused
     /// and broadcast copies to it are dropped.
     pub high_watermark: usize,
-    /// Paused producers resume when the queue drains below this.
+    /// Paused producers resume when the queue is written down to this.
     pub low_watermark: usize,
     /// Bytes of request frames one connection may have held by the broker while its requests
     /// wait for a receiver; beyond it the connection is not read until they are assigned.
@@ -133,7 +176,8 @@ impl Default for RouterConfig {
 #[must_use]
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Output {
-    /// The connection has bytes queued: write them with [`Router::write_to`].
+    /// The connection has bytes queued: write them with [`Router::poll_transmit`] and
+    /// [`Router::handle_written`] (until `poll_transmit` says `None`, or the socket is full).
     Transmit(ConnId),
     /// The connection must be closed once its queued bytes (an error frame) are written; then
     /// call [`Router::handle_disconnect`]. The router ignores its input from now on.
@@ -196,13 +240,13 @@ enum TimerTarget {
     Request(Key),
     Broadcast(Key),
     /// A connection's liveness check (see `heartbeat.rs`).
-    Heartbeat(Key),
+    Heartbeat(ConnId),
     /// The deadline of a connection's handshake (see `presence.rs`).
-    Handshake(Key),
+    Handshake(ConnId),
     /// A departed peer's grace period (see `presence.rs`).
     Ghost(ChannelId, ClientId),
-    /// The end of a graceful shutdown's drain (see [`Router::begin_drain`]).
-    DrainDeadline,
+    /// The deadline of a graceful shutdown (see [`Router::begin_shutdown`]).
+    ShutdownDeadline,
 }
 
 /// The routing core. See the module docs for the calling contract.
@@ -210,7 +254,7 @@ pub struct Router {
     config: RouterConfig,
     /// Instant of tick 0 of the wheel: ticks are milliseconds since it.
     epoch: Instant,
-    conns: Store<Connection>,
+    conns: Store<Connection, ConnId>,
     channels: HashMap<ChannelId, Channel>,
     requests: Store<Request>,
     broadcasts: Store<Broadcast>,
@@ -226,13 +270,13 @@ pub struct Router {
     /// The time given with the latest input: what internal cleanups that have no `now` of their
     /// own (a protocol error's release) take as the present.
     now: Instant,
-    /// A graceful shutdown is under way (see [`Router::begin_drain`]).
-    draining: bool,
+    /// A graceful shutdown is under way (see [`Router::begin_shutdown`]).
+    shutting_down: bool,
     /// The connection whose frame is being handled, while [`Router::handle_frame`] runs: what
     /// the broker queues to it then answers its own input (see [`Router::send`]).
     input: Option<ConnId>,
-    /// The drain deadline's timer, while draining.
-    drain_timer: Option<TimerKey>,
+    /// The shutdown deadline's timer, while shutting down.
+    shutdown_timer: Option<TimerKey>,
     /// Error frames sent, by code.
     errors_by_code: HashMap<u16, u64>,
     /// Outbound buffers of connections with nothing queued (see `pool.rs`).
@@ -256,9 +300,9 @@ impl Router {
             held_bytes: 0,
             counters: RouterStats::default(),
             now,
-            draining: false,
+            shutting_down: false,
             input: None,
-            drain_timer: None,
+            shutdown_timer: None,
             errors_by_code: HashMap::new(),
             // 256 warm buffers of up to 64 KiB: at most 16 MiB retained, whatever the number of
             // connections; new ones start at 4 KiB (dozens of small frames per turn).
@@ -274,8 +318,7 @@ impl Router {
     /// Registers a new connection (awaiting its hello).
     pub fn handle_connect(&mut self, now: Instant) -> ConnId {
         self.now = self.now.max(now);
-        let key = self.conns.insert_with(|key| Connection::new(conn_id(key)));
-        let conn = conn_id(key);
+        let conn = self.conns.insert_with(Connection::new);
         self.arm_heartbeat(conn, now);
         self.arm_handshake_timeout(conn, now);
         conn
@@ -304,17 +347,17 @@ impl Router {
                 TimerTarget::Heartbeat(key) => self.expire_heartbeat(key, now),
                 TimerTarget::Handshake(key) => self.expire_handshake(key),
                 TimerTarget::Ghost(channel, client) => self.expire_ghost(channel, client),
-                TimerTarget::DrainDeadline => self.expire_drain(now),
+                TimerTarget::ShutdownDeadline => self.expire_shutdown(now),
             }
         }
-        self.close_idle_drained();
+        self.close_idle_for_shutdown();
     }
 
     /// True when the I/O layer must not feed frames from `conn` now (flow control, or the
     /// connection is closing). Frames already decoded stay buffered in the I/O layer; an
     /// [`Output::Resume`] says when to continue.
     pub fn is_read_paused(&self, conn: ConnId) -> bool {
-        match self.conns.get(conn_key(conn)) {
+        match self.conns.get(conn) {
             Some(c) => c.is_read_paused(),
             None => true,
         }
@@ -322,7 +365,7 @@ impl Router {
 
     /// "channel C client X" for a connection that completed its handshake, for log lines.
     pub fn describe(&self, conn: ConnId) -> String {
-        match self.conns.get(conn_key(conn)) {
+        match self.conns.get(conn) {
             Some(c) => c.describe(),
             None => format!("{conn} (closed)"),
         }
@@ -330,227 +373,8 @@ impl Router {
 
     /// Records the peer's address of a connection, for its log lines.
     pub fn set_peer_addr(&mut self, conn: ConnId, addr: std::net::SocketAddr) {
-        if let Some(c) = self.conns.get_mut(conn_key(conn)) {
-            c.peer_addr = Some(addr);
-        }
-    }
-
-    /// Bytes queued for `conn`.
-    pub fn queued_bytes(&self, conn: ConnId) -> usize {
-        self.conns
-            .get(conn_key(conn))
-            .map_or(0, |c| c.outbound.len())
-    }
-
-    /// Writes `conn`'s queued bytes to `writer` (vectored), at most about `budget` bytes.
-    ///
-    /// # Errors
-    /// The writer's error (other than `WouldBlock`): the caller should close the connection.
-    pub fn write_to(
-        &mut self,
-        conn: ConnId,
-        writer: &mut dyn io::Write,
-        budget: usize,
-    ) -> io::Result<WriteStatus> {
-        let tick = self.tick(self.now);
-        let Some(c) = self.conns.get_mut(conn_key(conn)) else {
-            return Ok(WriteStatus::Drained);
-        };
-        // `written` counts also when the writer failed after earlier writes of this call: those
-        // bytes have left the queue, so `outbound_bytes` must lose them now — the disconnect
-        // that follows subtracts only what is still queued.
-        let (written, result) = c.outbound.write_to(&mut self.outbound_pool, writer, budget);
-        if written > 0 {
-            c.last_drained = tick;
-        }
-        self.outbound_bytes -= written;
-        self.counters.bytes_out += written as u64;
-        let drained_below_low = c.outbound.len() <= self.config.low_watermark;
-        if drained_below_low && !c.waiters.is_empty() {
-            let waiters = std::mem::take(&mut c.waiters);
-            for waiter in &waiters {
-                self.unpause(*waiter, PauseCause::Consumer);
-            }
-            // Give the (emptied) vector back to keep its capacity.
-            let mut waiters = waiters;
-            waiters.clear();
-            if let Some(c) = self.conns.get_mut(conn_key(conn)) {
-                c.waiters = waiters;
-            }
-        }
-        result
-    }
-
-    /// A malformed byte stream on `conn`: queue the matching error frame and close it.
-    pub fn handle_decode_error(&mut self, conn: ConnId, error: DecodeError, now: Instant) {
-        self.now = self.now.max(now);
-        log::debug!("{conn}: malformed input: {error}");
-        self.fail_connection(conn, error.code(), &error.to_string());
-    }
-
-    /// `conn` closed. Frees everything it owned and tells whoever waited on it. Idempotent:
-    /// unknown (already closed) connections are ignored.
-    pub fn handle_disconnect(&mut self, conn: ConnId, now: Instant) {
-        self.forget_connection(conn, now);
-        if self.draining {
-            self.close_idle_drained();
-        }
-    }
-
-    fn forget_connection(&mut self, conn: ConnId, now: Instant) {
-        self.now = self.now.max(now);
-        let key = conn_key(conn);
-        if !self.conns.contains(key) {
-            return;
-        }
-        self.release_connection(conn);
-        if let Some(mut c) = self.conns.remove(key) {
-            if let Some(timer) = c.heartbeat.take() {
-                self.wheel.remove(timer);
-            }
-            if let Some(timer) = c.handshake_timer.take() {
-                self.wheel.remove(timer);
-            }
-            self.outbound_bytes -= c.outbound.len();
-            c.outbound.clear(&mut self.outbound_pool);
-            for waiter in c.waiters.drain(..) {
-                self.unpause(waiter, PauseCause::Consumer);
-            }
-        }
-    }
-
-    /// Feeds one decoded frame from `conn`.
-    pub fn handle_frame(&mut self, conn: ConnId, frame: Frame, now: Instant) {
-        self.input = Some(conn);
-        self.dispatch_frame(conn, frame, now);
-        self.input = None;
-        if self.draining {
-            self.close_idle_drained();
-        }
-    }
-
-    fn dispatch_frame(&mut self, conn: ConnId, frame: Frame, now: Instant) {
-        self.now = self.now.max(now);
-        let tick = self.tick(now);
-        let Some(c) = self.conns.get_mut(conn_key(conn)) else {
-            return;
-        };
-        // The heartbeat's whole per-frame cost: one store (see `heartbeat.rs`).
-        c.last_activity = tick;
-        let header = &frame.header;
-        log::trace!(
-            "{conn}: recv {:?} {:?} {}",
-            header.frame_type,
-            header.flags,
-            header.request_id
-        );
-        let (channel, client) = match c.state {
-            ConnState::Closing => return,
-            ConnState::AwaitingHello => {
-                match header.frame_type {
-                    FrameType::Hello => self.recv_hello(conn, &frame),
-                    FrameType::Ping => self.send_pong(conn, header),
-                    _ => {
-                        self.counters.handshake_failures += 1;
-                        self.fail_connection(
-                            conn,
-                            ErrorCode::HandshakeRequired,
-                            "the first frame must be a hello",
-                        )
-                    }
-                }
-                return;
-            }
-            ConnState::Open { channel, client } => (channel, client),
-        };
-        if header.channel_id != channel {
-            return self.fail_connection(
-                conn,
-                ErrorCode::ChannelMismatch,
-                &format!(
-                    "frame for channel {} on a connection joined to {}",
-                    header.channel_id, channel
-                ),
-            );
-        }
-        let from = Peer {
-            conn,
-            client,
-            channel,
-        };
-        match header.frame_type {
-            FrameType::Hello => self.fail_connection(
-                conn,
-                ErrorCode::DuplicateHello,
-                "second hello on this connection",
-            ),
-            FrameType::Welcome | FrameType::Error | FrameType::PeerJoined | FrameType::PeerLeft => {
-                self.fail_connection(
-                    conn,
-                    ErrorCode::UnexpectedFrame,
-                    &format!("clients may not send {:?} frames", header.frame_type),
-                )
-            }
-            FrameType::Ping => self.send_pong(conn, header),
-            FrameType::Pong => {}
-            FrameType::Peers => self.recv_peers(conn, channel),
-            FrameType::Receive => self.recv_receive(from, &frame.payload, now),
-            FrameType::Ack => {
-                if header.flags != Flags::BROADCAST {
-                    return self.fail_connection(
-                        conn,
-                        ErrorCode::MalformedFrame,
-                        "an ack carries exactly the BROADCAST flag",
-                    );
-                }
-                self.recv_broadcast_ack(from, header.request_id)
-            }
-            FrameType::Start | FrameType::Chunk | FrameType::End | FrameType::Cancel => {
-                self.recv_stream_frame(from, frame, now)
-            }
-        }
-    }
-
-    /// Routes a START, CHUNK, END or CANCEL by its direction flags.
-    fn recv_stream_frame(&mut self, from: Peer, frame: Frame, now: Instant) {
-        let flags = frame.header.flags;
-        let request = flags.contains(Flags::REQUEST);
-        let response = flags.contains(Flags::RESPONSE);
-        if request == response {
-            return self.fail_connection(
-                from.conn,
-                ErrorCode::MalformedFrame,
-                "a stream frame carries exactly one of REQUEST and RESPONSE",
-            );
-        }
-        if frame.header.request_id.is_nil() {
-            return self.fail_connection(
-                from.conn,
-                ErrorCode::MalformedFrame,
-                "a stream frame needs a non-nil request id",
-            );
-        }
-        let broadcast = flags.contains(Flags::BROADCAST);
-        if response && broadcast {
-            return self.fail_connection(
-                from.conn,
-                ErrorCode::MalformedFrame,
-                "a broadcast has no response stream",
-            );
-        }
-        match (frame.header.frame_type, broadcast, request) {
-            (FrameType::Cancel, true, _) => {
-                self.recv_broadcast_cancel(from, frame.header.request_id)
-            }
-            (FrameType::Cancel, false, true) => {
-                self.recv_request_cancel(from, frame.header.request_id, now)
-            }
-            (FrameType::Cancel, false, false) => {
-                self.recv_response_cancel(from, frame.header.request_id, now)
-            }
-            (_, true, _) => self.recv_broadcast_frame(from, frame, now),
-            (_, false, true) => self.recv_request_frame(from, frame, now),
-            (_, false, false) => self.recv_response_frame(from, frame, now),
+        if let Some(c) = self.conns.get_mut(conn) {
+            c.set_peer_addr(addr);
         }
     }
 
@@ -623,348 +447,21 @@ impl Router {
             Duration::from_millis(u64::from(timeout_ms)).min(self.config.max_timeout)
         }
     }
+}
 
-    /// Queues one frame to `to`. `producer` is the connection whose input caused it, paused when
-    /// `to` is over the high watermark (flow control); `None` for broker-originated frames.
-    /// A frame queued to the very connection whose frame is being handled (an answer to it) over
-    /// the high watermark pauses that connection: its own unread answers bound it too.
-    fn send(&mut self, to: ConnId, header: &Header, payload: &Bytes, producer: Option<ConnId>) {
-        let Some(c) = self.conns.get_mut(conn_key(to)) else {
-            return;
-        };
-        if matches!(c.state, ConnState::Closing) && header.frame_type != FrameType::Error {
-            return;
-        }
-        let was_empty = c.outbound.is_empty();
-        let mut wire = *header;
-        wire.payload_len = payload.len() as u32;
-        c.outbound
-            .push(&mut self.outbound_pool, &wire.encode(), payload);
-        self.outbound_bytes += crate::protocol::HEADER_LEN + payload.len();
-        self.counters.frames_out += 1;
-        let over_high = c.outbound.len() > self.config.high_watermark;
-        if was_empty {
-            self.outputs.push_back(Output::Transmit(to));
-        }
-        if over_high {
-            // Whose reading to pause: the producer feeding `to`; or `to` itself when the frame
-            // answers `to`'s own input (ERROR, PONG, PEERS, its request to itself) — a client
-            // that sends and never reads its answers is stopped, not buffered for without bound.
-            let paused = match producer {
-                Some(producer) if producer != to => Some(producer),
-                _ if self.input == Some(to) => Some(to),
-                _ => None,
-            };
-            if let Some(paused) = paused {
-                if self.pause(paused, PauseCause::Consumer) {
-                    if let Some(c) = self.conns.get_mut(conn_key(to)) {
-                        c.waiters.push(paused);
-                    }
-                }
-            }
-        }
-    }
+/// A transition that does not apply to a connection's or a request's current state: a router
+/// bug, reported by the caller (debug line, debug assertion), never acted upon.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(super) struct StateError {
+    /// The state the connection was in.
+    pub(super) state: &'static str,
+    /// The transition that was asked for.
+    pub(super) event: &'static str,
+}
 
-    /// Queues an error frame about `request_id` (nil for connection-level errors).
-    fn send_error(&mut self, to: ConnId, code: ErrorCode, request_id: RequestId, text: &str) {
-        self.send_error_with_peers(to, code, request_id, text, &[]);
-    }
-
-    fn send_error_with_peers(
-        &mut self,
-        to: ConnId,
-        code: ErrorCode,
-        request_id: RequestId,
-        text: &str,
-        peers: &[ClientId],
-    ) {
-        let Some(channel) = self.conns.get(conn_key(to)).map(|c| c.channel()) else {
-            return;
-        };
-        let header = Header {
-            channel_id: channel,
-            request_id,
-            is_final: true,
-            ..Header::new(FrameType::Error)
-        };
-        log::debug!("{to}: error {code:?} for {request_id}: {text}");
-        self.counters.errors_sent += 1;
-        *self.errors_by_code.entry(code as u16).or_default() += 1;
-        self.send(to, &header, &encode_error(code as u16, text, peers), None);
-    }
-
-    /// Queues a payload-less control frame (CANCEL, PEER_JOINED, ...).
-    fn send_control(
-        &mut self,
-        to: ConnId,
-        frame_type: FrameType,
-        flags: Flags,
-        about: ClientId,
-        request_id: RequestId,
-    ) {
-        let Some(channel) = self.conns.get(conn_key(to)).map(|c| c.channel()) else {
-            return;
-        };
-        let header = Header {
-            flags,
-            client_id: about,
-            channel_id: channel,
-            request_id,
-            is_final: frame_type == FrameType::Cancel,
-            ..Header::new(frame_type)
-        };
-        self.send(to, &header, &Bytes::new(), None);
-    }
-
-    fn send_pong(&mut self, conn: ConnId, ping: &Header) {
-        let header = Header {
-            channel_id: ping.channel_id,
-            sequence: ping.sequence,
-            ..Header::new(FrameType::Pong)
-        };
-        self.send(conn, &header, &Bytes::new(), None);
-    }
-
-    /// A frame named a request this connection has no part in: drop it, count it, say so.
-    fn reject_unknown_request(&mut self, conn: ConnId, request_id: RequestId, what: &str) {
-        self.counters.late_frames_dropped += 1;
-        self.send_error(
-            conn,
-            ErrorCode::UnknownRequest,
-            request_id,
-            &format!("{what}: no request {request_id} of yours is in flight"),
-        );
-    }
-
-    /// Sends a connection-fatal error, frees the connection's state and asks the I/O layer to
-    /// close it. Idempotent.
-    fn fail_connection(&mut self, conn: ConnId, code: ErrorCode, text: &str) {
-        self.close_connection(conn, Some((code, text)));
-    }
-
-    /// Frees the connection's state and asks the I/O layer to close it, after an error frame
-    /// when one is given. Idempotent.
-    fn close_connection(&mut self, conn: ConnId, error: Option<(ErrorCode, &str)>) {
-        let Some(c) = self.conns.get(conn_key(conn)) else {
-            return;
-        };
-        if matches!(c.state, ConnState::Closing) {
-            return;
-        }
-        if let Some((code, text)) = error {
-            // One info line per connection event: a refused handshake is one; a misbehaving
-            // established peer is a debug line (its close gets the server's info line).
-            if matches!(c.state, ConnState::AwaitingHello) || code == ErrorCode::Replaced {
-                log::info!(
-                    "{}: handshake failed or replaced: {code:?}: {text}",
-                    c.describe()
-                );
-            } else {
-                log::debug!("{}: closing on {code:?}: {text}", c.describe());
-            }
-            self.send_error(conn, code, RequestId::NIL, text);
-        }
-        self.release_connection(conn);
-        self.disarm_handshake_timeout(conn);
-        if let Some(c) = self.conns.get_mut(conn_key(conn)) {
-            c.set_state(ConnState::Closing);
-        }
-        self.outputs.push_back(Output::Close(conn));
-    }
-
-    /// Frees every request, broadcast, credit and presence the connection holds, as if it had
-    /// gone away. Leaves its outbound queue (an error frame may still be in it).
-    fn release_connection(&mut self, conn: ConnId) {
-        let Some(c) = self.conns.get_mut(conn_key(conn)) else {
-            return;
-        };
-        let mut streams = std::mem::take(&mut c.streams);
-        c.window = 0;
-        let state = c.state;
-        // Its waiting requests go first, so that slots freed by ending its assigned ones are not
-        // handed one of its own doomed requests.
-        let requests = &self.requests;
-        streams.sort_by_key(|s| match s {
-            StreamKey::Request(k) => !requests.get(*k).is_some_and(|r| r.is_queued()),
-            StreamKey::Broadcast(_) => true,
-        });
-        let now = self.now;
-        for stream in streams {
-            match stream {
-                StreamKey::Request(key) => self.end_request_for_departed(key, conn, now),
-                StreamKey::Broadcast(key) => self.end_broadcast_for_departed(key, conn),
-            }
-        }
-        if let ConnState::Open { channel, client } = state {
-            self.leave_channel(conn, channel, client);
-        }
-        self.unpause(conn, PauseCause::Consumer);
-        self.unpause(conn, PauseCause::Held);
-    }
-
-    /// Pauses reading from `conn`. Returns true when this cause was not already in force.
-    fn pause(&mut self, conn: ConnId, cause: PauseCause) -> bool {
-        let Some(c) = self.conns.get_mut(conn_key(conn)) else {
-            return false;
-        };
-        let newly = match cause {
-            PauseCause::Consumer => !std::mem::replace(&mut c.paused_by_consumer, true),
-            PauseCause::Held => !std::mem::replace(&mut c.paused_by_held, true),
-        };
-        if newly {
-            self.counters.backpressure_pauses += 1;
-            log::debug!("{conn}: reading paused ({cause:?})");
-        }
-        newly
-    }
-
-    /// Lifts one cause of pause; emits `Resume` when no cause remains.
-    fn unpause(&mut self, conn: ConnId, cause: PauseCause) {
-        let Some(c) = self.conns.get_mut(conn_key(conn)) else {
-            return;
-        };
-        let was_paused = c.is_read_paused();
-        match cause {
-            PauseCause::Consumer => c.paused_by_consumer = false,
-            PauseCause::Held => c.paused_by_held = false,
-        }
-        if was_paused && !c.is_read_paused() {
-            log::debug!("{conn}: reading resumed");
-            self.outputs.push_back(Output::Resume(conn));
-        }
-    }
-
-    /// Lifts the pause of `producer` if it is waiting on `consumer`'s queue.
-    fn release_waiter(&mut self, producer: ConnId, consumer: ConnId) {
-        let Some(c) = self.conns.get_mut(conn_key(consumer)) else {
-            return;
-        };
-        let Some(pos) = c.waiters.iter().position(|w| *w == producer) else {
-            return;
-        };
-        c.waiters.swap_remove(pos);
-        self.unpause(producer, PauseCause::Consumer);
-    }
-
-    /// A request or broadcast `sender` started has ended: one less of its own in flight.
-    fn forget_sent(&mut self, sender: ConnId) {
-        if let Some(c) = self.conns.get_mut(conn_key(sender)) {
-            // INVARIANT: counted up once per stream it started, down once when that stream ends.
-            debug_assert!(
-                c.sent_in_flight > 0,
-                "{sender}: sent in-flight count underflow"
-            );
-            c.sent_in_flight = c.sent_in_flight.saturating_sub(1);
-        }
-    }
-
-    /// Removes `stream` from the stream list of `conn`.
-    fn forget_stream(&mut self, conn: ConnId, stream: StreamKey) {
-        if let Some(c) = self.conns.get_mut(conn_key(conn)) {
-            if let Some(pos) = c.streams.iter().position(|s| *s == stream) {
-                c.streams.swap_remove(pos);
-            }
-        }
-    }
-
-    /// Verifies the cross-structure invariants; panics with a description when one is broken.
-    /// For tests (cost is linear in the state).
-    #[doc(hidden)]
-    pub fn check_invariants(&self) {
-        let mut held = 0;
-        for (key, request) in self.requests.iter() {
-            assert_eq!(
-                self.streams.get(&request.id),
-                Some(&StreamKey::Request(key))
-            );
-            assert!(
-                self.wheel.deadline(request.timer).is_some(),
-                "request without a timer"
-            );
-            held += request.held_bytes();
-            if let Some(receiver) = request.receiver() {
-                let c = self.conns.get(conn_key(receiver)).expect("receiver alive");
-                assert!(c.streams.contains(&StreamKey::Request(key)));
-            }
-            let s = self
-                .conns
-                .get(conn_key(request.sender))
-                .expect("sender alive");
-            assert!(s.streams.contains(&StreamKey::Request(key)));
-        }
-        for (key, broadcast) in self.broadcasts.iter() {
-            assert_eq!(
-                self.streams.get(&broadcast.id),
-                Some(&StreamKey::Broadcast(key))
-            );
-            assert!(
-                self.wheel.deadline(broadcast.timer).is_some(),
-                "broadcast without a timer"
-            );
-        }
-        assert_eq!(held, self.held_bytes, "held bytes");
-        assert_eq!(
-            self.streams.len(),
-            self.requests.len() + self.broadcasts.len()
-        );
-        let heartbeats = self
-            .conns
-            .iter()
-            .filter(|(_, c)| c.heartbeat.is_some())
-            .count();
-        let handshakes = self
-            .conns
-            .iter()
-            .filter(|(_, c)| c.handshake_timer.is_some())
-            .inspect(|(_, c)| {
-                assert!(
-                    matches!(c.state, ConnState::AwaitingHello),
-                    "{}: handshake timer after the handshake",
-                    c.id
-                )
-            })
-            .count();
-        let drain = usize::from(self.drain_timer.is_some());
-        assert_eq!(
-            self.wheel.len(),
-            self.requests.len()
-                + self.broadcasts.len()
-                + heartbeats
-                + handshakes
-                + self.ghost_timers()
-                + drain,
-            "timers"
-        );
-        let mut outbound = 0;
-        for (_, c) in self.conns.iter() {
-            outbound += c.outbound.len();
-            // A request a client sends to itself is listed twice (sender and receiver).
-            let held: hashbrown::HashSet<&StreamKey> = c
-                .streams
-                .iter()
-                .filter(|s| match s {
-                    StreamKey::Request(k) => self
-                        .requests
-                        .get(*k)
-                        .is_some_and(|r| r.receiver() == Some(c.id)),
-                    StreamKey::Broadcast(_) => false,
-                })
-                .collect();
-            let in_flight = held.len() as u32;
-            assert_eq!(in_flight, c.in_flight, "{}: in-flight count", c.id);
-            let sent = self
-                .requests
-                .iter()
-                .filter(|(_, r)| r.sender == c.id)
-                .count()
-                + self
-                    .broadcasts
-                    .iter()
-                    .filter(|(_, b)| b.sender == c.id)
-                    .count();
-            assert_eq!(sent, c.sent_in_flight, "{}: sent in-flight count", c.id);
-        }
-        assert_eq!(outbound, self.outbound_bytes, "outbound bytes");
+impl std::fmt::Display for StateError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} does not apply in state {}", self.event, self.state)
     }
 }
 
@@ -998,19 +495,5 @@ fn insert_timer(wheel: &mut TimerWheel<TimerTarget>, tick: u64, target: TimerTar
                 tick = wheel.elapsed() + 1;
             }
         }
-    }
-}
-
-fn conn_key(conn: ConnId) -> Key {
-    Key {
-        index: conn.slot,
-        generation: conn.generation,
-    }
-}
-
-fn conn_id(key: Key) -> ConnId {
-    ConnId {
-        slot: key.index,
-        generation: key.generation,
     }
 }

@@ -1,4 +1,5 @@
-//! One connection's queue of bytes waiting to be written.
+//! One connection's queue of bytes waiting to be written, and the seam through which the I/O
+//! layer writes them: [`Transmit`] out, a count of bytes written in.
 //!
 //! Small frames (header plus a payload of at most [`COPY_THRESHOLD`] bytes) are copied into one
 //! growing `tail` buffer, so a 64-byte reply never pins the 64 KiB read buffer it was decoded
@@ -12,15 +13,24 @@
 //! The tail comes from the router's [`BufferPool`] when the first frame is queued and goes back
 //! as soon as everything is written, so an idle connection holds no outbound buffer.
 //!
+//! # The write seam
+//! The queue never writes anything itself (it is handed no writer: the core has no sockets).
+//! [`OutboundQueue::transmit`] lends the unsent bytes as up to [`MAX_TRANSMIT_SLICES`] slices,
+//! front first, on the stack; the I/O layer writes a prefix of them however it can (a vectored
+//! socket write, rustls' plaintext buffer, a test's `Vec`) and reports the prefix's length to
+//! [`OutboundQueue::consume`]. Whether the writer would block, was interrupted or failed is the
+//! I/O layer's business; the queue only learns how many bytes left it.
+//!
 //! # Invariants
 //! - Bytes go out in the order they were pushed: the pieces, front to back.
 //! - The `Tail` pieces' lengths add up to `tail.len() - tail_sent`.
 //! - `len` is exactly the number of unsent bytes held; the router's flow control and the broker's
 //!   buffered-bytes figure are computed from it.
+//! - An empty queue holds no buffer (the tail went back to the pool when `len` reached zero).
 
 use bytes::{Buf, Bytes, BytesMut};
 use std::collections::VecDeque;
-use std::io::{self, IoSlice, Write};
+use std::io::IoSlice;
 
 use crate::pool::BufferPool;
 use crate::protocol::HEADER_LEN;
@@ -30,23 +40,52 @@ use crate::protocol::HEADER_LEN;
 /// adds to the tail.
 pub(crate) const COPY_THRESHOLD: usize = 16 * 1024;
 
-/// Most buffers handed to one `write_vectored` call (Linux's IOV_MAX is 1024; 64 keeps the array
-/// on the stack and is plenty: the tail holds any number of small frames in one piece).
-const MAX_IOVECS: usize = 64;
+/// Most slices one [`Transmit`] lends (Linux's IOV_MAX is 1024; 64 keeps the array on the stack
+/// and is plenty: the tail holds any number of small frames in one piece).
+pub const MAX_TRANSMIT_SLICES: usize = 64;
 
 /// A partly written tail is compacted (its written prefix dropped) once that prefix exceeds this,
-/// so a connection that never fully drains cannot grow its tail without bound.
+/// so a connection whose queue is never empty cannot grow its tail without bound.
 const COMPACT_AFTER: usize = 64 * 1024;
 
-/// Outcome of [`Router::write_to`](super::Router::write_to).
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub enum WriteStatus {
-    /// Everything queued was written.
-    Drained,
-    /// The writer would block with bytes still queued (wait for writability).
-    Blocked,
-    /// The per-call byte budget ran out with bytes still queued (call again next turn).
-    BudgetSpent,
+/// The front of one connection's outbound queue, lent to the I/O layer by
+/// [`Router::poll_transmit`](super::Router::poll_transmit): up to [`MAX_TRANSMIT_SLICES`]
+/// slices (frame headers and copied small frames from the queue's buffer, large payloads as
+/// their shared [`Bytes`]), in wire order. Nothing is copied or allocated to build it.
+///
+/// Write any prefix of [`Transmit::slices`] (a vectored write does), then report its length
+/// with [`Router::handle_written`](super::Router::handle_written).
+#[must_use = "write the slices, then report the bytes written with handle_written"]
+pub struct Transmit<'a> {
+    slices: [IoSlice<'a>; MAX_TRANSMIT_SLICES],
+    count: usize,
+    len: usize,
+}
+
+impl<'a> Transmit<'a> {
+    /// The bytes to write, in order (ready for `write_vectored`).
+    pub fn slices(&self) -> &[IoSlice<'a>] {
+        &self.slices[..self.count]
+    }
+
+    /// Total bytes in [`Transmit::slices`] (never zero: an empty queue lends no `Transmit`).
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Always false (see [`Transmit::len`]); here for the `len`/`is_empty` pair.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl std::fmt::Debug for Transmit<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Transmit")
+            .field("slices", &self.count)
+            .field("len", &self.len)
+            .finish()
+    }
 }
 
 enum Piece {
@@ -110,64 +149,41 @@ impl OutboundQueue {
         self.len = 0;
     }
 
-    /// Writes queued bytes with vectored writes until the queue is empty, the writer would block,
-    /// or `budget` bytes were written.
-    ///
-    /// Returns the number of bytes written — also when it ends with an error: what earlier
-    /// writes of the same call took has left the queue, and the caller's byte accounting must
-    /// know it — and why it stopped: `Ok(status)`, or any error of the writer other than
-    /// `WouldBlock` and `Interrupted` (retried); the queue then holds whatever was not written.
-    pub(crate) fn write_to(
-        &mut self,
-        pool: &mut BufferPool,
-        writer: &mut dyn Write,
-        budget: usize,
-    ) -> (usize, io::Result<WriteStatus>) {
-        let mut written_total = 0;
-        while self.len > 0 {
-            if written_total >= budget {
-                return (written_total, Ok(WriteStatus::BudgetSpent));
-            }
-            let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
-            let mut count = 0;
-            let mut offset = self.tail_sent;
-            for piece in self.pieces.iter().take(MAX_IOVECS) {
-                slices[count] = match piece {
-                    Piece::Tail(n) => {
-                        let slice = IoSlice::new(&self.tail[offset..offset + n]);
-                        offset += n;
-                        slice
-                    }
-                    Piece::Shared(bytes) => IoSlice::new(bytes),
-                };
-                count += 1;
-            }
-            let written = match writer.write_vectored(&slices[..count]) {
-                Ok(0) => return (written_total, Err(io::ErrorKind::WriteZero.into())),
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    return (written_total, Ok(WriteStatus::Blocked));
-                }
-                // A TLS writer takes at most 64 KiB per call, so an error after earlier calls of
-                // this one took bytes is ordinary (a peer reset in the middle of a large frame).
-                Err(e) => return (written_total, Err(e)),
-            };
-            self.consume(written);
-            written_total += written;
+    /// Lends the front of the queue (up to [`MAX_TRANSMIT_SLICES`] pieces); `None` when empty.
+    pub(crate) fn transmit(&self) -> Option<Transmit<'_>> {
+        if self.len == 0 {
+            return None;
         }
-        // Drained: the buffer goes back to the pool (an idle connection holds none).
-        pool.give(std::mem::take(&mut self.tail));
-        self.tail_sent = 0;
-        (written_total, Ok(WriteStatus::Drained))
+        let mut slices = [IoSlice::new(&[]); MAX_TRANSMIT_SLICES];
+        let mut count = 0;
+        let mut len = 0;
+        let mut offset = self.tail_sent;
+        for piece in self.pieces.iter().take(MAX_TRANSMIT_SLICES) {
+            let bytes: &[u8] = match piece {
+                Piece::Tail(n) => {
+                    let slice = &self.tail[offset..offset + n];
+                    offset += n;
+                    slice
+                }
+                Piece::Shared(bytes) => bytes,
+            };
+            slices[count] = IoSlice::new(bytes);
+            count += 1;
+            len += bytes.len();
+        }
+        Some(Transmit { slices, count, len })
     }
 
-    fn consume(&mut self, mut written: usize) {
-        debug_assert!(written <= self.len);
+    /// Drops the first `written` bytes (what the I/O layer wrote of the last [`Transmit`]).
+    /// Once nothing is left, the buffer goes back to the pool (an idle connection holds none).
+    pub(crate) fn consume(&mut self, pool: &mut BufferPool, mut written: usize) {
+        // INVARIANT: the I/O layer reports at most what it was lent (the router clamps it).
+        debug_assert!(written <= self.len, "wrote more than was queued");
+        written = written.min(self.len);
         self.len -= written;
         while written > 0 {
             let Some(front) = self.pieces.front_mut() else {
-                debug_assert!(false, "wrote more than was queued");
+                debug_assert!(false, "pieces shorter than len");
                 return;
             };
             match front {
@@ -190,7 +206,11 @@ impl OutboundQueue {
                 }
             }
         }
-        if self.tail_sent > COMPACT_AFTER {
+        if self.len == 0 {
+            // Drained: the buffer goes back to the pool (an idle connection holds none).
+            pool.give(std::mem::take(&mut self.tail));
+            self.tail_sent = 0;
+        } else if self.tail_sent > COMPACT_AFTER {
             // INVARIANT: only the written prefix is dropped; `Tail` pieces count unsent bytes.
             self.tail.advance(self.tail_sent);
             self.tail_sent = 0;
@@ -202,36 +222,28 @@ impl OutboundQueue {
 mod tests {
     use super::*;
 
-    /// A writer that accepts at most `limit` bytes per call and then blocks after `calls` calls.
-    struct Trickle {
-        out: Vec<u8>,
+    /// What a writer that takes at most `limit` bytes per call does with one `Transmit`: copies
+    /// a prefix of it to `out` and reports that prefix to the queue. Returns its length.
+    fn write_some(
+        queue: &mut OutboundQueue,
+        pool: &mut BufferPool,
+        out: &mut Vec<u8>,
         limit: usize,
-        calls_left: usize,
-    }
-
-    impl Write for Trickle {
-        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-            self.write_vectored(&[IoSlice::new(buf)])
-        }
-        fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-            if self.calls_left == 0 {
-                return Err(io::ErrorKind::WouldBlock.into());
+    ) -> usize {
+        let Some(transmit) = queue.transmit() else {
+            return 0;
+        };
+        let mut n = 0;
+        for slice in transmit.slices() {
+            let take = slice.len().min(limit - n);
+            out.extend_from_slice(&slice[..take]);
+            n += take;
+            if n == limit {
+                break;
             }
-            self.calls_left -= 1;
-            let mut n = 0;
-            for buf in bufs {
-                let take = buf.len().min(self.limit - n);
-                self.out.extend_from_slice(&buf[..take]);
-                n += take;
-                if n == self.limit {
-                    break;
-                }
-            }
-            Ok(n)
         }
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
+        queue.consume(pool, n);
+        n
     }
 
     fn frames() -> Vec<([u8; HEADER_LEN], Bytes)> {
@@ -254,87 +266,32 @@ mod tests {
             expected.extend_from_slice(&payload);
         }
         assert_eq!(queue.len(), expected.len());
-        let mut writer = Trickle {
-            out: Vec::new(),
-            limit: 1000,
-            calls_left: usize::MAX,
-        };
-        let mut rounds = 0;
-        loop {
-            let (_, status) = queue.write_to(&mut pool, &mut writer, 3000);
-            let status = status.unwrap();
-            rounds += 1;
-            if status == WriteStatus::Drained {
-                break;
-            }
-            assert_eq!(status, WriteStatus::BudgetSpent);
+        assert_eq!(queue.transmit().map(|t| t.len()), Some(expected.len()));
+        let mut out = Vec::new();
+        let mut calls = 0;
+        while !queue.is_empty() {
+            write_some(&mut queue, &mut pool, &mut out, 1000);
+            calls += 1;
         }
-        assert!(rounds > 1);
-        assert_eq!(writer.out, expected);
-        assert!(queue.is_empty());
+        assert!(calls > 1);
+        assert_eq!(out, expected);
+        assert!(queue.transmit().is_none());
     }
 
     #[test]
-    fn blocked_writer_keeps_the_rest_queued() {
-        let mut queue = OutboundQueue::default();
-        let mut pool = BufferPool::new(4, 1024, 1 << 20);
-        let (header, payload) = frames().remove(1);
-        queue.push(&mut pool, &header, &payload);
-        let mut writer = Trickle {
-            out: Vec::new(),
-            limit: 100,
-            calls_left: 2,
-        };
-        let (written, status) = queue.write_to(&mut pool, &mut writer, usize::MAX);
-        assert_eq!((written, status.unwrap()), (200, WriteStatus::Blocked));
-        assert_eq!(queue.len(), HEADER_LEN + payload.len() - 200);
-        queue.clear(&mut pool);
-        assert!(queue.is_empty());
-    }
-
-    /// A writer that takes `limit` bytes per call for `calls` calls, then fails like a socket
-    /// whose peer reset the connection (a TLS writer takes at most 64 KiB per call, so this is
-    /// how a reset in the middle of a large frame looks).
-    struct ThenReset {
-        limit: usize,
-        calls_left: usize,
-    }
-
-    impl Write for ThenReset {
-        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-            self.write_vectored(&[IoSlice::new(buf)])
-        }
-        fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-            if self.calls_left == 0 {
-                return Err(io::ErrorKind::ConnectionReset.into());
-            }
-            self.calls_left -= 1;
-            Ok(bufs.iter().map(|b| b.len()).sum::<usize>().min(self.limit))
-        }
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
-    }
-
-    #[test]
-    fn an_error_after_partial_writes_still_reports_what_was_written() {
+    fn a_partial_write_keeps_the_rest_queued() {
         let mut queue = OutboundQueue::default();
         let mut pool = BufferPool::new(4, 1024, 1 << 20);
         let (header, payload) = frames().remove(1);
         queue.push(&mut pool, &header, &payload);
         let total = queue.len();
-        let mut writer = ThenReset {
-            limit: 100,
-            calls_left: 2,
-        };
-        let (written, status) = queue.write_to(&mut pool, &mut writer, usize::MAX);
-        assert_eq!(
-            status.map_err(|e| e.kind()),
-            Err(io::ErrorKind::ConnectionReset)
-        );
-        assert_eq!(written, 200, "the two writes before the error count");
-        assert_eq!(queue.len(), total - 200, "and left the queue");
+        let mut out = Vec::new();
+        assert_eq!(write_some(&mut queue, &mut pool, &mut out, 100), 100);
+        assert_eq!(write_some(&mut queue, &mut pool, &mut out, 100), 100);
+        assert_eq!(queue.len(), total - 200);
+        assert_eq!(queue.transmit().map(|t| t.len()), Some(total - 200));
         queue.clear(&mut pool);
+        assert!(queue.is_empty());
     }
 
     #[test]
@@ -348,40 +305,61 @@ mod tests {
             .iter()
             .any(|p| matches!(p, Piece::Shared(b) if b.as_ptr() == payload.as_ptr()));
         assert!(shared);
+        let transmit = queue.transmit().expect("queued");
+        assert_eq!(
+            transmit.slices().len(),
+            2,
+            "header in the tail, payload shared"
+        );
+        assert_eq!(
+            transmit.slices()[1].as_ptr(),
+            payload.as_ptr(),
+            "lent, not copied"
+        );
     }
 
     #[test]
-    fn a_never_drained_queue_compacts_its_written_prefix() {
+    fn a_transmit_lends_at_most_max_slices() {
+        let mut queue = OutboundQueue::default();
+        let mut pool = BufferPool::new(4, 1024, 1 << 20);
+        let payload = Bytes::from(vec![1u8; COPY_THRESHOLD + 1]);
+        for _ in 0..MAX_TRANSMIT_SLICES {
+            queue.push(&mut pool, &[0; HEADER_LEN], &payload);
+        }
+        let transmit = queue.transmit().expect("queued");
+        assert_eq!(transmit.slices().len(), MAX_TRANSMIT_SLICES);
+        assert!(
+            transmit.len() < queue.len(),
+            "the rest waits for the next transmit"
+        );
+        queue.clear(&mut pool);
+    }
+
+    #[test]
+    fn a_never_emptied_queue_compacts_its_written_prefix() {
         let mut queue = OutboundQueue::default();
         let mut pool = BufferPool::new(4, 1024, 1 << 20);
         let mut expected = Vec::new();
-        let mut writer = Trickle {
-            out: Vec::new(),
-            limit: 100,
-            calls_left: usize::MAX,
-        };
+        let mut out = Vec::new();
         for i in 0..2_000u32 {
             let payload = Bytes::from(vec![i as u8; 50]);
             let header = [(i % 251) as u8; HEADER_LEN];
             queue.push(&mut pool, &header, &payload);
             expected.extend_from_slice(&header);
             expected.extend_from_slice(&payload);
-            // Write a little less than is pushed: the queue never drains until the end.
-            queue.write_to(&mut pool, &mut writer, 100).1.unwrap();
+            // Write a little less than is pushed: the queue is never empty until the end.
+            write_some(&mut queue, &mut pool, &mut out, 100);
             assert!(queue.tail_sent <= COMPACT_AFTER + 100, "compacted");
-            assert!(!queue.is_empty(), "never drained");
+            assert!(!queue.is_empty(), "never empty");
         }
-        loop {
-            let (_, status) = queue.write_to(&mut pool, &mut writer, usize::MAX);
-            if status.unwrap() == WriteStatus::Drained {
-                break;
-            }
+        while !queue.is_empty() {
+            write_some(&mut queue, &mut pool, &mut out, usize::MAX);
         }
-        assert_eq!(writer.out, expected);
+        assert_eq!(out, expected);
         assert_eq!(
             queue.tail.capacity(),
             0,
-            "the drained buffer went back to the pool"
+            "the emptied queue's buffer went back to the pool"
         );
     }
 }

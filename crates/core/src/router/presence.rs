@@ -30,9 +30,7 @@ use bytes::Bytes;
 use std::time::Instant;
 
 use super::channel::{duration_ms, Ghost, Member};
-use super::connection::ConnState;
-use super::store::Key;
-use super::{conn_key, insert_timer, Router, TimerTarget};
+use super::{insert_timer, Router, TimerTarget};
 use crate::ids::{ChannelId, ClientId, ConnId};
 use crate::protocol::{encode_peers, ErrorCode, Frame, FrameType, Header, WelcomeBody};
 
@@ -58,7 +56,7 @@ impl Router {
                 "access token missing or wrong",
             );
         }
-        if self.draining {
+        if self.shutting_down {
             self.counters.handshake_failures += 1;
             return self.fail_connection(conn, ErrorCode::GoingAway, "the broker is shutting down");
         }
@@ -88,8 +86,9 @@ impl Router {
         if let Some(old) = previous {
             self.counters.takeovers += 1;
             log::info!("{conn}: takes over client {client} on channel {channel_id} from {old}");
-            if let Some(c) = self.conns.get_mut(conn_key(old)) {
-                c.replaced = true;
+            if let Some(Err(e)) = self.conns.get_mut(old).map(|c| c.replace()) {
+                log::debug!("{old}: {e}");
+                debug_assert!(false, "{old}: {e}");
             }
             self.fail_connection(
                 old,
@@ -101,14 +100,17 @@ impl Router {
         let channel = self.channels.entry(channel_id).or_default();
         let peers = channel.visible_peers_except(conn);
         channel.members.push(Member { conn, client });
-        if let Some(c) = self.conns.get_mut(conn_key(conn)) {
-            c.set_state(ConnState::Open {
-                channel: channel_id,
-                client,
-            });
+        match self.conns.get_mut(conn).map(|c| c.open(channel_id, client)) {
+            Some(Ok(Some(timer))) => {
+                self.wheel.remove(timer);
+            }
+            Some(Ok(None)) | None => {}
+            Some(Err(e)) => {
+                log::debug!("{conn}: {e}");
+                debug_assert!(false, "{conn}: {e}");
+            }
         }
-        self.disarm_handshake_timeout(conn);
-        if let Some(c) = self.conns.get(conn_key(conn)) {
+        if let Some(c) = self.conns.get(conn) {
             log::info!("{}: handshake done ({} peers)", c.describe(), peers.len());
         }
         let welcome = WelcomeBody {
@@ -152,34 +154,27 @@ impl Router {
             return;
         }
         let deadline = self.deadline_tick(now, timeout);
-        let key = conn_key(conn);
-        let timer = insert_timer(&mut self.wheel, deadline, TimerTarget::Handshake(key));
-        if let Some(c) = self.conns.get_mut(key) {
-            c.handshake_timer = Some(timer);
-        }
-    }
-
-    /// Removes the handshake deadline (the handshake completed, or the connection is closing).
-    pub(super) fn disarm_handshake_timeout(&mut self, conn: ConnId) {
-        if let Some(timer) = self
+        let timer = insert_timer(&mut self.wheel, deadline, TimerTarget::Handshake(conn));
+        if let Some(Err(e)) = self
             .conns
-            .get_mut(conn_key(conn))
-            .and_then(|c| c.handshake_timer.take())
+            .get_mut(conn)
+            .map(|c| c.arm_handshake_deadline(timer))
         {
+            // A new connection awaits its hello: cannot happen; the timer must not leak.
+            log::debug!("{conn}: {e}");
+            debug_assert!(false, "{conn}: {e}");
             self.wheel.remove(timer);
         }
     }
 
     /// A connection's handshake deadline passed: close it if it is still awaiting its hello.
-    pub(super) fn expire_handshake(&mut self, key: Key) {
-        let Some(c) = self.conns.get_mut(key) else {
+    pub(super) fn expire_handshake(&mut self, conn: ConnId) {
+        let Some(c) = self.conns.get_mut(conn) else {
             return;
         };
-        c.handshake_timer = None;
-        if !matches!(c.state, ConnState::AwaitingHello) {
+        if !c.handshake_deadline_passed() {
             return;
         }
-        let conn = c.id;
         let timeout_ms = duration_ms(self.config.handshake_timeout);
         self.counters.handshake_failures += 1;
         self.fail_connection(
@@ -222,9 +217,9 @@ impl Router {
     /// Removes a member: silently when it was replaced, as a ghost during the grace period, or
     /// with PEER_LEFT at once.
     pub(super) fn leave_channel(&mut self, conn: ConnId, channel_id: ChannelId, client: ClientId) {
-        let replaced = self.conns.get(conn_key(conn)).is_some_and(|c| c.replaced);
-        if let Some(c) = self.conns.get_mut(conn_key(conn)) {
-            c.in_ready_queue = false;
+        let replaced = self.conns.get(conn).is_some_and(|c| c.is_replaced());
+        if let Some(c) = self.conns.get_mut(conn) {
+            c.leave_ready_queue();
         }
         let grace = self.config.presence_grace;
         let deadline = self.deadline_tick(self.now, grace);
@@ -235,7 +230,7 @@ impl Router {
         channel.ready.retain(|c| *c != conn);
         if replaced {
             // Its successor is already (or about to be) a member under the same id.
-        } else if !grace.is_zero() && !self.draining {
+        } else if !grace.is_zero() && !self.shutting_down {
             let target = TimerTarget::Ghost(channel_id, client);
             let timer = insert_timer(&mut self.wheel, deadline, target);
             channel.ghosts.push(Ghost { client, timer });

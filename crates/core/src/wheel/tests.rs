@@ -26,7 +26,7 @@ fn level_of<T>(wheel: &TimerWheel<T>, key: TimerKey) -> Option<usize> {
 }
 
 /// Polls at `now` until `None`, returning the values in the order handed out.
-fn drain<T>(wheel: &mut TimerWheel<T>, now: u64) -> Vec<T> {
+fn fire_due<T>(wheel: &mut TimerWheel<T>, now: u64) -> Vec<T> {
     std::iter::from_fn(|| wheel.poll_expired(now)).collect()
 }
 
@@ -122,7 +122,7 @@ fn every_level_edge_fires_exactly_at_its_deadline() {
         for (l, &width) in LEVEL_STARTS.iter().enumerate() {
             for deadline in [width - 1, width, width + 1].map(|d| start + d) {
                 let mut wheel = TimerWheel::new();
-                assert_eq!(drain(&mut wheel, start), Vec::<u64>::new());
+                assert_eq!(fire_due(&mut wheel, start), Vec::<u64>::new());
                 let key = wheel.insert(deadline, deadline).unwrap();
                 let expected = level_for(start, deadline).unwrap_or(NUM_LEVELS);
                 assert_eq!(level_of(&wheel, key), Some(expected));
@@ -175,7 +175,7 @@ fn timers_fire_exactly_when_now_reaches_their_deadline() {
 fn insert_in_the_past_is_elapsed() {
     let mut wheel = TimerWheel::new();
     assert_eq!(wheel.insert(0, 'a'), Err(Elapsed('a')));
-    assert_eq!(drain(&mut wheel, 100), Vec::<char>::new());
+    assert_eq!(fire_due(&mut wheel, 100), Vec::<char>::new());
     assert_eq!(wheel.elapsed(), 100);
     assert_eq!(wheel.insert(50, 'b'), Err(Elapsed('b')));
     assert_eq!(wheel.insert(100, 'c'), Err(Elapsed('c')));
@@ -304,7 +304,7 @@ fn large_jump_costs_levels_not_milliseconds() {
     assert_eq!(wheel.poll_expired(far), Some("far"));
     let steps = wheel.advance(u64::MAX);
     assert!(steps <= 2 * (NUM_LEVELS + 1), "{steps} steps");
-    assert_eq!(drain(&mut wheel, u64::MAX), ["max-1", "max"]);
+    assert_eq!(fire_due(&mut wheel, u64::MAX), ["max-1", "max"]);
     assert!(wheel.is_empty());
 }
 
@@ -316,7 +316,7 @@ fn many_timers_come_out_in_deadline_order() {
         wheel.insert(d, d).unwrap();
     }
     assert_invariants(&wheel);
-    let fired = drain(&mut wheel, 300_000);
+    let fired = fire_due(&mut wheel, 300_000);
     deadlines.sort_unstable();
     assert_eq!(fired, deadlines);
 }
@@ -345,7 +345,7 @@ enum Op {
     RemoveStale(usize),
     /// Advance by `delta` and take just one value (leaves the rest in the expired list).
     PollOne(u64),
-    /// Advance by `delta` and drain.
+    /// Advance by `delta` and fire what is due.
     Advance(u64),
 }
 
@@ -435,7 +435,7 @@ proptest! {
                 }
                 Op::Advance(delta) => {
                     now = now.saturating_add(delta);
-                    let fired = drain(&mut wheel, now);
+                    let fired = fire_due(&mut wheel, now);
                     let due: Vec<(u64, u64)> =
                         model.keys().copied().take_while(|&(d, _)| d <= now).collect();
                     if now == u64::MAX {
@@ -464,7 +464,7 @@ proptest! {
             assert_invariants(&wheel);
         }
         // Everything still armed fires by the end of time, then the wheel is empty.
-        let rest = drain(&mut wheel, u64::MAX);
+        let rest = fire_due(&mut wheel, u64::MAX);
         prop_assert_eq!(rest.len(), model.len());
         prop_assert!(wheel.is_empty());
         prop_assert_eq!(wheel.next_deadline(), None);

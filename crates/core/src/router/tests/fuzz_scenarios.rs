@@ -4,9 +4,10 @@ use super::harness::*;
 use crate::protocol::{ErrorCode, FrameType, Header};
 
 /// Found by the fuzz target: a takeover of the only member of a channel. The replaced
-/// connection's departure drops the channel (no member, no ghost left), and `recv_hello` then
-/// finds no channel and returns without a WELCOME or an error: the new connection stays in
-/// `AwaitingHello`. The fuzz target skips such hellos until this is fixed.
+/// connection's departure dropped the channel (no member, no ghost left), and `recv_hello` then
+/// found no channel and returned without a WELCOME or an error, leaving the new connection in
+/// `AwaitingHello`. Fixed; the fuzz target (`fuzz/logic/router.rs`, run in CI by
+/// `crates/core/tests/router_fuzz.rs`) makes such takeovers freely again.
 #[test]
 fn a_takeover_of_the_only_member_gets_a_welcome() {
     let mut h = Harness::new();

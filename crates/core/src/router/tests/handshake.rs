@@ -258,7 +258,7 @@ fn decode_errors_become_their_error_frame_and_close() {
     h.router
         .handle_decode_error(a, DecodeError::UnsupportedVersion { got: 9 }, h.now);
     let frame = {
-        // drain through a no-op step
+        // poll the outputs through a no-op step
         h.advance(0);
         h.take(a)
     };

@@ -22,115 +22,19 @@
 //! [`Router::finish_request`].
 
 use bytes::Bytes;
-use std::collections::VecDeque;
 use std::time::{Duration, Instant};
+
+mod state;
+
+use state::in_order;
+pub(super) use state::Request;
 
 use super::channel::{CANCEL_TO_RECEIVER, CANCEL_TO_SENDER};
 use super::outbound::COPY_THRESHOLD;
 use super::store::Key;
-use super::{conn_key, PauseCause, Peer, Router, StreamKey, TimerTarget};
-use crate::ids::{ChannelId, ClientId, ConnId, RequestId};
+use super::{PauseCause, Peer, Router, StreamKey, TimerTarget};
+use crate::ids::{ClientId, ConnId, RequestId};
 use crate::protocol::{ErrorCode, Flags, Frame, FrameType, Header};
-use crate::wheel::TimerKey;
-
-pub(super) enum RequestState {
-    /// In the channel's waiting FIFO; the frames received so far are held here.
-    Queued {
-        held: VecDeque<Frame>,
-        held_bytes: usize,
-    },
-    /// Held by `receiver`; its response has not started.
-    Assigned {
-        receiver: ConnId,
-        receiver_client: ClientId,
-    },
-    /// The receiver's response is streaming; `next_seq` is the sequence number expected next.
-    Responding {
-        receiver: ConnId,
-        receiver_client: ClientId,
-        next_seq: u32,
-    },
-}
-
-pub(super) struct Request {
-    pub(super) id: RequestId,
-    pub(super) channel: ChannelId,
-    pub(super) sender: ConnId,
-    pub(super) sender_client: ClientId,
-    pub(super) state: RequestState,
-    pub(super) timer: TimerKey,
-    pub(super) deadline: Instant,
-    /// Sequence number the sender's next frame must carry.
-    request_next_seq: u32,
-    /// The sender's FINAL frame arrived.
-    request_finished: bool,
-}
-
-impl Request {
-    pub(super) fn is_queued(&self) -> bool {
-        matches!(self.state, RequestState::Queued { .. })
-    }
-
-    pub(super) fn receiver(&self) -> Option<ConnId> {
-        match self.state {
-            RequestState::Queued { .. } => None,
-            RequestState::Assigned { receiver, .. } | RequestState::Responding { receiver, .. } => {
-                Some(receiver)
-            }
-        }
-    }
-
-    fn receiver_client(&self) -> ClientId {
-        match self.state {
-            RequestState::Queued { .. } => ClientId::NIL,
-            RequestState::Assigned {
-                receiver_client, ..
-            }
-            | RequestState::Responding {
-                receiver_client, ..
-            } => receiver_client,
-        }
-    }
-
-    pub(super) fn held_bytes(&self) -> usize {
-        match self.state {
-            RequestState::Queued { held_bytes, .. } => held_bytes,
-            _ => 0,
-        }
-    }
-
-    fn set_state(&mut self, state: RequestState) {
-        log::trace!(
-            "request {}: {} => {}",
-            self.id,
-            self.state.name(),
-            state.name()
-        );
-        self.state = state;
-    }
-}
-
-impl RequestState {
-    fn name(&self) -> &'static str {
-        match self {
-            RequestState::Queued { .. } => "Queued",
-            RequestState::Assigned { .. } => "Assigned",
-            RequestState::Responding { .. } => "Responding",
-        }
-    }
-}
-
-/// Checks a stream frame's type against its sequence number and FINAL bit.
-/// `expected` is the sequence number due next. START must be 0; CHUNK never final; END final.
-fn in_order(header: &Header, expected: u32) -> bool {
-    header.sequence == expected
-        && match header.frame_type {
-            FrameType::Start => expected == 0,
-            FrameType::Chunk => !header.is_final && expected > 0,
-            FrameType::End => header.is_final && expected > 0,
-            _ => false,
-        }
-}
 
 impl Router {
     /// A START/CHUNK/END with REQUEST (not BROADCAST) from `from`.
@@ -148,17 +52,15 @@ impl Router {
         if request.sender != from.conn {
             return self.reject_unknown_request(from.conn, id, "request frame");
         }
-        if request.request_finished || !in_order(&frame.header, request.request_next_seq) {
+        if !request.recv_request_frame(&frame.header) {
             return self.abort_out_of_order(key, from.conn, now);
         }
-        request.request_next_seq = frame.header.sequence.wrapping_add(1);
-        request.request_finished = frame.header.is_final;
         self.route_request_frame(key, frame, now);
     }
 
     fn recv_request_start(&mut self, from: Peer, frame: Frame, now: Instant) {
         let id = frame.header.request_id;
-        if self.draining {
+        if self.shutting_down {
             return self.send_error(
                 from.conn,
                 ErrorCode::ShuttingDown,
@@ -210,24 +112,19 @@ impl Router {
         let timeout = self.effective_timeout(frame.header.timeout_ms);
         let deadline_tick = self.deadline_tick(now, timeout);
         let wheel = &mut self.wheel;
-        let key = self.requests.insert_with(|key| Request {
-            id,
-            channel: from.channel,
-            sender: from.conn,
-            sender_client: from.client,
-            state: RequestState::Queued {
-                held: VecDeque::new(),
-                held_bytes: 0,
-            },
-            timer: super::insert_timer(wheel, deadline_tick, TimerTarget::Request(key)),
-            deadline: now + timeout,
-            request_next_seq: 1,
-            request_finished: frame.header.is_final,
+        let key = self.requests.insert_with(|key| {
+            Request::new(
+                id,
+                from,
+                super::insert_timer(wheel, deadline_tick, TimerTarget::Request(key)),
+                now + timeout,
+                frame.header.is_final,
+            )
         });
         self.streams.insert(id, StreamKey::Request(key));
-        if let Some(c) = self.conns.get_mut(conn_key(from.conn)) {
-            c.streams.push(StreamKey::Request(key));
-            c.sent_in_flight += 1;
+        if let Some(c) = self.conns.get_mut(from.conn) {
+            c.add_stream(StreamKey::Request(key));
+            c.start_sending();
         }
         match receiver {
             Some(receiver) => {
@@ -245,7 +142,7 @@ impl Router {
     /// in flight, the text of the `LimitExceeded` refusing one more.
     pub(super) fn sent_limit_reached(&self, conn: ConnId) -> Option<String> {
         let max = self.config.max_in_flight_per_connection;
-        let sent = self.conns.get(conn_key(conn))?.sent_in_flight;
+        let sent = self.conns.get(conn)?.sent_in_flight();
         (sent >= max).then(|| format!("{max} requests and broadcasts of yours are in flight"))
     }
 
@@ -270,22 +167,22 @@ impl Router {
         let Some(request) = self.requests.get_mut(key) else {
             return;
         };
-        let RequestState::Queued { held, held_bytes } = &mut request.state else {
-            return;
-        };
         if frame.payload.len() <= COPY_THRESHOLD {
             frame.payload = Bytes::copy_from_slice(&frame.payload);
         }
-        let size = frame.wire_len();
-        held.push_back(frame);
-        *held_bytes += size;
+        let size = match request.hold(frame) {
+            Ok(size) => size,
+            Err(e) => {
+                // Only a request without a receiver holds frames: cannot happen.
+                log::debug!("request {}: {e}", request.id);
+                debug_assert!(false, "request {}: {e}", request.id);
+                return;
+            }
+        };
         let sender = request.sender;
         self.held_bytes += size;
-        let over = match self.conns.get_mut(conn_key(sender)) {
-            Some(c) => {
-                c.held_bytes += size;
-                c.held_bytes > self.config.max_held_bytes
-            }
+        let over = match self.conns.get_mut(sender) {
+            Some(c) => c.hold(size) > self.config.max_held_bytes,
             None => false,
         };
         if over {
@@ -296,31 +193,31 @@ impl Router {
     /// Gives `bytes` of held frames back to the sender's allowance.
     fn release_held(&mut self, sender: ConnId, bytes: usize) {
         self.held_bytes -= bytes;
-        let Some(c) = self.conns.get_mut(conn_key(sender)) else {
+        let Some(c) = self.conns.get_mut(sender) else {
             return;
         };
-        c.held_bytes -= bytes;
-        if c.held_bytes <= self.config.max_held_bytes / 2 {
+        if c.release_held(bytes) <= self.config.max_held_bytes / 2 {
             self.unpause(sender, PauseCause::Held);
         }
     }
 
     /// Records that `receiver` holds the request (its slot, its stream list, the FIFO).
     fn take_request(&mut self, key: Key, receiver: ConnId) {
-        let Some(c) = self.conns.get_mut(conn_key(receiver)) else {
+        let Some(c) = self.conns.get_mut(receiver) else {
             return;
         };
-        let (receiver_client, channel) = match c.state {
-            super::connection::ConnState::Open { client, channel } => (client, channel),
-            _ => return,
+        let Some((channel, receiver_client)) = c.open_identity() else {
+            return;
         };
-        c.in_flight += 1;
-        c.streams.push(StreamKey::Request(key));
-        if let Some(request) = self.requests.get_mut(key) {
-            request.set_state(RequestState::Assigned {
-                receiver,
-                receiver_client,
-            });
+        c.take_request();
+        c.add_stream(StreamKey::Request(key));
+        if let Some(Err(e)) = self
+            .requests
+            .get_mut(key)
+            .map(|r| r.assign(receiver, receiver_client))
+        {
+            log::debug!("{receiver}: {e}");
+            debug_assert!(false, "{receiver}: {e}");
         }
         log::debug!("request assigned to {receiver}");
         // Round-robin: back of the FIFO if it can take more.
@@ -332,14 +229,13 @@ impl Router {
         let Some(request) = self.requests.get_mut(key) else {
             return;
         };
-        let RequestState::Queued { held, held_bytes } = std::mem::replace(
-            &mut request.state,
-            RequestState::Queued {
-                held: VecDeque::new(),
-                held_bytes: 0,
-            },
-        ) else {
-            return;
+        let (held, held_bytes) = match request.take_held() {
+            Ok(held) => held,
+            Err(e) => {
+                log::debug!("{receiver}: {e}");
+                debug_assert!(false, "{receiver}: {e}");
+                return;
+            }
         };
         let (sender, sender_client, deadline) =
             (request.sender, request.sender_client, request.deadline);
@@ -362,20 +258,23 @@ impl Router {
         if request.receiver() != Some(from.conn) {
             return self.reject_unknown_request(from.conn, id, "response frame");
         }
-        let expected = match request.state {
-            RequestState::Assigned { .. } => 0,
-            RequestState::Responding { next_seq, .. } => next_seq,
-            RequestState::Queued { .. } => unreachable_queued(),
+        let expected = match request.expected_response_seq() {
+            Ok(expected) => expected,
+            Err(e) => {
+                // `receiver()` is `Some`: not `Queued`, so this cannot happen; out of order.
+                debug_assert!(false, "{}: {e}", from.conn);
+                u32::MAX
+            }
         };
         if !in_order(&frame.header, expected) {
             return self.abort_out_of_order(key, from.conn, now);
         }
         let receiver_client = request.receiver_client();
-        request.set_state(RequestState::Responding {
-            receiver: from.conn,
-            receiver_client,
-            next_seq: frame.header.sequence.wrapping_add(1),
-        });
+        if let Err(e) = request.recv_response(frame.header.sequence.wrapping_add(1)) {
+            log::debug!("{}: {e}", from.conn);
+            debug_assert!(false, "{}: {e}", from.conn);
+            return;
+        }
         let sender = request.sender;
         let is_final = frame.header.is_final;
         let header = Header {
@@ -480,7 +379,7 @@ impl Router {
         self.finish_request(key, now);
     }
 
-    /// The drain deadline passed with the request in flight: SHUTTING_DOWN to the sender,
+    /// The shutdown deadline passed with the request in flight: SHUTTING_DOWN to the sender,
     /// CANCEL to the receiver.
     pub(super) fn end_request_for_shutdown(&mut self, key: Key, now: Instant) {
         let Some(request) = self.requests.get(key) else {
@@ -548,15 +447,15 @@ impl Router {
         self.streams.remove(&request.id);
         self.forget_sent(request.sender);
         self.forget_stream(request.sender, StreamKey::Request(key));
-        match request.state {
-            RequestState::Queued { held_bytes, .. } => {
-                self.release_held(request.sender, held_bytes);
+        match request.receiver() {
+            None => {
+                self.release_held(request.sender, request.held_bytes());
                 self.forget_waiting(request.channel);
             }
-            RequestState::Assigned { receiver, .. } | RequestState::Responding { receiver, .. } => {
+            Some(receiver) => {
                 self.forget_stream(receiver, StreamKey::Request(key));
-                if let Some(c) = self.conns.get_mut(conn_key(receiver)) {
-                    c.in_flight -= 1;
+                if let Some(c) = self.conns.get_mut(receiver) {
+                    c.end_request();
                 }
                 // Whichever side flow control paused for this request's sake may go on: it has
                 // no more frames for the other (if it has others, they pause it again).
@@ -596,10 +495,4 @@ fn forward_request(
 fn ceil_ms(duration: Duration) -> u32 {
     let ms = duration.as_millis() + u128::from(!duration.subsec_nanos().is_multiple_of(1_000_000));
     u32::try_from(ms).unwrap_or(u32::MAX)
-}
-
-/// A request whose receiver is known cannot be Queued.
-fn unreachable_queued() -> u32 {
-    debug_assert!(false, "receiver() is None for a queued request");
-    u32::MAX
 }

@@ -1,7 +1,10 @@
-//! Graceful shutdown: drain, then close.
+//! Graceful shutdown: finish what is in flight, start nothing new, then close.
+//!
+//! ("Shutdown" is this phase's only name in the router; a queue whose bytes were all written is
+//! "empty", and outputs are "polled".)
 //!
 //! ```text
-//!  begin_drain ─▶ every open connection gets ERROR GOING_AWAY (nil request id);
+//!  begin_shutdown ─▶ every open connection gets ERROR GOING_AWAY (nil request id);
 //!                 new handshakes get GOING_AWAY and are closed; new requests and broadcasts get
 //!                 SHUTTING_DOWN; requests and broadcasts in flight go on; waiting requests may
 //!                 still be assigned; presence has no grace period any more
@@ -9,35 +12,34 @@
 //!       ├─ a connection with nothing left to do (no stream in flight, and not a receiver with
 //!       │  credit on a channel where requests wait) is closed
 //!       ▼
-//!  drain deadline ─▶ every request and broadcast still in flight ends with SHUTTING_DOWN to its
+//!  shutdown deadline ─▶ every request and broadcast still in flight ends with SHUTTING_DOWN to its
 //!                    sender and CANCEL to its receivers; every connection is closed
 //! ```
-//! The router is drained ([`Router::is_drained`]) once no connection is left.
+//! The router is shut down ([`Router::is_shut_down`]) once no connection is left.
 
 use std::time::{Duration, Instant};
 
-use super::connection::ConnState;
-use super::{conn_key, insert_timer, Router, StreamKey, TimerTarget};
+use super::{insert_timer, Router, StreamKey, TimerTarget};
 use crate::ids::{ConnId, RequestId};
 use crate::protocol::ErrorCode;
 
 impl Router {
     /// Begins a graceful shutdown that ends at `now + deadline` at the latest. Idempotent.
-    pub fn begin_drain(&mut self, now: Instant, deadline: Duration) {
+    pub fn begin_shutdown(&mut self, now: Instant, deadline: Duration) {
         self.now = self.now.max(now);
-        if self.draining {
+        if self.shutting_down {
             return;
         }
-        self.draining = true;
+        self.shutting_down = true;
         log::info!(
-            "draining: {} connections, deadline in {deadline:?}",
+            "shutting down: {} connections, deadline in {deadline:?}",
             self.conns.len()
         );
         let tick = self.deadline_tick(now, deadline);
-        self.drain_timer = Some(insert_timer(
+        self.shutdown_timer = Some(insert_timer(
             &mut self.wheel,
             tick,
-            TimerTarget::DrainDeadline,
+            TimerTarget::ShutdownDeadline,
         ));
         // Ghosts would hold their channels (and timers) past the end: they leave now.
         let ghosts: Vec<_> = self
@@ -49,12 +51,9 @@ impl Router {
             self.wheel.remove(timer);
             self.expire_ghost(channel, client);
         }
-        let open: Vec<ConnId> = self.conns.iter().map(|(_, c)| c.id).collect();
+        let open: Vec<ConnId> = self.conns.iter().map(|(id, _)| id).collect();
         for conn in open {
-            if matches!(
-                self.conns.get(conn_key(conn)).map(|c| c.state),
-                Some(ConnState::Open { .. })
-            ) {
+            if self.conns.get(conn).is_some_and(|c| c.is_open()) {
                 self.send_error(
                     conn,
                     ErrorCode::GoingAway,
@@ -63,41 +62,41 @@ impl Router {
                 );
             }
         }
-        self.close_idle_drained();
+        self.close_idle_for_shutdown();
     }
 
-    /// True once a drain began and every connection is gone.
-    pub fn is_drained(&self) -> bool {
-        self.draining && self.conns.len() == 0
+    /// True once a shutdown began and every connection is gone.
+    pub fn is_shut_down(&self) -> bool {
+        self.shutting_down && self.conns.len() == 0
     }
 
     /// True while a graceful shutdown is under way.
-    pub fn is_draining(&self) -> bool {
-        self.draining
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down
     }
 
     /// Closes the connections that have nothing left to do. Called after every input while
-    /// draining.
-    pub(super) fn close_idle_drained(&mut self) {
-        if !self.draining {
+    /// shutting down.
+    pub(super) fn close_idle_for_shutdown(&mut self) {
+        if !self.shutting_down {
             return;
         }
         let idle: Vec<ConnId> = self
             .conns
             .iter()
-            .filter(|(_, c)| !matches!(c.state, ConnState::Closing))
-            .filter(|(_, c)| c.streams.is_empty())
-            .filter(|(_, c)| !(c.window > 0 && self.waiting_len(c.channel()) > 0))
-            .map(|(_, c)| c.id)
+            .filter(|(_, c)| !c.is_closing())
+            .filter(|(_, c)| c.streams().is_empty())
+            .filter(|(_, c)| !(c.window() > 0 && self.waiting_len(c.channel()) > 0))
+            .map(|(id, _)| id)
             .collect();
         for conn in idle {
             self.close_connection(conn, None);
         }
     }
 
-    /// The drain deadline passed: end everything still in flight and close every connection.
-    pub(super) fn expire_drain(&mut self, now: Instant) {
-        self.drain_timer = None;
+    /// The shutdown deadline passed: end everything still in flight and close every connection.
+    pub(super) fn expire_shutdown(&mut self, now: Instant) {
+        self.shutdown_timer = None;
         let streams: Vec<StreamKey> = self.streams.values().copied().collect();
         for stream in streams {
             match stream {
@@ -105,7 +104,7 @@ impl Router {
                 StreamKey::Broadcast(key) => self.end_broadcast_for_shutdown(key),
             }
         }
-        let all: Vec<ConnId> = self.conns.iter().map(|(_, c)| c.id).collect();
+        let all: Vec<ConnId> = self.conns.iter().map(|(id, _)| id).collect();
         for conn in all {
             self.close_connection(conn, None);
         }

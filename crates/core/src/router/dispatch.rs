@@ -1,0 +1,153 @@
+//! Input: one decoded frame, checked against the connection's state and routed to the concern
+//! that handles it (handshake and presence, receive windows, requests, broadcasts).
+//!
+//! Before its hello a connection may send only HELLO and PING; after it every frame must name
+//! the connection's channel, and frames only the broker sends are refused. A protocol error
+//! closes the connection (`lifecycle.rs`); a frame about a request the connection has no part in
+//! gets an error frame and the connection stays open.
+
+use std::time::Instant;
+
+use super::{Peer, Router};
+use crate::ids::ConnId;
+use crate::protocol::{ErrorCode, Flags, Frame, FrameType};
+
+impl Router {
+    /// Feeds one decoded frame from `conn`.
+    pub fn handle_frame(&mut self, conn: ConnId, frame: Frame, now: Instant) {
+        self.input = Some(conn);
+        self.dispatch_frame(conn, frame, now);
+        self.input = None;
+        if self.shutting_down {
+            self.close_idle_for_shutdown();
+        }
+    }
+
+    fn dispatch_frame(&mut self, conn: ConnId, frame: Frame, now: Instant) {
+        self.now = self.now.max(now);
+        let tick = self.tick(now);
+        let Some(c) = self.conns.get_mut(conn) else {
+            return;
+        };
+        // The heartbeat's whole per-frame cost: one store (see `heartbeat.rs`).
+        c.liveness_mut().heard(tick);
+        let header = &frame.header;
+        log::trace!(
+            "{conn}: recv {:?} {:?} {}",
+            header.frame_type,
+            header.flags,
+            header.request_id
+        );
+        if c.is_closing() {
+            return;
+        }
+        if c.is_awaiting_hello() {
+            match header.frame_type {
+                FrameType::Hello => self.recv_hello(conn, &frame),
+                FrameType::Ping => self.send_pong(conn, header),
+                _ => {
+                    self.counters.handshake_failures += 1;
+                    self.fail_connection(
+                        conn,
+                        ErrorCode::HandshakeRequired,
+                        "the first frame must be a hello",
+                    )
+                }
+            }
+            return;
+        }
+        // `Replaced` is transient (closed within the input that replaced it): never fed.
+        let Some((channel, client)) = c.open_identity() else {
+            return;
+        };
+        if header.channel_id != channel {
+            return self.fail_connection(
+                conn,
+                ErrorCode::ChannelMismatch,
+                &format!(
+                    "frame for channel {} on a connection joined to {}",
+                    header.channel_id, channel
+                ),
+            );
+        }
+        let from = Peer {
+            conn,
+            client,
+            channel,
+        };
+        match header.frame_type {
+            FrameType::Hello => self.fail_connection(
+                conn,
+                ErrorCode::DuplicateHello,
+                "second hello on this connection",
+            ),
+            FrameType::Welcome | FrameType::Error | FrameType::PeerJoined | FrameType::PeerLeft => {
+                self.fail_connection(
+                    conn,
+                    ErrorCode::UnexpectedFrame,
+                    &format!("clients may not send {:?} frames", header.frame_type),
+                )
+            }
+            FrameType::Ping => self.send_pong(conn, header),
+            FrameType::Pong => {}
+            FrameType::Peers => self.recv_peers(conn, channel),
+            FrameType::Receive => self.recv_receive(from, &frame.payload, now),
+            FrameType::Ack => {
+                if header.flags != Flags::BROADCAST {
+                    return self.fail_connection(
+                        conn,
+                        ErrorCode::MalformedFrame,
+                        "an ack carries exactly the BROADCAST flag",
+                    );
+                }
+                self.recv_broadcast_ack(from, header.request_id)
+            }
+            FrameType::Start | FrameType::Chunk | FrameType::End | FrameType::Cancel => {
+                self.recv_stream_frame(from, frame, now)
+            }
+        }
+    }
+
+    /// Routes a START, CHUNK, END or CANCEL by its direction flags.
+    fn recv_stream_frame(&mut self, from: Peer, frame: Frame, now: Instant) {
+        let flags = frame.header.flags;
+        let request = flags.contains(Flags::REQUEST);
+        let response = flags.contains(Flags::RESPONSE);
+        if request == response {
+            return self.fail_connection(
+                from.conn,
+                ErrorCode::MalformedFrame,
+                "a stream frame carries exactly one of REQUEST and RESPONSE",
+            );
+        }
+        if frame.header.request_id.is_nil() {
+            return self.fail_connection(
+                from.conn,
+                ErrorCode::MalformedFrame,
+                "a stream frame needs a non-nil request id",
+            );
+        }
+        let broadcast = flags.contains(Flags::BROADCAST);
+        if response && broadcast {
+            return self.fail_connection(
+                from.conn,
+                ErrorCode::MalformedFrame,
+                "a broadcast has no response stream",
+            );
+        }
+        match (frame.header.frame_type, broadcast, request) {
+            (FrameType::Cancel, true, _) => {
+                self.recv_broadcast_cancel(from, frame.header.request_id)
+            }
+            (FrameType::Cancel, false, true) => {
+                self.recv_request_cancel(from, frame.header.request_id, now)
+            }
+            (FrameType::Cancel, false, false) => {
+                self.recv_response_cancel(from, frame.header.request_id, now)
+            }
+            (_, true, _) => self.recv_broadcast_frame(from, frame, now),
+            (_, false, true) => self.recv_request_frame(from, frame, now),
+            (_, false, false) => self.recv_response_frame(from, frame, now),
+        }
+    }
+}
