@@ -4,18 +4,19 @@
 //! byte arrives, in order, and the sender's writes complete (the predecessor's "deadlocks on full
 //! buffers" and unbounded queues).
 
-use switchyard_testkit::support;
-
 use std::io::{self, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread;
 use std::time::Duration;
+use switchyard_testkit::broker;
+use switchyard_testkit::broker::start_with;
+use switchyard_testkit::gauges::{wait_for, wait_idle, with_peak_buffered};
+use switchyard_testkit::pattern::Pattern;
+use switchyard_testkit::raw::RawPeer;
 
 use switchyard::ids::{ChannelId, ClientId, RequestId};
 use switchyard::protocol::{Flags, FrameType, Header, HEADER_LEN};
 use switchyard::server::{ServerConfig, ServerStats};
-
-use support::{start_with, wait_for, wait_idle, with_peak_buffered, Pattern, RawPeer};
 
 /// Payload of every frame of the big request, and the broker's max payload.
 const FRAME: usize = 256 << 10;
@@ -24,7 +25,7 @@ const FRAME: usize = 256 << 10;
 const TOTAL: u64 = 100 << 20;
 
 fn config() -> ServerConfig {
-    let mut config = support::config();
+    let mut config = broker::config();
     config.router.max_payload = FRAME as u32;
     config.router.high_watermark = 1 << 20;
     config.router.low_watermark = 256 << 10;

@@ -8,8 +8,6 @@
 //! possible, so the bystanders' presence frames (PEER_JOINED then PEER_LEFT, even when the broker
 //! closes the connection itself) are checked as well.
 
-use switchyard_testkit::support;
-
 use bytes::BytesMut;
 use rand::rngs::StdRng;
 use rand::{Rng, RngCore, SeedableRng};
@@ -19,8 +17,10 @@ use switchyard::protocol::{
     DEFAULT_MAX_PAYLOAD, HEADER_LEN,
 };
 use switchyard::server::{ServerConfig, ServerHandle};
-
-use support::{start, start_with, wait_idle, RawPeer};
+use switchyard_testkit::broker;
+use switchyard_testkit::broker::{start, start_with};
+use switchyard_testkit::gauges::wait_idle;
+use switchyard_testkit::raw::RawPeer;
 
 /// Presence frames the bystanders must see, in order, before their round trip.
 type Presence = Vec<(FrameType, ClientId)>;
@@ -304,7 +304,7 @@ fn unknown_frame_type_is_fatal() {
 #[test]
 fn payload_over_the_limit_is_refused_before_the_payload_is_sent() {
     const MAX: u32 = 1024;
-    let mut config = support::config();
+    let mut config = broker::config();
     config.router.max_payload = MAX;
     case(Some(config), |handle, by| {
         // The limit is announced, and a payload of exactly the limit is fine.

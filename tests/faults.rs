@@ -21,9 +21,6 @@
 //! (`tests/broadcast.rs`, `a_stuck_peer_does_not_delay_the_others`), a graceful broker restart
 //! (`tests/reconnect.rs`), a client that never reads its answers (`tests/resource_exhaustion.rs`).
 
-use switchyard_testkit::process;
-use switchyard_testkit::{sockets, support};
-
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;
 use std::os::unix::process::ExitStatusExt;
@@ -32,9 +29,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::thread;
 use std::time::Duration;
+use switchyard_testkit::broker::{config, start, start_with};
+use switchyard_testkit::gauges::{wait_for, wait_idle};
+use switchyard_testkit::process::BrokerProcess;
+use switchyard_testkit::raw::RawPeer;
+use switchyard_testkit::DEADLINE;
+use switchyard_testkit::{raw, sockets};
 
-use process::BrokerProcess;
-use support::{config, start, start_with, wait_for, wait_idle, RawPeer, DEADLINE};
 use switchyard::client::{Client, ClientOptions, ConnectionState, Error, ReconnectPolicy};
 use switchyard::ids::{ChannelId, ClientId, RequestId};
 use switchyard::protocol::{ErrorCode, Flags, Frame, FrameType, Header, HEADER_LEN};
@@ -67,7 +68,7 @@ fn barrier(peer: &mut RawPeer, sequence: u32) {
             _ => panic!(
                 "{}: expected PONG, got {}",
                 peer.name,
-                support::describe(&frame)
+                raw::describe(&frame)
             ),
         }
     }
@@ -319,7 +320,7 @@ fn expect_request_head(receiver: &mut RawPeer, id: RequestId, sender: ClientId) 
             (h.frame_type, h.flags, h.request_id, h.sequence, h.client_id),
             (kind, Flags::REQUEST, id, seq as u32, sender),
             "{}",
-            support::describe(&frame)
+            raw::describe(&frame)
         );
         assert!(
             frame.payload[..] == part(seq)[..],
@@ -339,7 +340,7 @@ fn expect_cancelled(receiver: &mut RawPeer, id: RequestId, sender: ClientId) {
         (h.frame_type, h.flags, h.request_id, h.client_id, h.is_final),
         (FrameType::Cancel, Flags::REQUEST, id, sender, true),
         "{}",
-        support::describe(&cancel)
+        raw::describe(&cancel)
     );
     receiver.send_stream(FrameType::Chunk, Flags::RESPONSE, id, 1, false, b"late");
     let late = next_non_presence(receiver);
@@ -347,7 +348,7 @@ fn expect_cancelled(receiver: &mut RawPeer, id: RequestId, sender: ClientId) {
         late.header.frame_type,
         FrameType::Error,
         "{}",
-        support::describe(&late)
+        raw::describe(&late)
     );
     let body = switchyard::protocol::ErrorBody::decode(&late.payload).unwrap();
     assert_eq!(body.known_code(), Some(ErrorCode::UnknownRequest));
@@ -364,7 +365,7 @@ fn bystander_round_trip(asker: &mut RawPeer, answerer: &mut RawPeer) {
         (start.header.frame_type, start.header.request_id),
         (FrameType::Start, id),
         "{}",
-        support::describe(&start)
+        raw::describe(&start)
     );
     answerer.respond(id, b"yes");
     let reply = next_non_presence(asker);
@@ -376,7 +377,7 @@ fn bystander_round_trip(asker: &mut RawPeer, answerer: &mut RawPeer) {
         ),
         (FrameType::Start, Flags::RESPONSE, id),
         "{}",
-        support::describe(&reply)
+        raw::describe(&reply)
     );
     assert_eq!(&reply.payload[..], b"yes");
 }
@@ -524,7 +525,7 @@ fn a_sender_process_that_stops_reading_pauses_its_receiver_until_it_is_killed() 
             ),
             (FrameType::Cancel, Flags::REQUEST, id),
             "{}",
-            support::describe(&cancel)
+            raw::describe(&cancel)
         );
         stop.store(true, Ordering::Relaxed);
         let frames = writer.join().unwrap();
@@ -540,7 +541,7 @@ fn a_sender_process_that_stops_reading_pauses_its_receiver_until_it_is_killed() 
                     assert_eq!(body.known_code(), Some(ErrorCode::UnknownRequest));
                     assert_eq!(frame.header.request_id, id);
                 }
-                _ => panic!("unexpected {}", support::describe(&frame)),
+                _ => panic!("unexpected {}", raw::describe(&frame)),
             }
         }
     });

@@ -6,14 +6,17 @@
 //!
 //! Every test ends by closing its clients and asserting the broker is idle (behaviour 9).
 
-use switchyard_testkit::{assert_err, common};
-
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
+use switchyard_testkit::body::{check_stream, GatedReader, PatternReader};
+use switchyard_testkit::broker::{start, start_router};
+use switchyard_testkit::client::{connect, echo, receiver, set_window, Responder};
+use switchyard_testkit::gauges::wait_idle;
+use switchyard_testkit::{assert_err, client};
+use switchyard_testkit::{now, DEADLINE, QUIET};
 
-use common::*;
 use switchyard::client::{Client, Error, RequestOptions};
 use switchyard::ids::{ChannelId, RequestId};
 use switchyard::protocol::{FrameType, Header};
@@ -39,7 +42,7 @@ fn small_frames() -> RouterConfig {
 
 #[test]
 fn request_and_response_stream_both_ways() {
-    let handle = start(small_frames());
+    let handle = start_router(small_frames());
     let channel = ChannelId::random();
     let receiver = receiver(&handle, channel, 1);
     let sender = connect(&handle, channel);
@@ -50,7 +53,7 @@ fn request_and_response_stream_both_ways() {
     let frames_before = handle.stats().unwrap().frames_in;
     thread::scope(|s| {
         let serving = s.spawn(|| {
-            let mut incoming = receiver.next_request(Some(WAIT)).expect("the request");
+            let mut incoming = receiver.next_request(Some(DEADLINE)).expect("the request");
             assert_eq!(incoming.sender(), sender.client_id());
             assert!(incoming.timeout() > Duration::ZERO && incoming.timeout() <= LONG);
             assert_eq!(
@@ -82,7 +85,7 @@ fn request_and_response_stream_both_ways() {
     // A small exchange: one frame each way, through the plain API.
     thread::scope(|s| {
         s.spawn(|| {
-            let mut incoming = receiver.next_request(Some(WAIT)).expect("the request");
+            let mut incoming = receiver.next_request(Some(DEADLINE)).expect("the request");
             assert_eq!(incoming.read_body().unwrap(), b"ping");
             incoming.respond(b"pong").unwrap();
         });
@@ -91,12 +94,12 @@ fn request_and_response_stream_both_ways() {
 
     drop(sender);
     drop(receiver);
-    assert_idle(&handle);
+    wait_idle(&handle);
 }
 
 #[test]
 fn a_request_goes_to_exactly_one_receiver_with_credit() {
-    let handle = start_default();
+    let handle = start();
     let channel = ChannelId::random();
     // Three receivers ready in this order; one more client with no credit.
     let receivers: Vec<Client> = (0..3).map(|_| receiver(&handle, channel, 1)).collect();
@@ -106,10 +109,12 @@ fn a_request_goes_to_exactly_one_receiver_with_credit() {
     thread::scope(|s| {
         let asking = s.spawn(|| sender.request(b"only one", LONG));
         handle
-            .wait_until(|st| st.router.assignments == 1, WAIT)
+            .wait_until(|st| st.router.assignments == 1, DEADLINE)
             .expect("the request is assigned");
         // The receiver waiting longest gets it (the FIFO of ready receivers).
-        let mut incoming = receivers[0].next_request(Some(WAIT)).expect("delivered");
+        let mut incoming = receivers[0]
+            .next_request(Some(DEADLINE))
+            .expect("delivered");
         assert_eq!(incoming.read_body().unwrap(), b"only one");
         for other in &receivers[1..] {
             assert_err!(other.next_request(Some(QUIET)), Error::Timeout);
@@ -124,13 +129,13 @@ fn a_request_goes_to_exactly_one_receiver_with_credit() {
     }
 
     drop((receivers, idle, sender));
-    assert_idle(&handle);
+    wait_idle(&handle);
 }
 
 #[test]
 fn requests_are_received_in_the_order_they_were_sent() {
     const N: u32 = 20;
-    let handle = start_default();
+    let handle = start();
     let channel = ChannelId::random();
     let receiver = connect(&handle, channel); // no credit yet: every request queues
     let sender = connect(&handle, channel);
@@ -143,13 +148,13 @@ fn requests_are_received_in_the_order_they_were_sent() {
             // The next request starts only once this one is queued: the send order is 0..N.
             let queued = i as usize + 1;
             handle
-                .wait_until(move |st| st.router.pending_requests == queued, WAIT)
+                .wait_until(move |st| st.router.pending_requests == queued, DEADLINE)
                 .expect("request queued");
         }
         // One slot: the requests come one by one, in the channel's FIFO order.
         set_window(&receiver, 1);
         for i in 0..N {
-            let mut incoming = receiver.next_request(Some(WAIT)).expect("next request");
+            let mut incoming = receiver.next_request(Some(DEADLINE)).expect("next request");
             let body = incoming.read_body().unwrap();
             assert_eq!(body, i.to_be_bytes(), "request {i} out of order");
             incoming.respond(&body).unwrap();
@@ -161,14 +166,14 @@ fn requests_are_received_in_the_order_they_were_sent() {
     });
 
     drop((receiver, sender));
-    assert_idle(&handle);
+    wait_idle(&handle);
 }
 
 #[test]
 fn idle_receivers_share_requests_round_robin() {
     const RECEIVERS: usize = 4;
     const REQUESTS: usize = 41;
-    let handle = start_default();
+    let handle = start();
     let channel = ChannelId::random();
     let responders: Vec<Responder> = (0..RECEIVERS)
         .map(|_| Responder::spawn(connect(&handle, channel), 1, echo))
@@ -196,13 +201,13 @@ fn idle_receivers_share_requests_round_robin() {
     assert_eq!(counts.iter().sum::<usize>(), REQUESTS);
 
     drop(sender);
-    assert_idle(&handle);
+    wait_idle(&handle);
 }
 
 #[test]
 fn a_receiver_with_window_n_holds_n_requests_at_once() {
     const WINDOW: u32 = 3;
-    let handle = start_default();
+    let handle = start();
     let channel = ChannelId::random();
     let receiver = receiver(&handle, channel, WINDOW);
     let sender = connect(&handle, channel);
@@ -217,13 +222,17 @@ fn a_receiver_with_window_n_holds_n_requests_at_once() {
         let stats = handle
             .wait_until(
                 |st| st.router.assignments == WINDOW as usize && st.router.pending_requests == 1,
-                WAIT,
+                DEADLINE,
             )
             .expect("N assigned, one waiting");
         assert_eq!(stats.router.assignments, WINDOW as usize);
 
         let mut held: Vec<_> = (0..WINDOW)
-            .map(|_| receiver.next_request(Some(WAIT)).expect("a held request"))
+            .map(|_| {
+                receiver
+                    .next_request(Some(DEADLINE))
+                    .expect("a held request")
+            })
             .collect();
         // The N+1th waits for a free slot.
         assert_err!(receiver.next_request(Some(QUIET)), Error::Timeout);
@@ -231,7 +240,7 @@ fn a_receiver_with_window_n_holds_n_requests_at_once() {
         first.respond(b"done").unwrap();
         held.push(
             receiver
-                .next_request(Some(WAIT))
+                .next_request(Some(DEADLINE))
                 .expect("the N+1th after a slot freed"),
         );
         for incoming in held {
@@ -243,12 +252,12 @@ fn a_receiver_with_window_n_holds_n_requests_at_once() {
     });
 
     drop((receiver, sender));
-    assert_idle(&handle);
+    wait_idle(&handle);
 }
 
 #[test]
 fn no_receiver_within_the_timeout() {
-    let handle = start_default();
+    let handle = start();
     let channel = ChannelId::random();
     let no_credit = connect(&handle, channel);
     let sender = connect(&handle, channel);
@@ -264,16 +273,16 @@ fn no_receiver_within_the_timeout() {
     assert!(took < timeout + Duration::from_secs(2), "took {took:?}");
     assert_eq!(handle.stats().unwrap().router.timeouts, 1);
     // The client stays usable after a per-request error.
-    sender.ping(WAIT).expect("still connected");
+    sender.ping(DEADLINE).expect("still connected");
 
     drop((no_credit, sender));
-    assert_idle(&handle);
+    wait_idle(&handle);
 }
 
 #[test]
 fn timeout_zero_means_the_broker_default() {
     let default_timeout = Duration::from_millis(300);
-    let handle = start(RouterConfig {
+    let handle = start_router(RouterConfig {
         default_timeout,
         ..RouterConfig::default()
     });
@@ -299,7 +308,7 @@ fn timeout_zero_means_the_broker_default() {
             let result = sender.request(b"y", Duration::ZERO);
             (result, started.elapsed())
         });
-        let incoming = receiver.next_request(Some(WAIT)).expect("assigned");
+        let incoming = receiver.next_request(Some(DEADLINE)).expect("assigned");
         assert!(incoming.timeout() <= default_timeout);
         let (result, took) = asking.join().unwrap();
         assert_err!(result, Error::Timeout);
@@ -308,12 +317,12 @@ fn timeout_zero_means_the_broker_default() {
     });
 
     drop((sender, receiver));
-    assert_idle(&handle);
+    wait_idle(&handle);
 }
 
 #[test]
 fn no_wait_fails_at_once_without_a_free_receiver() {
-    let handle = start_default(); // default timeout 30 s: any wait would show
+    let handle = start(); // default timeout 30 s: any wait would show
     let channel = ChannelId::random();
     let no_credit = connect(&handle, channel);
     let sender = connect(&handle, channel);
@@ -333,7 +342,7 @@ fn no_wait_fails_at_once_without_a_free_receiver() {
     let busy = receiver(&handle, channel, 1);
     thread::scope(|s| {
         let asking = s.spawn(|| sender.request(b"first", LONG));
-        let held = busy.next_request(Some(WAIT)).expect("assigned");
+        let held = busy.next_request(Some(DEADLINE)).expect("assigned");
         let started = now();
         assert_err!(
             sender.request_with(&mut &b"now"[..], no_wait),
@@ -357,12 +366,12 @@ fn no_wait_fails_at_once_without_a_free_receiver() {
 
     assert_eq!(responder.stop().answered, 1);
     drop((sender, busy));
-    assert_idle(&handle);
+    wait_idle(&handle);
 }
 
 #[test]
 fn an_unanswered_request_times_out_and_cancels_the_receiver() {
-    let handle = start(small_frames());
+    let handle = start_router(small_frames());
     let channel = ChannelId::random();
     let receiver = receiver(&handle, channel, 1);
     let sender = connect(&handle, channel);
@@ -371,11 +380,11 @@ fn an_unanswered_request_times_out_and_cancels_the_receiver() {
     // (a) Held, never answered: the sender gets TIMEOUT, the receiver's response fails.
     thread::scope(|s| {
         let asking = s.spawn(|| sender.request(b"slow", timeout));
-        let incoming = receiver.next_request(Some(WAIT)).expect("assigned");
+        let incoming = receiver.next_request(Some(DEADLINE)).expect("assigned");
         assert_err!(asking.join().unwrap(), Error::Timeout);
         // The broker sent the CANCEL with the sender's ERROR; a PING round trip on the
         // receiver proves the client has processed it.
-        receiver.ping(WAIT).unwrap();
+        receiver.ping(DEADLINE).unwrap();
         assert_err!(incoming.respond(b"too late"), Error::Cancelled);
     });
 
@@ -385,21 +394,21 @@ fn an_unanswered_request_times_out_and_cancels_the_receiver() {
         let (mut half, gate) = GatedReader::new(5, 2 * 1024);
         let sender = &sender;
         let asking = s.spawn(move || sender.request_with(&mut half, options(timeout)).map(|_| ()));
-        let mut incoming = receiver.next_request(Some(WAIT)).expect("assigned");
+        let mut incoming = receiver.next_request(Some(DEADLINE)).expect("assigned");
         assert_err!(incoming.read_body(), Error::Cancelled);
         drop(gate);
         assert_err!(asking.join().unwrap(), Error::Timeout);
     });
 
     drop((sender, receiver));
-    assert_idle(&handle);
+    wait_idle(&handle);
 }
 
 /// A response that started but did not complete in time, its last frame held back by the
 /// receiver's body reader. Returns the sender's error and the receiver's `respond_with` result,
 /// the latter once the receiver has processed the CANCEL and the last frame was released.
 fn stall_a_response_past_its_timeout() -> (Result<Vec<u8>, Error>, Result<(), Error>) {
-    let handle = start(small_frames());
+    let handle = start_router(small_frames());
     let channel = ChannelId::random();
     let receiver = receiver(&handle, channel, 1);
     let sender = connect(&handle, channel);
@@ -407,7 +416,7 @@ fn stall_a_response_past_its_timeout() -> (Result<Vec<u8>, Error>, Result<(), Er
         let (mut stalled, gate) = GatedReader::new(7, 2 * 1024);
         let receiver = &receiver;
         let responding = s.spawn(move || {
-            let mut incoming = receiver.next_request(Some(WAIT)).expect("assigned");
+            let mut incoming = receiver.next_request(Some(DEADLINE)).expect("assigned");
             incoming.read_body().unwrap();
             // Sends START, then blocks in the body reader until the gate opens.
             incoming.respond_with(&mut stalled)
@@ -419,12 +428,12 @@ fn stall_a_response_past_its_timeout() -> (Result<Vec<u8>, Error>, Result<(), Er
         // PING barrier from here while the responder is blocked in its body reader: the CANCEL
         // (sent by the broker with the sender's ERROR) has reached the receiver before the
         // response's last frame is released.
-        receiver.ping(WAIT).unwrap();
+        receiver.ping(DEADLINE).unwrap();
         drop(gate);
         (read, responding.join().unwrap())
     });
     drop((sender, receiver));
-    assert_idle(&handle);
+    wait_idle(&handle);
     outcome
 }
 
@@ -447,7 +456,7 @@ fn a_response_stalled_past_the_timeout_fails_with_cancelled_at_the_receiver() {
 
 #[test]
 fn a_receiver_disconnecting_mid_request_is_peer_gone() {
-    let handle = start(small_frames());
+    let handle = start_router(small_frames());
     let channel = ChannelId::random();
     let sender = connect(&handle, channel);
 
@@ -455,7 +464,7 @@ fn a_receiver_disconnecting_mid_request_is_peer_gone() {
     let receiver = receiver(&handle, channel, 1);
     thread::scope(|s| {
         let asking = s.spawn(|| sender.request(b"hello?", LONG));
-        let incoming = receiver.next_request(Some(WAIT)).expect("assigned");
+        let incoming = receiver.next_request(Some(DEADLINE)).expect("assigned");
         receiver.close(); // while still holding it: no CANCEL, a disconnect
         drop(incoming);
         assert_err!(asking.join().unwrap(), Error::PeerGone);
@@ -463,12 +472,12 @@ fn a_receiver_disconnecting_mid_request_is_peer_gone() {
     drop(receiver);
 
     // (b) In the middle of a streamed response.
-    let receiver = common::receiver(&handle, channel, 1);
+    let receiver = client::receiver(&handle, channel, 1);
     thread::scope(|s| {
         let (mut stalled, gate) = GatedReader::new(9, 3 * 1024);
         let responder = &receiver;
         let responding = s.spawn(move || {
-            let incoming = responder.next_request(Some(WAIT)).expect("assigned");
+            let incoming = responder.next_request(Some(DEADLINE)).expect("assigned");
             incoming.respond_with(&mut stalled)
         });
         let mut response = sender
@@ -488,12 +497,12 @@ fn a_receiver_disconnecting_mid_request_is_peer_gone() {
     drop(receiver);
 
     drop(sender);
-    assert_idle(&handle);
+    wait_idle(&handle);
 }
 
 #[test]
 fn a_sender_disconnecting_cancels_its_requests() {
-    let handle = start(small_frames());
+    let handle = start_router(small_frames());
     let channel = ChannelId::random();
     let holder = receiver(&handle, channel, 1);
     let late = connect(&handle, channel); // no credit until the sender is gone
@@ -504,14 +513,14 @@ fn a_sender_disconnecting_cancels_its_requests() {
         let (mut half, gate) = GatedReader::new(3, 2 * 1024);
         let sender = &sender;
         let streaming = s.spawn(move || sender.request_with(&mut half, options(LONG)).map(|_| ()));
-        let mut incoming = holder.next_request(Some(WAIT)).expect("assigned");
+        let mut incoming = holder.next_request(Some(DEADLINE)).expect("assigned");
         let queued: Vec<_> = (0..2)
             .map(|i| s.spawn(move || sender.request(format!("queued {i}").as_bytes(), LONG)))
             .collect();
         handle
             .wait_until(
                 |st| st.router.assignments == 1 && st.router.pending_requests == 2,
-                WAIT,
+                DEADLINE,
             )
             .expect("one assigned, two waiting");
 
@@ -532,7 +541,7 @@ fn a_sender_disconnecting_cancels_its_requests() {
     handle
         .wait_until(
             |st| st.router.assignments == 0 && st.router.pending_requests == 0,
-            WAIT,
+            DEADLINE,
         )
         .expect("the sender's requests are gone");
 
@@ -542,7 +551,7 @@ fn a_sender_disconnecting_cancels_its_requests() {
     assert_err!(holder.next_request(Some(Duration::ZERO)), Error::Timeout);
 
     drop((holder, late, sender));
-    assert_idle(&handle);
+    wait_idle(&handle);
 }
 
 /// Every request a receiver got: its id and body.
@@ -553,7 +562,7 @@ fn a_request_is_never_delivered_twice() {
     const SENDERS: usize = 2;
     const THREADS_PER_SENDER: usize = 2;
     const PER_THREAD: usize = 50;
-    let handle = start_default();
+    let handle = start();
     let channel = ChannelId::random();
     let sender_clients: Vec<Client> = (0..SENDERS).map(|_| connect(&handle, channel)).collect();
 
@@ -562,7 +571,7 @@ fn a_request_is_never_delivered_twice() {
     let flaky = receiver(&handle, channel, 1);
     let lost_id: RequestId = thread::scope(|s| {
         let asking = s.spawn(|| sender_clients[0].request(b"lost", LONG));
-        let incoming = flaky.next_request(Some(WAIT)).expect("assigned");
+        let incoming = flaky.next_request(Some(DEADLINE)).expect("assigned");
         let id = incoming.id();
         flaky.close();
         drop(incoming);
@@ -615,7 +624,7 @@ fn a_request_is_never_delivered_twice() {
     drop(deliveries);
 
     drop(sender_clients);
-    assert_idle(&handle);
+    wait_idle(&handle);
 }
 
 #[test]
@@ -630,7 +639,7 @@ fn client_lifecycle_edge_cases() {
         Error::ConnectionRefused(_)
     );
 
-    let handle = start_default();
+    let handle = start();
     let channel = ChannelId::random();
     let client = connect(&handle, channel);
     let other = receiver(&handle, channel, 1);
@@ -639,15 +648,15 @@ fn client_lifecycle_edge_cases() {
     assert!(client.is_closed());
     assert_err!(client.request(b"x", LONG), Error::Closed);
     assert_err!(client.set_receive_window(1), Error::Closed);
-    assert_err!(client.next_request(Some(WAIT)), Error::Closed);
+    assert_err!(client.next_request(Some(DEADLINE)), Error::Closed);
     assert_err!(client.broadcast(b"x", LONG), Error::Closed);
     assert_err!(client.next_broadcast(None), Error::Closed);
-    assert_err!(client.ping(WAIT), Error::Closed);
+    assert_err!(client.ping(DEADLINE), Error::Closed);
     // The other client saw it leave and is unaffected.
     handle
-        .wait_until(|st| st.router.connections == 1, WAIT)
+        .wait_until(|st| st.router.connections == 1, DEADLINE)
         .expect("the closed client is gone");
-    other.ping(WAIT).unwrap();
+    other.ping(DEADLINE).unwrap();
 
     // Sequential requests on one connection.
     let responder = Responder::spawn(other, 1, echo);
@@ -661,7 +670,7 @@ fn client_lifecycle_edge_cases() {
     assert_eq!(responder.stop().answered, 20);
 
     drop((client, sender));
-    assert_idle(&handle);
+    wait_idle(&handle);
 }
 
 #[test]
@@ -674,7 +683,7 @@ fn a_paused_sender_that_disconnects_is_noticed() {
     // broker then reads the rest and the EOF. So: a short request timeout, and everything must
     // be freed within it plus a margin, never "whenever the stuck receiver drains or leaves".
     let request_timeout = Duration::from_secs(2);
-    let handle = start(RouterConfig {
+    let handle = start_router(RouterConfig {
         max_payload: 64 * 1024,
         high_watermark: 256 << 10,
         low_watermark: 64 << 10,
@@ -715,7 +724,7 @@ fn a_paused_sender_that_disconnects_is_noticed() {
     // stuck receiver drains or leaves.
     let freed = handle.wait_until(
         |st| st.router.connections == 1 && st.router.assignments == 0,
-        request_timeout + WAIT,
+        request_timeout + DEADLINE,
     );
     let stats = handle.stats().unwrap();
     drop(stuck);
@@ -725,5 +734,5 @@ fn a_paused_sender_that_disconnects_is_noticed() {
     );
 
     drop(sender);
-    assert_idle(&handle);
+    wait_idle(&handle);
 }

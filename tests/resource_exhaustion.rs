@@ -18,17 +18,18 @@
 //! - The channel's limit of waiting requests over real sockets (the router's unit test has the
 //!   logic; this is the wire view: which ids are refused, and FIFO service afterwards).
 
-use switchyard_testkit::process;
-use switchyard_testkit::{sockets, support};
-
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
+use switchyard_testkit::broker::start_with;
+use switchyard_testkit::gauges::{wait_for, wait_idle, with_peak_buffered};
+use switchyard_testkit::process::BrokerProcess;
+use switchyard_testkit::raw::RawPeer;
+use switchyard_testkit::DEADLINE;
+use switchyard_testkit::{broker, raw, sockets};
 
-use process::BrokerProcess;
-use support::{start_with, wait_for, wait_idle, with_peak_buffered, RawPeer, DEADLINE};
 use switchyard::ids::{ChannelId, ClientId, RequestId};
 use switchyard::protocol::{ErrorBody, ErrorCode, Flags, FrameType, Header, HEADER_LEN};
 use switchyard::server::ServerConfig;
@@ -240,7 +241,7 @@ impl Drop for SetOnDrop<'_> {
 /// The flood test's broker: small frames, allowances and queues, so the bounds are reached in
 /// a few MiB, and a channel limit of 16 waiting requests.
 fn flood_config() -> ServerConfig {
-    let mut config = support::config();
+    let mut config = broker::config();
     config.router.max_payload = FRAME as u32;
     config.router.max_held_bytes = 64 << 10;
     config.router.high_watermark = 256 << 10;
@@ -306,7 +307,7 @@ fn spam(peer: &mut RawPeer) -> Vec<ErrorCode> {
         match frame.header.frame_type {
             FrameType::PeerJoined | FrameType::PeerLeft => continue,
             FrameType::Error => {}
-            _ => panic!("{}: unexpected {}", peer.name, support::describe(&frame)),
+            _ => panic!("{}: unexpected {}", peer.name, raw::describe(&frame)),
         }
         let at = ids.iter().position(|id| *id == frame.header.request_id);
         let at = at.unwrap_or_else(|| panic!("{}: an answer for no request", peer.name));
@@ -481,7 +482,7 @@ const UNREAD_FRAMES: usize = 200_000;
 
 #[test]
 fn a_client_that_never_reads_its_answers_is_paused_not_buffered_for() {
-    let mut config = support::config();
+    let mut config = broker::config();
     config.router.max_payload = 4096;
     config.router.high_watermark = 64 << 10;
     config.router.low_watermark = 16 << 10;
@@ -581,7 +582,7 @@ fn a_client_that_never_reads_its_answers_is_paused_not_buffered_for() {
 #[test]
 fn requests_beyond_the_channels_waiting_limit_get_limit_exceeded_and_the_rest_are_served_in_order()
 {
-    let mut config = support::config();
+    let mut config = broker::config();
     config.router.max_waiting_per_channel = 3;
     let handle = start_with(config);
     let addr = handle.local_addr();

@@ -16,9 +16,6 @@
 //! Every test ends with the broker idle. No sleeps: blocking calls with deadlines and the
 //! broker's event-driven `wait_until`.
 
-use switchyard_testkit::support;
-use switchyard_testkit::{assert_err, common};
-
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
@@ -26,10 +23,15 @@ use std::process::Command;
 use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::Duration;
+use switchyard_testkit::body::body;
+use switchyard_testkit::client::Responder;
+use switchyard_testkit::gauges::{wait_for, wait_idle, with_peak_buffered};
+use switchyard_testkit::pattern::Pattern;
+use switchyard_testkit::raw::RawPeer;
+use switchyard_testkit::{assert_err, broker};
+use switchyard_testkit::{now, DEADLINE, QUIET};
 
 use bytes::Bytes;
-use common::{body, now, Responder, QUIET, WAIT};
-use support::{wait_for, wait_idle, with_peak_buffered, Pattern, RawPeer};
 use switchyard::client::{
     Client, ClientOptions, ClientTls, ConnectionState, Error, ReconnectPolicy, RequestOptions,
 };
@@ -111,7 +113,7 @@ fn any_port() -> SocketAddr {
 /// The tests' broker configuration: plain and TLS listeners on ephemeral ports, presence grace
 /// off (PEER_LEFT at once).
 fn config(certs: &Certs) -> ServerConfig {
-    let mut config = support::config();
+    let mut config = broker::config();
     config.tls = Some(certs.listener(any_port()));
     config
 }
@@ -189,7 +191,7 @@ impl TlsRawPeer {
         let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
         let conn = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
         let socket = TcpStream::connect(addr).expect("connect");
-        socket.set_read_timeout(Some(WAIT)).unwrap();
+        socket.set_read_timeout(Some(DEADLINE)).unwrap();
         socket.set_nodelay(true).unwrap();
         TlsRawPeer {
             stream: rustls::StreamOwned::new(conn, socket),
@@ -331,15 +333,15 @@ fn broadcast_and_presence_over_tls() {
     let a = connect_tls(&handle, channel, &certs);
     let b = connect_tls(&handle, channel, &certs);
     assert_eq!(
-        a.next_presence(Some(WAIT)).expect("b joined"),
+        a.next_presence(Some(DEADLINE)).expect("b joined"),
         switchyard::client::PresenceEvent::Joined(b.client_id())
     );
     let c = connect_plain(&handle, channel);
     assert_eq!(
-        a.next_presence(Some(WAIT)).expect("c joined"),
+        a.next_presence(Some(DEADLINE)).expect("c joined"),
         switchyard::client::PresenceEvent::Joined(c.client_id())
     );
-    let mut peers = b.fetch_peers(WAIT).expect("PEERS over TLS");
+    let mut peers = b.fetch_peers(DEADLINE).expect("PEERS over TLS");
     peers.sort();
     let mut expected = vec![a.client_id(), c.client_id()];
     expected.sort();
@@ -351,14 +353,18 @@ fn broadcast_and_presence_over_tls() {
     thread::scope(|s| {
         let sent = s.spawn(|| a.broadcast(&news, LONG));
         for receiver in [&b, &c] {
-            let got = receiver.next_broadcast(Some(WAIT)).expect("a broadcast");
+            let got = receiver
+                .next_broadcast(Some(DEADLINE))
+                .expect("a broadcast");
             assert_eq!(got.sender, a.client_id());
             assert!(got.body == news, "broadcast body differs");
         }
         assert_eq!(sent.join().unwrap().expect("acknowledged"), 2);
         let sent = s.spawn(|| c.broadcast(b"from plain", LONG));
         for receiver in [&a, &b] {
-            let got = receiver.next_broadcast(Some(WAIT)).expect("a broadcast");
+            let got = receiver
+                .next_broadcast(Some(DEADLINE))
+                .expect("a broadcast");
             assert_eq!(
                 (got.sender, &got.body[..]),
                 (c.client_id(), &b"from plain"[..])
@@ -369,7 +375,7 @@ fn broadcast_and_presence_over_tls() {
 
     b.close();
     assert_eq!(
-        a.next_presence(Some(WAIT)).expect("b left"),
+        a.next_presence(Some(DEADLINE)).expect("b left"),
         switchyard::client::PresenceEvent::Left(b.client_id())
     );
     a.close();
@@ -437,7 +443,7 @@ fn an_untrusted_certificate_or_a_wrong_name_is_a_typed_tls_error() {
     let by_ip = ClientTls::from_ca_file(&certs.cert).unwrap();
     let client = Client::connect_with(tls_addr(&handle), channel, options(Some(by_ip)))
         .expect("the IP address is verified");
-    client.ping(WAIT).expect("PONG");
+    client.ping(DEADLINE).expect("PONG");
     client.close();
     assert!(ClientTls::from_ca_file(certs.dir.join("none.pem")).is_err());
     assert!(matches!(
@@ -495,7 +501,7 @@ fn a_reconnect_that_meets_an_untrusted_certificate_closes_instead_of_spinning() 
         ..ClientOptions::default()
     };
     let client = Client::connect_with(tls_listen, ChannelId::random(), fast).expect("joined");
-    client.ping(WAIT).expect("PONG");
+    client.ping(DEADLINE).expect("PONG");
 
     // The broker goes; another comes up on the same address with a certificate the client
     // does not trust.
@@ -504,7 +510,7 @@ fn a_reconnect_that_meets_an_untrusted_certificate_closes_instead_of_spinning() 
     let mut changes = Vec::new();
     loop {
         let change = client
-            .next_state_change(Some(WAIT))
+            .next_state_change(Some(DEADLINE))
             .expect("the client reports its state");
         let closed = change.state == ConnectionState::Closed;
         changes.push(change);
@@ -523,7 +529,7 @@ fn a_reconnect_that_meets_an_untrusted_certificate_closes_instead_of_spinning() 
     // Attempts before the impostor was up failed to connect (recoverable); the first attempt
     // that reached it was the last.
     assert!(client.is_closed());
-    assert_err!(client.ping(WAIT), Error::Tls(_));
+    assert_err!(client.ping(DEADLINE), Error::Tls(_));
     let stats = wait_for(&second, "the refused attempt is gone", |s| {
         s.sockets == 0 && s.tls_handshake_failures == 1
     });
@@ -538,9 +544,9 @@ fn a_reconnect_that_meets_an_untrusted_certificate_closes_instead_of_spinning() 
 
 // ----- what is not TLS, on the TLS port (and TLS on the plain port) --------------------------
 
-/// Reads what the broker sends until it closes; panics if it does not close within `WAIT`.
+/// Reads what the broker sends until it closes; panics if it does not close within `DEADLINE`.
 fn read_until_closed(stream: &mut TcpStream) -> Vec<u8> {
-    stream.set_read_timeout(Some(WAIT)).unwrap();
+    stream.set_read_timeout(Some(DEADLINE)).unwrap();
     let mut got = Vec::new();
     let mut buf = [0u8; 4096];
     loop {

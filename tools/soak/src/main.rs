@@ -465,13 +465,19 @@ impl Sampler {
             match (memory, scraped) {
                 (Ok(memory), Ok(m)) => {
                     p.rss_kib = p.rss_kib.max(memory.rss_kib);
-                    p.connections = p.connections.max(m.get("switchyard_connections"));
-                    p.tls_connections = p.tls_connections.max(m.get("switchyard_tls_connections"));
-                    let streams = m.get("switchyard_requests_pending")
-                        + m.get("switchyard_requests_in_flight")
-                        + m.get("switchyard_broadcasts_in_flight");
+                    p.connections = p
+                        .connections
+                        .max(m.value("switchyard_connections").unwrap_or(0));
+                    p.tls_connections = p
+                        .tls_connections
+                        .max(m.value("switchyard_tls_connections").unwrap_or(0));
+                    let streams = m.value("switchyard_requests_pending").unwrap_or(0)
+                        + m.value("switchyard_requests_in_flight").unwrap_or(0)
+                        + m.value("switchyard_broadcasts_in_flight").unwrap_or(0);
                     p.streams = p.streams.max(streams);
-                    p.buffered_bytes = p.buffered_bytes.max(m.get("switchyard_buffered_bytes"));
+                    p.buffered_bytes = p
+                        .buffered_bytes
+                        .max(m.value("switchyard_buffered_bytes").unwrap_or(0));
                 }
                 _ => p.failed_samples += 1,
             }
@@ -1193,11 +1199,13 @@ impl Outcome<'_> {
         TlsFigures {
             opened: self
                 .end_metrics
-                .get("switchyard_tls_connections_opened_total"),
+                .value("switchyard_tls_connections_opened_total")
+                .unwrap_or(0),
             expected: load_tls_connects + self.warm_up_tls_connects,
             handshake_failures: self
                 .end_metrics
-                .get("switchyard_tls_handshake_failures_total"),
+                .value("switchyard_tls_handshake_failures_total")
+                .unwrap_or(0),
         }
     }
 

@@ -20,7 +20,6 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
-use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -35,6 +34,8 @@ use switchyard::protocol::{
     decode_u32, encode_u32, Decoder, ErrorBody, ErrorCode, Flags, Frame, FrameType, Header,
     WelcomeBody, MAX_PAYLOAD_CEILING,
 };
+
+use switchyard_testkit::sockets;
 
 use crate::body::{self, Behavior, Head, Verifier};
 use crate::ledger::{hex, Departure, Ledger, CLOSING, DRAINING, RUNNING};
@@ -442,7 +443,7 @@ impl Driver {
             return;
         };
         if reset {
-            set_linger_zero(&conn.stream);
+            sockets::reset_on_close(&conn.stream);
         }
         let _ = self.poll.registry().deregister(&mut conn.stream);
         let receiver = matches!(conn.role, Role::Receiver(_));
@@ -1815,24 +1816,4 @@ pub fn log_uniform(rng: &mut impl Rng, min: usize, max: usize) -> usize {
     let (lo, hi) = ((min.max(1) as f64).ln(), (max.max(min).max(1) as f64).ln());
     let x = rng.gen_range(lo..=hi).exp() as usize;
     x.clamp(min, max.max(min))
-}
-
-/// Sets SO_LINGER {on, 0}: the next close sends an RST instead of a FIN and discards anything
-/// unsent — a process that crashed, or a peer that vanished off the network, as the broker sees it.
-fn set_linger_zero(stream: &TcpStream) {
-    let linger = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: a valid open socket descriptor, a pointer to a live `linger` of the size passed.
-    let rc = unsafe {
-        libc::setsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&linger as *const libc::linger).cast(),
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        )
-    };
-    debug_assert_eq!(rc, 0, "setsockopt(SO_LINGER)");
 }

@@ -4,9 +4,13 @@
 use std::path::PathBuf;
 
 /// A unique scratch directory under the system's temp dir, removed on drop.
-pub struct Scratch(pub PathBuf);
+pub struct Scratch(
+    /// The directory.
+    pub PathBuf,
+);
 
 impl Scratch {
+    /// A new directory; `name` makes it recognisable.
     pub fn new(name: &str) -> Scratch {
         let dir = std::env::temp_dir().join(format!(
             "switchyard-tls-{name}-{}-{}",
