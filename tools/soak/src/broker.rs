@@ -17,8 +17,7 @@ use std::time::Duration;
 use switchyard::server::{Server, ServerConfig, TlsListenerConfig};
 use switchyard_testkit::gauges;
 pub use switchyard_testkit::gauges::Metrics;
-
-use crate::tls::CertDir;
+use switchyard_testkit::tls::Certs;
 
 /// `soak --role broker`: the broker with the library's defaults, on ephemeral loopback ports;
 /// `tls` is the certificate and key files of a TLS listener.
@@ -74,7 +73,7 @@ pub struct BrokerProcess {
 
 impl BrokerProcess {
     /// Starts the broker role; with `tls`, it also listens for TLS with that certificate.
-    pub fn start(tls: Option<&CertDir>) -> Result<BrokerProcess, String> {
+    pub fn start(tls: Option<&Certs>) -> Result<BrokerProcess, String> {
         let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
         let mut command = Command::new(exe);
         command.args(["--role", "broker"]);

@@ -67,7 +67,8 @@ use switchyard::protocol::ErrorCode;
 
 use broker::{BrokerProcess, Memory, Metrics};
 use ledger::{Ledger, CLOSING, DRAINING};
-use tls::{CertDir, Endpoint};
+use switchyard_testkit::tls::Certs;
+use tls::Endpoint;
 
 /// A bounded soak run of the switchyard broker: churn, faults, end-to-end checks, RSS.
 ///
@@ -580,7 +581,7 @@ fn soak(args: &Args) -> Result<bool, String> {
     );
     // Dropped (the directory removed) when this function returns, whichever way it does.
     let certs = if args.tls {
-        Some(CertDir::generate()?)
+        Some(Certs::new("soak"))
     } else {
         None
     };
@@ -589,7 +590,7 @@ fn soak(args: &Args) -> Result<bool, String> {
     let finished = Arc::new(AtomicBool::new(false));
     {
         let finished = finished.clone();
-        let cert_dir = certs.as_ref().map(|c| c.dir.clone());
+        let cert_dir = certs.as_ref().map(|c| c.dir().to_owned());
         thread::spawn(move || {
             pause_until(now() + watchdog_after);
             if !finished.load(Ordering::SeqCst) {

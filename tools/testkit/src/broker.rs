@@ -3,15 +3,21 @@
 //! with the presence grace period off (PEER_LEFT at once, so a test's broker is idle as soon as
 //! its clients are gone; the grace period has its own tests in `presence_grace.rs`).
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use switchyard::router::RouterConfig;
 use switchyard::server::{Server, ServerConfig, ServerHandle};
 
+/// `127.0.0.1:0`: an ephemeral port of the loopback interface.
+pub fn any_port() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 0))
+}
+
 /// The default test configuration: listening on `127.0.0.1:0`, presence grace period off.
 pub fn config() -> ServerConfig {
     let mut config = ServerConfig {
-        listen: "127.0.0.1:0".parse().expect("socket address"),
+        listen: any_port(),
         ..ServerConfig::default()
     };
     config.router.presence_grace = Duration::ZERO;

@@ -143,3 +143,24 @@ pub fn is_cancelled(e: &io::Error) -> bool {
         .and_then(|inner| inner.downcast_ref::<Error>())
         .is_some_and(|inner| matches!(inner, Error::Cancelled))
 }
+
+/// The reverse transform: the request reversed, so a reply is never the request echoed by
+/// mistake.
+pub fn reversed(_: &IncomingRequest, mut body: Vec<u8>) -> Vec<u8> {
+    body.reverse();
+    body
+}
+
+/// Sends `request` and asserts the reply is its reverse (a [`reversed`] responder).
+#[track_caller]
+pub fn expect_reversed(client: &Client, request: &[u8]) {
+    let reply = client.request(request, DEADLINE).expect("a reply");
+    let mut expected = request.to_vec();
+    expected.reverse();
+    assert!(
+        reply == expected,
+        "reply of {} bytes differs from the reversed request of {} bytes",
+        reply.len(),
+        request.len()
+    );
+}

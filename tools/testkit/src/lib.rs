@@ -12,6 +12,7 @@
 //! - [`body`]: seeded body generators and readers (whole, streamed, gated, failing);
 //! - [`pattern`]: a running byte pattern for checking long streams in order without storing them;
 //! - [`sockets`]: RST on close, a small receive buffer;
+//! - [`tls`]: a certificate made at test time, a broker with a TLS listener, TLS clients;
 //! - [`Scratch`]: a scratch directory with self-signed certificates made at test time.
 //!
 //! ## Contract
@@ -37,6 +38,7 @@ pub mod process;
 pub mod raw;
 mod scratch;
 pub mod sockets;
+pub mod tls;
 
 pub use scratch::Scratch;
 
