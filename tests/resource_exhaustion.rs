@@ -22,23 +22,17 @@ use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use switchyard_testkit::broker::start_with;
 use switchyard_testkit::gauges::{wait_for, wait_idle, with_peak_buffered};
 use switchyard_testkit::process::BrokerProcess;
 use switchyard_testkit::raw::RawPeer;
-use switchyard_testkit::DEADLINE;
 use switchyard_testkit::{broker, raw, sockets};
+use switchyard_testkit::{now, DEADLINE};
 
 use switchyard::ids::{ChannelId, ClientId, RequestId};
 use switchyard::protocol::{ErrorBody, ErrorCode, Flags, FrameType, Header, HEADER_LEN};
 use switchyard::server::ServerConfig;
-
-/// The test's clock: for measuring a window and latencies, never to synchronise.
-#[allow(clippy::disallowed_methods)] // measurements need the real clock
-fn now() -> Instant {
-    Instant::now()
-}
 
 // ----- out of file descriptors -------------------------------------------------------------
 

@@ -7,6 +7,7 @@
 //! - [`process`]: the real broker binary in a child process, killed by PID;
 //! - [`raw`]: a raw frame-level peer over a blocking socket ([`raw::RawPeer`]);
 //! - [`client`]: client-library helpers: connect, receive windows, a responder thread;
+//! - [`scripted`]: a scripted broker, for testing the client library frame by frame;
 //! - [`gauges`]: the broker's state counts: waits on them, the idle (leak) check, the peak of
 //!   buffered bytes, and the same counts read from a `/metrics` scrape;
 //! - [`body`]: seeded body generators and readers (whole, streamed, gated, failing);
@@ -37,6 +38,7 @@ pub mod pattern;
 pub mod process;
 pub mod raw;
 mod scratch;
+pub mod scripted;
 pub mod sockets;
 pub mod tls;
 
