@@ -45,3 +45,11 @@ pub fn start_router(router: RouterConfig) -> ServerHandle {
 pub fn start_with(config: ServerConfig) -> ServerHandle {
     Server::spawn(config).expect("spawning the broker")
 }
+
+/// Router limits with frames of at most 1 KiB, so that small bodies already take many frames.
+pub fn small_frames() -> RouterConfig {
+    RouterConfig {
+        max_payload: 1024,
+        ..RouterConfig::default()
+    }
+}

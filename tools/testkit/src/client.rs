@@ -5,7 +5,9 @@ use std::io;
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 
-use switchyard::client::{Client, Error, IncomingRequest};
+use std::time::Duration;
+
+use switchyard::client::{Client, Error, IncomingRequest, RequestOptions};
 use switchyard::ids::ChannelId;
 use switchyard::server::ServerHandle;
 
@@ -15,6 +17,14 @@ use crate::DEADLINE;
 #[track_caller]
 pub fn connect(handle: &ServerHandle, channel: ChannelId) -> Client {
     Client::connect(handle.local_addr(), channel).expect("connect to the broker")
+}
+
+/// Options of a waiting request (not NO_WAIT) with `timeout`.
+pub fn request_options(timeout: Duration) -> RequestOptions {
+    RequestOptions {
+        timeout,
+        ..RequestOptions::default()
+    }
 }
 
 /// Sets the receive window and returns once the broker has processed it (PING barrier).

@@ -6,6 +6,7 @@
 //! - [`broker`]: a broker in a thread on `127.0.0.1:0` with the default test configuration;
 //! - [`process`]: the real broker binary in a child process, killed by PID;
 //! - [`raw`]: a raw frame-level peer over a blocking socket ([`raw::RawPeer`]);
+//! - [`bystanders`]: a sender/receiver pair that proves a misbehaving client harmed no one;
 //! - [`client`]: client-library helpers: connect, receive windows, a responder thread;
 //! - [`scripted`]: a scripted broker, for testing the client library frame by frame;
 //! - [`gauges`]: the broker's state counts: waits on them, the idle (leak) check, the peak of
@@ -32,6 +33,7 @@ use std::time::{Duration, Instant};
 
 pub mod body;
 pub mod broker;
+pub mod bystanders;
 pub mod client;
 pub mod gauges;
 pub mod pattern;
