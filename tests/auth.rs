@@ -5,9 +5,11 @@
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
-use switchyard_testkit::broker::{config, start_with};
-use switchyard_testkit::gauges::wait_idle;
-use switchyard_testkit::raw::RawPeer;
+use switchyard_testkit::{
+    broker::{config, start_with},
+    gauges::wait_idle,
+    raw::RawPeer,
+};
 
 use hashbrown::HashMap;
 use switchyard::auth::{AccessToken, Tokens};

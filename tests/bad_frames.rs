@@ -17,9 +17,11 @@ use switchyard::ids::{ChannelId, ClientId, RequestId};
 use switchyard::protocol::{
     field, Decoder, ErrorCode, Flags, FrameType, Header, DEFAULT_MAX_PAYLOAD, HEADER_LEN,
 };
-use switchyard_testkit::broker;
-use switchyard_testkit::bystanders::{came_and_went, case, joined};
-use switchyard_testkit::raw::RawPeer;
+use switchyard_testkit::{
+    broker,
+    bystanders::{came_and_went, case, joined},
+    raw::RawPeer,
+};
 
 /// The wire bytes of `header` with no payload, `payload_len` as given.
 fn raw_header(header: Header, payload_len: u32) -> [u8; HEADER_LEN] {

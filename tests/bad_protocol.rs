@@ -15,8 +15,10 @@ use switchyard::ids::{ChannelId, ClientId, RequestId};
 use switchyard::protocol::{
     encode_u32, ErrorBody, ErrorCode, Flags, FrameType, Header, WelcomeBody,
 };
-use switchyard_testkit::bystanders::{came_and_went, case, joined};
-use switchyard_testkit::raw::RawPeer;
+use switchyard_testkit::{
+    bystanders::{came_and_went, case, joined},
+    raw::RawPeer,
+};
 
 #[test]
 fn chunk_or_end_before_start_is_unknown_request_and_the_connection_stays() {

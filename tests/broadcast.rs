@@ -9,12 +9,14 @@ use std::io::Write;
 use std::net::TcpStream;
 use std::thread;
 use std::time::Duration;
-use switchyard_testkit::assert_err;
-use switchyard_testkit::body::body;
-use switchyard_testkit::broker::{start, start_router};
-use switchyard_testkit::client::{connect, set_window};
-use switchyard_testkit::gauges::wait_idle;
-use switchyard_testkit::{now, DEADLINE, QUIET};
+use switchyard_testkit::{
+    assert_err,
+    body::body,
+    broker::{start, start_router},
+    client::{connect, set_window},
+    gauges::wait_idle,
+    now, DEADLINE, QUIET,
+};
 
 use switchyard::client::{Client, Error, PresenceEvent};
 use switchyard::ids::{ChannelId, ClientId};

@@ -6,26 +6,10 @@
 
 use std::thread;
 use std::time::Duration;
-use switchyard_testkit::process::BrokerProcess;
-use switchyard_testkit::DEADLINE;
+use switchyard_testkit::{client::fast_reconnect, process::BrokerProcess, DEADLINE};
 
-use switchyard::client::{Client, ClientOptions, ConnectionState, Error, ReconnectPolicy};
+use switchyard::client::{Client, ConnectionState, Error};
 use switchyard::ids::{ChannelId, ClientId};
-
-/// Reconnection with test-sized delays (attempts every 10–20 ms).
-fn reconnecting() -> ClientOptions {
-    ClientOptions {
-        connect_timeout: Duration::from_secs(2),
-        reconnect: Some(ReconnectPolicy {
-            initial_delay: Duration::from_millis(10),
-            max_delay: Duration::from_millis(20),
-            multiplier: 2.0,
-            jitter: 0.5,
-            max_attempts: None,
-        }),
-        ..ClientOptions::default()
-    }
-}
 
 /// The broker's answer to PEERS and the client's own view agree, and name exactly `expected`.
 #[track_caller]
@@ -68,7 +52,7 @@ fn a_broker_killed_and_restarted_under_its_clients_is_rejoined() {
     );
     let addr = broker.addr;
     let channel = ChannelId::random();
-    let connect = || Client::connect_with(addr, channel, reconnecting()).expect("a client");
+    let connect = || Client::connect_with(addr, channel, fast_reconnect(None)).expect("a client");
     let asker = connect();
     let queued = connect();
     let holder = connect();

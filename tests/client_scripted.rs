@@ -7,10 +7,11 @@ use std::net::TcpListener;
 use std::thread;
 use std::time::Duration;
 
-use switchyard_testkit::scripted::{
-    connect, connect_once, connect_with, recv_stream, welcome, Peer,
+use switchyard_testkit::{
+    now,
+    scripted::{connect, connect_once, connect_with, recv_stream, welcome, Peer},
+    DEADLINE,
 };
-use switchyard_testkit::{now, DEADLINE};
 
 use switchyard::client::{Client, ClientOptions, Error, PresenceEvent, RequestOptions};
 use switchyard::ids::{ChannelId, ClientId, RequestId};

@@ -12,11 +12,13 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
-use switchyard_testkit::body::body;
-use switchyard_testkit::broker::start_router;
-use switchyard_testkit::client::{connect, Responder, Transform};
-use switchyard_testkit::gauges::wait_idle;
-use switchyard_testkit::now;
+use switchyard_testkit::{
+    body::body,
+    broker::start_router,
+    client::{connect, Responder, Transform},
+    gauges::wait_idle,
+    now,
+};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};

@@ -8,10 +8,12 @@ use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread;
 use std::time::Duration;
-use switchyard_testkit::broker::start;
-use switchyard_testkit::gauges::{wait_for, wait_idle};
-use switchyard_testkit::pattern::Pattern;
-use switchyard_testkit::raw::RawPeer;
+use switchyard_testkit::{
+    broker::start,
+    gauges::{wait_for, wait_idle},
+    pattern::Pattern,
+    raw::RawPeer,
+};
 
 use switchyard::ids::{ChannelId, ClientId, RequestId};
 use switchyard::protocol::{Flags, FrameType, Header, DEFAULT_MAX_PAYLOAD};

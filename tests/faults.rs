@@ -28,11 +28,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::thread;
 use std::time::Duration;
-use switchyard_testkit::broker::{config, start, start_with};
-use switchyard_testkit::gauges::{wait_for, wait_idle};
-use switchyard_testkit::raw::RawPeer;
-use switchyard_testkit::DEADLINE;
-use switchyard_testkit::{raw, sockets};
+use switchyard_testkit::{
+    broker::{config, start, start_with},
+    gauges::{wait_for, wait_idle},
+    raw::{self, RawPeer},
+    sockets, SetOnDrop, DEADLINE,
+};
 
 use switchyard::client::{Client, Error};
 use switchyard::ids::{ChannelId, ClientId, RequestId};
@@ -551,15 +552,6 @@ fn a_sender_process_that_stops_reading_pauses_its_receiver_until_it_is_killed() 
     );
     drop((streaming, answerer, asker));
     wait_idle(&handle);
-}
-
-/// Sets the flag when dropped (a loop's stop signal, also on a panic).
-struct SetOnDrop<'a>(&'a AtomicBool);
-
-impl Drop for SetOnDrop<'_> {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::Relaxed);
-    }
 }
 
 #[test]

@@ -4,9 +4,11 @@
 use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::time::Duration;
-use switchyard_testkit::broker::{config, start_with};
-use switchyard_testkit::gauges::wait_idle;
-use switchyard_testkit::raw::RawPeer;
+use switchyard_testkit::{
+    broker::{config, start_with},
+    gauges::wait_idle,
+    raw::RawPeer,
+};
 
 use bytes::BytesMut;
 use switchyard::client::{Client, ClientOptions, Error};

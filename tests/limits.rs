@@ -10,9 +10,11 @@ use switchyard::client::{Client, Error};
 use switchyard::ids::{ChannelId, ClientId, RequestId};
 use switchyard::protocol::{ErrorCode, FrameType};
 use switchyard::server::ServerConfig;
-use switchyard_testkit::broker::{config, start_with};
-use switchyard_testkit::gauges::{wait_for, wait_idle};
-use switchyard_testkit::raw::RawPeer;
+use switchyard_testkit::{
+    broker::{config, start_with},
+    gauges::{wait_for, wait_idle},
+    raw::RawPeer,
+};
 
 /// Two handshaken peers on one channel that check, with a barrier, that nothing reached them.
 fn bystanders(addr: std::net::SocketAddr) -> (RawPeer, RawPeer) {

@@ -11,11 +11,12 @@ use std::collections::BTreeMap;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
-use switchyard_testkit::broker;
-use switchyard_testkit::broker::start_with;
-use switchyard_testkit::gauges::{wait_for, wait_idle};
-use switchyard_testkit::raw::RawPeer;
-use switchyard_testkit::DEADLINE;
+use switchyard_testkit::{
+    broker::{self, start_with},
+    gauges::{wait_for, wait_idle},
+    raw::RawPeer,
+    DEADLINE,
+};
 
 use switchyard::ids::{ChannelId, ClientId, RequestId};
 use switchyard::protocol::{ErrorCode, Flags, FrameType, HEADER_LEN};

@@ -11,12 +11,14 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
-use switchyard_testkit::body::{body, check_stream, FailingReader, PatternReader};
-use switchyard_testkit::broker::start_router;
-use switchyard_testkit::client::{connect, receiver, Responder};
-use switchyard_testkit::gauges::wait_idle;
-use switchyard_testkit::{assert_err, body};
-use switchyard_testkit::{DEADLINE, QUIET};
+use switchyard_testkit::{
+    assert_err,
+    body::{self, body, check_stream, FailingReader, PatternReader},
+    broker::start_router,
+    client::{connect, receiver, Responder},
+    gauges::wait_idle,
+    DEADLINE, QUIET,
+};
 
 use switchyard::client::{Error, RequestOptions};
 use switchyard::ids::ChannelId;

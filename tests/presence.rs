@@ -4,10 +4,11 @@
 //! predecessor's "online/offline flapping on rapid reconnects" and "stale connections").
 
 use std::time::Duration;
-use switchyard_testkit::broker::{start, start_with};
-use switchyard_testkit::gauges::{wait_for, wait_idle};
-use switchyard_testkit::raw::RawPeer;
-use switchyard_testkit::{broker, raw};
+use switchyard_testkit::{
+    broker::{self, start, start_with},
+    gauges::{wait_for, wait_idle},
+    raw::{self, RawPeer},
+};
 
 use switchyard::ids::{ChannelId, ClientId};
 use switchyard::protocol::{FrameType, DEFAULT_MAX_PAYLOAD};

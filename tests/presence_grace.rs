@@ -3,9 +3,11 @@
 //! one's hello, and leave nothing behind.
 
 use std::time::Duration;
-use switchyard_testkit::broker::{config, start, start_with};
-use switchyard_testkit::gauges::wait_idle;
-use switchyard_testkit::raw::RawPeer;
+use switchyard_testkit::{
+    broker::{config, start, start_with},
+    gauges::wait_idle,
+    raw::RawPeer,
+};
 
 use switchyard::client::{Client, ClientOptions, ConnectionState, PresenceEvent};
 use switchyard::ids::{ChannelId, ClientId};

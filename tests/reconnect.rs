@@ -8,11 +8,13 @@ use std::net::SocketAddr;
 use std::sync::mpsc;
 use std::thread;
 use std::time::Duration;
-use switchyard_testkit::assert_err;
-use switchyard_testkit::broker::{self, start};
-use switchyard_testkit::client::{echo, set_window, Responder};
-use switchyard_testkit::gauges::wait_idle;
-use switchyard_testkit::{now, DEADLINE};
+use switchyard_testkit::{
+    assert_err,
+    broker::{self, start},
+    client::{echo, fast_reconnect, set_window, Responder},
+    gauges::wait_idle,
+    now, DEADLINE,
+};
 
 use switchyard::client::{
     Client, ClientOptions, ConnectionState, Error, ReconnectPolicy, RequestOptions,
@@ -22,21 +24,6 @@ use switchyard::server::{Server, ServerConfig, ServerHandle};
 
 /// A request timeout no test reaches.
 const LONG: Duration = Duration::from_secs(30);
-
-/// Reconnection with test-sized delays: attempts every 5–20 ms.
-fn fast(max_attempts: Option<u32>) -> ClientOptions {
-    ClientOptions {
-        connect_timeout: Duration::from_secs(1),
-        reconnect: Some(ReconnectPolicy {
-            initial_delay: Duration::from_millis(10),
-            max_delay: Duration::from_millis(20),
-            multiplier: 2.0,
-            jitter: 0.5,
-            max_attempts,
-        }),
-        ..ClientOptions::default()
-    }
-}
 
 /// A broker on `listen`, with the default test configuration (presence grace period off).
 fn broker_on(listen: SocketAddr) -> io::Result<ServerHandle> {
@@ -86,8 +73,8 @@ fn restarting_the_broker_under_connected_clients() {
     let mut first = start();
     let addr = first.local_addr();
     let channel = ChannelId::random();
-    let sender = Client::connect_with(addr, channel, fast(None)).expect("sender");
-    let receiver = Client::connect_with(addr, channel, fast(None)).expect("receiver");
+    let sender = Client::connect_with(addr, channel, fast_reconnect(None)).expect("sender");
+    let receiver = Client::connect_with(addr, channel, fast_reconnect(None)).expect("receiver");
     let (sender_id, receiver_id) = (sender.client_id(), receiver.client_id());
     set_window(&receiver, 1);
     assert_eq!(receiver.state(), ConnectionState::Connected);
@@ -158,8 +145,8 @@ fn going_away_is_followed_by_a_reconnect_to_the_next_broker() {
     let mut first = start();
     let addr = first.local_addr();
     let channel = ChannelId::random();
-    let a = Client::connect_with(addr, channel, fast(None)).expect("a");
-    let b = Client::connect_with(addr, channel, fast(None)).expect("b");
+    let a = Client::connect_with(addr, channel, fast_reconnect(None)).expect("a");
+    let b = Client::connect_with(addr, channel, fast_reconnect(None)).expect("b");
     set_window(&b, 1);
     // A graceful shutdown: GOING_AWAY, then the broker closes the idle connections.
     first.begin_shutdown().expect("drain");
@@ -221,8 +208,12 @@ fn close_during_the_backoff_returns_at_once_and_ends_closed() {
 #[test]
 fn when_the_attempts_run_out_the_client_closes_with_the_last_error() {
     let mut broker = start();
-    let client = Client::connect_with(broker.local_addr(), ChannelId::random(), fast(Some(3)))
-        .expect("client");
+    let client = Client::connect_with(
+        broker.local_addr(),
+        ChannelId::random(),
+        fast_reconnect(Some(3)),
+    )
+    .expect("client");
     broker.shutdown();
     let mut states = Vec::new();
     let cause = loop {

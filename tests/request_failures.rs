@@ -9,14 +9,14 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
-use switchyard_testkit::body::{GatedReader, PatternReader};
-use switchyard_testkit::broker::small_frames;
-use switchyard_testkit::broker::{start, start_router};
-use switchyard_testkit::client::request_options as options;
-use switchyard_testkit::client::{connect, echo, receiver, set_window, Responder};
-use switchyard_testkit::gauges::wait_idle;
-use switchyard_testkit::{assert_err, client};
-use switchyard_testkit::{DEADLINE, QUIET};
+use switchyard_testkit::{
+    assert_err,
+    body::{GatedReader, PatternReader},
+    broker::{small_frames, start, start_router},
+    client::{self, connect, echo, receiver, request_options as options, set_window, Responder},
+    gauges::wait_idle,
+    DEADLINE, QUIET,
+};
 
 use switchyard::client::{Client, Error};
 use switchyard::ids::{ChannelId, RequestId};

@@ -7,14 +7,14 @@
 
 use std::thread;
 use std::time::Duration;
-use switchyard_testkit::assert_err;
-use switchyard_testkit::body::{check_stream, GatedReader, PatternReader};
-use switchyard_testkit::broker::small_frames;
-use switchyard_testkit::broker::{start, start_router};
-use switchyard_testkit::client::request_options as options;
-use switchyard_testkit::client::{connect, echo, receiver, set_window, Responder};
-use switchyard_testkit::gauges::wait_idle;
-use switchyard_testkit::{now, DEADLINE, QUIET};
+use switchyard_testkit::{
+    assert_err,
+    body::{check_stream, GatedReader, PatternReader},
+    broker::{small_frames, start, start_router},
+    client::{connect, echo, receiver, request_options as options, set_window, Responder},
+    gauges::wait_idle,
+    now, DEADLINE, QUIET,
+};
 
 use switchyard::client::{Client, Error, RequestOptions};
 use switchyard::ids::ChannelId;

@@ -6,8 +6,10 @@
 //! broker with a plain and a TLS listener): `switchyard_testkit::tls`.
 
 use std::process::Command;
-use switchyard_testkit::broker;
-use switchyard_testkit::tls::{config, Certs};
+use switchyard_testkit::{
+    broker,
+    tls::{config, Certs},
+};
 
 use switchyard::server::{Server, TlsListenerConfig};
 use switchyard::tls::TlsConfigError;

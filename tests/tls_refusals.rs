@@ -13,18 +13,19 @@ use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
-use switchyard_testkit::body::body;
-use switchyard_testkit::client::Responder;
-use switchyard_testkit::client::{expect_reversed, reversed};
-use switchyard_testkit::gauges::{wait_for, wait_idle};
-use switchyard_testkit::raw::RawPeer;
-use switchyard_testkit::tls::{config, connect_tls, options, start, tls_addr, Certs};
-use switchyard_testkit::{assert_err, broker};
-use switchyard_testkit::{now, DEADLINE, QUIET};
-
-use switchyard::client::{
-    Client, ClientOptions, ClientTls, ConnectionState, Error, ReconnectPolicy,
+use switchyard_testkit::{
+    assert_err,
+    body::body,
+    broker,
+    client::{expect_reversed, fast_reconnect, reversed, Responder},
+    gauges::{wait_for, wait_idle},
+    now,
+    raw::RawPeer,
+    tls::{config, connect_tls, options, start, tls_addr, Certs},
+    DEADLINE, QUIET,
 };
+
+use switchyard::client::{Client, ClientOptions, ClientTls, ConnectionState, Error};
 use switchyard::ids::{ChannelId, ClientId};
 use switchyard::rustls;
 use switchyard::server::{Server, ServerConfig, ServerHandle, ServerStats};
@@ -137,15 +138,7 @@ fn a_reconnect_that_meets_an_untrusted_certificate_closes_instead_of_spinning() 
     let tls_listen = tls_addr(&first);
     let fast = ClientOptions {
         tls: Some(certs.trust()),
-        connect_timeout: Duration::from_secs(2),
-        reconnect: Some(ReconnectPolicy {
-            initial_delay: Duration::from_millis(10),
-            max_delay: Duration::from_millis(20),
-            multiplier: 2.0,
-            jitter: 0.5,
-            max_attempts: None,
-        }),
-        ..ClientOptions::default()
+        ..fast_reconnect(None)
     };
     let client = Client::connect_with(tls_listen, ChannelId::random(), fast).expect("joined");
     client.ping(DEADLINE).expect("PONG");

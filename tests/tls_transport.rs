@@ -13,13 +13,14 @@ use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
-use switchyard_testkit::body::body;
-use switchyard_testkit::client::Responder;
-use switchyard_testkit::client::{expect_reversed, reversed};
-use switchyard_testkit::gauges::{wait_for, wait_idle, with_peak_buffered};
-use switchyard_testkit::pattern::Pattern;
-use switchyard_testkit::tls::{config, connect_plain, connect_tls, start, tls_addr, Certs};
-use switchyard_testkit::{DEADLINE, QUIET};
+use switchyard_testkit::{
+    body::body,
+    client::{expect_reversed, reversed, Responder},
+    gauges::{buffered_bound, wait_for, wait_idle, with_peak_buffered},
+    pattern::Pattern,
+    tls::{config, connect_plain, connect_tls, start, tls_addr, Certs},
+    DEADLINE, QUIET,
+};
 
 use bytes::Bytes;
 use switchyard::client::RequestOptions;
@@ -27,7 +28,7 @@ use switchyard::ids::{ChannelId, ClientId};
 use switchyard::protocol::{encode_u32, Flags, Frame, FrameType, Header, HEADER_LEN};
 use switchyard::rustls;
 use switchyard::rustls::pki_types::pem::PemObject;
-use switchyard::server::{Server, ServerConfig, ServerStats};
+use switchyard::server::{Server, ServerStats};
 
 /// A request timeout no passing test reaches.
 const LONG: Duration = Duration::from_secs(30);
@@ -256,21 +257,6 @@ const FRAME: usize = 256 << 10;
 /// The big request: 16 MiB, sixteen times the high watermark.
 const TOTAL: usize = 16 << 20;
 
-/// The most bytes the broker may hold for its clients (as in `backpressure.rs`): the receiver's
-/// queue up to the high watermark plus the frame that crossed it, held frames up to their
-/// allowance plus one frame, per connection a partial frame plus one read budget, and a few KiB
-/// of control frames. The read budget counts ciphertext over TLS, so the plaintext it yields is
-/// within it. (rustls' own buffer — at most `TLS_BUFFER_LIMIT` of records per connection — is
-/// not part of these counts.)
-fn bound(config: &ServerConfig, connections: usize) -> usize {
-    let router = &config.router;
-    let frame = HEADER_LEN + router.max_payload as usize;
-    (router.high_watermark + frame)
-        + (router.max_held_bytes + frame)
-        + connections * (frame + config.read_budget)
-        + 4096
-}
-
 /// The first `TOTAL` bytes of the pattern, as an `io::Read`.
 struct PatternRead<'a> {
     pattern: &'a Pattern,
@@ -295,7 +281,7 @@ fn a_stalled_tls_receiver_pauses_the_sender_within_the_bound_and_everything_arri
     config.router.high_watermark = 1 << 20;
     config.router.low_watermark = 256 << 10;
     config.router.max_held_bytes = 1 << 20;
-    let limit = bound(&config, 2);
+    let limit = buffered_bound(&config, 2);
     let handle = Server::spawn(config).expect("broker");
     let channel = ChannelId::random();
 

@@ -7,7 +7,9 @@ use std::thread::{self, JoinHandle};
 
 use std::time::Duration;
 
-use switchyard::client::{Client, Error, IncomingRequest, RequestOptions};
+use switchyard::client::{
+    Client, ClientOptions, Error, IncomingRequest, ReconnectPolicy, RequestOptions,
+};
 use switchyard::ids::ChannelId;
 use switchyard::server::ServerHandle;
 
@@ -17,6 +19,22 @@ use crate::DEADLINE;
 #[track_caller]
 pub fn connect(handle: &ServerHandle, channel: ChannelId) -> Client {
     Client::connect(handle.local_addr(), channel).expect("connect to the broker")
+}
+
+/// Client options that reconnect at test speed: attempts every 10–20 ms, at most
+/// `max_attempts` of them (`None`: no limit).
+pub fn fast_reconnect(max_attempts: Option<u32>) -> ClientOptions {
+    ClientOptions {
+        connect_timeout: Duration::from_secs(2),
+        reconnect: Some(ReconnectPolicy {
+            initial_delay: Duration::from_millis(10),
+            max_delay: Duration::from_millis(20),
+            multiplier: 2.0,
+            jitter: 0.5,
+            max_attempts,
+        }),
+        ..ClientOptions::default()
+    }
 }
 
 /// Options of a waiting request (not NO_WAIT) with `timeout`.

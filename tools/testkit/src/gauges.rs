@@ -13,7 +13,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
 
-use switchyard::server::{ServerHandle, ServerStats};
+use switchyard::protocol::HEADER_LEN;
+use switchyard::server::{ServerConfig, ServerHandle, ServerStats};
 
 use crate::DEADLINE;
 
@@ -86,6 +87,25 @@ impl Drop for StopMonitor<'_> {
         self.stop.store(true, Ordering::Relaxed);
         let _ = self.handle.stats();
     }
+}
+
+/// The most bytes a broker with `config` may hold for `connections` connections when one
+/// receiver's queue is full (what [`with_peak_buffered`] may see), from its configuration:
+/// - a receiver's outbound queue: the high watermark, plus the one frame that crossed it (the
+///   producer is paused after that frame is queued);
+/// - frames held for requests waiting for a receiver: the allowance, plus the frame that crossed
+///   it;
+/// - each connection's read buffer: a partial frame plus at most one read budget of bytes read
+///   past it before the pause took effect (over TLS the budget counts ciphertext, so the
+///   plaintext it yields is within it; rustls' own buffer is not part of these counts);
+/// - a few KiB of control frames (welcome, presence, pongs).
+pub fn buffered_bound(config: &ServerConfig, connections: usize) -> usize {
+    let router = &config.router;
+    let frame = HEADER_LEN + router.max_payload as usize;
+    (router.high_watermark + frame)
+        + (router.max_held_bytes + frame)
+        + connections * (frame + config.read_budget)
+        + 4096
 }
 
 /// The metrics endpoint's gauges of the broker's live state: every one is zero when the broker

@@ -29,6 +29,7 @@
 // Unsafe code is denied workspace-wide; `process` and `sockets` allow it for their libc calls.
 #![warn(missing_docs, unreachable_pub)]
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 pub mod body;
@@ -60,6 +61,16 @@ pub const QUIET: Duration = Duration::from_millis(300);
 #[allow(clippy::disallowed_methods)] // Asserting on real elapsed time needs the real clock.
 pub fn now() -> Instant {
     Instant::now()
+}
+
+/// Sets the flag when dropped: the stop signal of a helper thread's loop, given also when the
+/// test panics.
+pub struct SetOnDrop<'a>(pub &'a AtomicBool);
+
+impl Drop for SetOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
 }
 
 /// Asserts that `result` is `Err` with the given client error pattern (the error type is not
