@@ -2,11 +2,14 @@
 //! ERROR UNAUTHORIZED and the connection is closed, unseen by the channel's peers. And the
 //! binary's refusal to listen beyond loopback with no token configured.
 
-use switchyard_testkit::support;
-
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
+use switchyard_testkit::{
+    broker::{config, start_with},
+    gauges::wait_idle,
+    raw::RawPeer,
+};
 
 use hashbrown::HashMap;
 use switchyard::auth::{AccessToken, Tokens};
@@ -14,8 +17,6 @@ use switchyard::client::{Client, ClientOptions, Error};
 use switchyard::ids::{ChannelId, ClientId};
 use switchyard::protocol::{ErrorCode, FrameType, Header};
 use switchyard::server::ServerHandle;
-
-use support::{config, start_with, wait_idle, RawPeer};
 
 fn broker(broker_token: Option<&str>, channels: &[(ChannelId, &str)]) -> ServerHandle {
     let mut config = config();

@@ -4,18 +4,20 @@
 //! byte arrives, in order, and the sender's writes complete (the predecessor's "deadlocks on full
 //! buffers" and unbounded queues).
 
-use switchyard_testkit::support;
-
 use std::io::{self, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread;
 use std::time::Duration;
+use switchyard_testkit::{
+    broker::{self, start_with},
+    gauges::{buffered_bound, wait_for, wait_idle, with_peak_buffered},
+    pattern::Pattern,
+    raw::RawPeer,
+};
 
 use switchyard::ids::{ChannelId, ClientId, RequestId};
-use switchyard::protocol::{Flags, FrameType, Header, HEADER_LEN};
+use switchyard::protocol::{Flags, FrameType, Header};
 use switchyard::server::{ServerConfig, ServerStats};
-
-use support::{start_with, wait_for, wait_idle, with_peak_buffered, Pattern, RawPeer};
 
 /// Payload of every frame of the big request, and the broker's max payload.
 const FRAME: usize = 256 << 10;
@@ -24,29 +26,12 @@ const FRAME: usize = 256 << 10;
 const TOTAL: u64 = 100 << 20;
 
 fn config() -> ServerConfig {
-    let mut config = support::config();
+    let mut config = broker::config();
     config.router.max_payload = FRAME as u32;
     config.router.high_watermark = 1 << 20;
     config.router.low_watermark = 256 << 10;
     config.router.max_held_bytes = 1 << 20;
     config
-}
-
-/// The most bytes the broker may hold for its clients in this test, from its configuration:
-/// - a receiver's outbound queue: the high watermark, plus the one frame that crossed it (the
-///   producer is paused after that frame is queued);
-/// - frames held for requests waiting for a receiver: the allowance, plus the frame that crossed
-///   it (none here: the request is assigned at once, but the bound must not depend on that);
-/// - each connection's read buffer: a partial frame plus at most one read budget of bytes read
-///   past it before the pause took effect;
-/// - a couple of kilobytes of control frames (welcome, presence, pongs).
-fn bound(config: &ServerConfig, connections: usize) -> usize {
-    let router = &config.router;
-    let frame = HEADER_LEN + router.max_payload as usize;
-    (router.high_watermark + frame)
-        + (router.max_held_bytes + frame)
-        + connections * (frame + config.read_budget)
-        + 4096
 }
 
 /// Streams the request: START (seq 0), CHUNKs, END (FINAL), each `FRAME` bytes of the pattern.
@@ -81,7 +66,7 @@ fn stream_request(
 #[test]
 fn a_stalled_receiver_pauses_the_sender_within_the_bound_and_everything_arrives_in_order() {
     let config = config();
-    let limit = bound(&config, 2);
+    let limit = buffered_bound(&config, 2);
     let handle = start_with(config);
     let addr = handle.local_addr();
     let channel = ChannelId::random();

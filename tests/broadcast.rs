@@ -5,14 +5,19 @@
 //!
 //! Every test ends by closing its clients and asserting the broker is idle (behaviour 9).
 
-use switchyard_testkit::{assert_err, common};
-
 use std::io::Write;
 use std::net::TcpStream;
 use std::thread;
 use std::time::Duration;
+use switchyard_testkit::{
+    assert_err,
+    body::body,
+    broker::{start, start_router},
+    client::{connect, set_window},
+    gauges::wait_idle,
+    now, DEADLINE, QUIET,
+};
 
-use common::*;
 use switchyard::client::{Client, Error, PresenceEvent};
 use switchyard::ids::{ChannelId, ClientId};
 use switchyard::protocol::{FrameType, Header};
@@ -26,7 +31,7 @@ const LONG: Duration = Duration::from_secs(10);
 fn every_other_peer_gets_its_own_copy() {
     const PEERS: usize = 4;
     // Small frames: the body is a multi-frame stream, copied frame by frame to every peer.
-    let handle = start(RouterConfig {
+    let handle = start_router(RouterConfig {
         max_payload: 4096,
         ..RouterConfig::default()
     });
@@ -39,7 +44,7 @@ fn every_other_peer_gets_its_own_copy() {
     thread::scope(|s| {
         let taking: Vec<_> = peers
             .iter()
-            .map(|peer| s.spawn(move || peer.next_broadcast(Some(WAIT))))
+            .map(|peer| s.spawn(move || peer.next_broadcast(Some(DEADLINE))))
             .collect();
         let acked = sender.broadcast(&message, LONG).expect("every peer acked");
         assert_eq!(acked, PEERS as u32);
@@ -65,7 +70,7 @@ fn every_other_peer_gets_its_own_copy() {
         thread::scope(|s| {
             let taking: Vec<_> = peers
                 .iter()
-                .map(|peer| s.spawn(move || peer.next_broadcast(Some(WAIT))))
+                .map(|peer| s.spawn(move || peer.next_broadcast(Some(DEADLINE))))
                 .collect();
             assert_eq!(sender.broadcast(message, LONG).unwrap(), PEERS as u32);
             for taking in taking {
@@ -75,12 +80,12 @@ fn every_other_peer_gets_its_own_copy() {
     }
 
     drop((sender, peers, elsewhere));
-    assert_idle(&handle);
+    wait_idle(&handle);
 }
 
 #[test]
 fn a_broadcast_without_peers_fails_at_once() {
-    let handle = start_default();
+    let handle = start();
     let channel = ChannelId::random();
     let alone = connect(&handle, channel);
     let _elsewhere = connect(&handle, ChannelId::random());
@@ -92,12 +97,12 @@ fn a_broadcast_without_peers_fails_at_once() {
     assert_err!(alone.broadcast(b"hello?", LONG), Error::NoPeers);
 
     drop((alone, _elsewhere));
-    assert_idle(&handle);
+    wait_idle(&handle);
 }
 
 #[test]
 fn a_peer_that_never_takes_the_broadcast_is_named() {
-    let handle = start_default();
+    let handle = start();
     let channel = ChannelId::random();
     let sender = connect(&handle, channel);
     let taker = connect(&handle, channel);
@@ -105,7 +110,7 @@ fn a_peer_that_never_takes_the_broadcast_is_named() {
     let timeout = Duration::from_millis(400);
 
     thread::scope(|s| {
-        let taking = s.spawn(|| taker.next_broadcast(Some(WAIT)));
+        let taking = s.spawn(|| taker.next_broadcast(Some(DEADLINE)));
         let started = now();
         let result = sender.broadcast(b"news", timeout);
         let took = started.elapsed();
@@ -123,11 +128,11 @@ fn a_peer_that_never_takes_the_broadcast_is_named() {
         assert_eq!(taking.join().unwrap().unwrap().body, b"news");
     });
     handle
-        .wait_until(|st| st.router.broadcasts == 0, WAIT)
+        .wait_until(|st| st.router.broadcasts == 0, DEADLINE)
         .expect("the broadcast is over");
 
     drop((sender, taker, ignorer));
-    assert_idle(&handle);
+    wait_idle(&handle);
 }
 
 /// A peer that did the handshake by hand on a raw socket and never reads a byte.
@@ -148,7 +153,7 @@ fn a_stuck_peer_does_not_delay_the_others() {
     // A few hundred KiB: less than the high watermark, so a healthy peer can never be over it,
     // however slowly its reader thread runs on a loaded machine.
     const BODY: usize = 512 << 10;
-    let handle = start(RouterConfig {
+    let handle = start_router(RouterConfig {
         max_payload: 16 * 1024,
         high_watermark: HIGH_WATERMARK,
         low_watermark: 256 << 10,
@@ -158,7 +163,7 @@ fn a_stuck_peer_does_not_delay_the_others() {
     let sender = connect(&handle, channel);
     let (stuck, stuck_id) = stuck_peer(&handle, channel);
     assert_eq!(
-        sender.next_presence(Some(WAIT)).expect("presence"),
+        sender.next_presence(Some(DEADLINE)).expect("presence"),
         PresenceEvent::Joined(stuck_id)
     );
 
@@ -220,12 +225,12 @@ fn a_stuck_peer_does_not_delay_the_others() {
 
     drop(stuck);
     drop((sender, peers));
-    assert_idle(&handle);
+    wait_idle(&handle);
 }
 
 #[test]
 fn peers_joining_after_the_start_are_not_included() {
-    let handle = start_default();
+    let handle = start();
     let channel = ChannelId::random();
     let sender = connect(&handle, channel);
     let early = connect(&handle, channel);
@@ -233,12 +238,12 @@ fn peers_joining_after_the_start_are_not_included() {
     let late = thread::scope(|s| {
         let broadcasting = s.spawn(|| sender.broadcast(b"before you came", LONG));
         handle
-            .wait_until(|st| st.router.broadcasts == 1, WAIT)
+            .wait_until(|st| st.router.broadcasts == 1, DEADLINE)
             .expect("the broadcast started");
         // Joins while the broadcast waits for the early peer's ack.
         let late = connect(&handle, channel);
         assert_eq!(
-            early.next_broadcast(Some(WAIT)).unwrap().body,
+            early.next_broadcast(Some(DEADLINE)).unwrap().body,
             b"before you came"
         );
         assert_eq!(broadcasting.join().unwrap().expect("acked"), 1);
@@ -249,7 +254,7 @@ fn peers_joining_after_the_start_are_not_included() {
     thread::scope(|s| {
         let taking: Vec<_> = [&early, &late]
             .into_iter()
-            .map(|peer| s.spawn(move || peer.next_broadcast(Some(WAIT))))
+            .map(|peer| s.spawn(move || peer.next_broadcast(Some(DEADLINE))))
             .collect();
         assert_eq!(sender.broadcast(b"now with you", LONG).unwrap(), 2);
         for taking in taking {
@@ -258,5 +263,5 @@ fn peers_joining_after_the_start_are_not_included() {
     });
 
     drop((sender, early, late));
-    assert_idle(&handle);
+    wait_idle(&handle);
 }

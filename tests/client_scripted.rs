@@ -1,213 +1,21 @@
 //! The client against a scripted broker: each test plays the broker on a real socket, reading and
-//! writing frames with the protocol module, with explicit read deadlines (never sleeps).
+//! writing frames with the protocol module, with explicit read deadlines (never sleeps). The
+//! scripted broker's side is `switchyard_testkit::scripted`.
 
-use std::io::{self, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::io::{self, Read};
+use std::net::TcpListener;
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
-use switchyard::client::{Client, ClientOptions, Error, PresenceEvent, RequestOptions};
-use switchyard::ids::{ChannelId, ClientId, RequestId};
-use switchyard::protocol::{
-    encode_error, encode_u32, Decoder, ErrorCode, Flags, Frame, FrameType, Header, WelcomeBody,
+use switchyard_testkit::{
+    now,
+    scripted::{connect, connect_once, connect_with, recv_stream, welcome, Peer},
+    DEADLINE,
 };
 
-/// Bound on every wait of the scripted broker; only reached when a test fails.
-const WAIT: Duration = Duration::from_secs(5);
-
-/// The test's clock, for its read deadlines only (never to synchronise).
-#[allow(clippy::disallowed_methods)] // Deadlines on real sockets need the real clock.
-fn now() -> Instant {
-    Instant::now()
-}
-
-/// One accepted client connection, seen from the broker's side.
-struct Peer {
-    stream: TcpStream,
-    decoder: Decoder,
-    buf: BytesMut,
-    channel: ChannelId,
-}
-
-impl Peer {
-    /// The next frame from the client, within [`WAIT`].
-    #[track_caller]
-    fn recv(&mut self) -> Frame {
-        self.try_recv()
-            .unwrap_or_else(|e| panic!("no frame from the client: {e}"))
-    }
-
-    fn try_recv(&mut self) -> io::Result<Frame> {
-        let deadline = now() + WAIT;
-        let mut chunk = [0u8; 8192];
-        loop {
-            if let Some(frame) = self
-                .decoder
-                .decode(&mut self.buf)
-                .expect("client sent a valid frame")
-            {
-                return Ok(frame);
-            }
-            let left = deadline.saturating_duration_since(now());
-            if left.is_zero() {
-                return Err(io::ErrorKind::TimedOut.into());
-            }
-            self.stream.set_read_timeout(Some(left))?;
-            match self.stream.read(&mut chunk)? {
-                0 => return Err(io::ErrorKind::UnexpectedEof.into()),
-                n => self.buf.extend_from_slice(&chunk[..n]),
-            }
-        }
-    }
-
-    /// Asserts the client closes the connection (EOF or reset) within [`WAIT`].
-    #[track_caller]
-    fn expect_closed(&mut self) {
-        match self.try_recv() {
-            Err(e) if e.kind() == io::ErrorKind::TimedOut => panic!("the client did not close"),
-            Err(_) => {}
-            Ok(frame) => panic!("expected the connection to close, got {:?}", frame.header),
-        }
-    }
-
-    fn send(&mut self, frame: Frame) {
-        let mut out = BytesMut::new();
-        switchyard::protocol::encode_frame(&frame, &mut out);
-        self.stream.write_all(&out).expect("write to client");
-    }
-
-    /// A broker frame on this channel.
-    fn frame(
-        &self,
-        frame_type: FrameType,
-        flags: Flags,
-        id: RequestId,
-        seq: u32,
-        fin: bool,
-        payload: &[u8],
-    ) -> Frame {
-        let header = Header {
-            flags,
-            channel_id: self.channel,
-            request_id: id,
-            sequence: seq,
-            is_final: fin,
-            ..Header::new(frame_type)
-        };
-        Frame::new(header, Bytes::copy_from_slice(payload))
-    }
-
-    fn send_from(&mut self, from: ClientId, mut frame: Frame) {
-        frame.header.client_id = from;
-        self.send(frame);
-    }
-
-    fn send_error(&mut self, id: RequestId, code: ErrorCode, peers: &[ClientId]) {
-        let payload = encode_error(code as u16, "scripted", peers);
-        let frame = self.frame(FrameType::Error, Flags::NONE, id, 0, false, &payload);
-        self.send(frame);
-    }
-
-    /// Asserts the client's next frame is a PONG to a PING we send now, so nothing else (no
-    /// stray CANCEL) was queued before it.
-    #[track_caller]
-    fn expect_quiet(&mut self) {
-        let ping = self.frame(
-            FrameType::Ping,
-            Flags::NONE,
-            RequestId::NIL,
-            4242,
-            false,
-            b"",
-        );
-        self.send(ping);
-        let pong = self.recv();
-        assert_eq!(
-            pong.header.frame_type,
-            FrameType::Pong,
-            "unexpected {:?}",
-            pong.header
-        );
-        assert_eq!(pong.header.sequence, 4242);
-    }
-}
-
-fn welcome(max_payload: u32, peers: Vec<ClientId>) -> WelcomeBody {
-    WelcomeBody {
-        max_payload,
-        default_timeout_ms: 1000,
-        max_timeout_ms: 10_000,
-        heartbeat_ms: 0,
-        peers,
-    }
-}
-
-/// Connects a client with `options` and completes the handshake; returns the client, the
-/// broker's side of the connection, and the HELLO.
-fn connect_with(options: ClientOptions, body: WelcomeBody) -> (Client, Peer, Header) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    let channel = ChannelId::random();
-    let connecting = thread::spawn(move || Client::connect_with(addr, channel, options));
-    let (stream, _) = listener.accept().unwrap();
-    let mut peer = Peer {
-        stream,
-        decoder: Decoder::new(1 << 20),
-        buf: BytesMut::new(),
-        channel,
-    };
-    let hello = peer.recv();
-    assert_eq!(hello.header.frame_type, FrameType::Hello);
-    assert_eq!(hello.header.channel_id, channel);
-    let assigned = if hello.header.client_id.is_nil() {
-        ClientId::random()
-    } else {
-        hello.header.client_id
-    };
-    let mut frame = peer.frame(
-        FrameType::Welcome,
-        Flags::NONE,
-        RequestId::NIL,
-        0,
-        false,
-        &body.encode(),
-    );
-    frame.header.client_id = assigned;
-    peer.send(frame);
-    let client = connecting.join().unwrap().expect("handshake");
-    (client, peer, hello.header)
-}
-
-fn connect(max_payload: u32) -> (Client, Peer) {
-    let (client, peer, _) =
-        connect_with(ClientOptions::default(), welcome(max_payload, Vec::new()));
-    (client, peer)
-}
-
-/// As [`connect`], with reconnection off: losing the connection closes the client (the
-/// reconnecting behaviour is tested against a real broker in `tests/reconnect.rs`).
-fn connect_once(max_payload: u32) -> (Client, Peer) {
-    let options = ClientOptions {
-        reconnect: None,
-        ..ClientOptions::default()
-    };
-    let (client, peer, _) = connect_with(options, welcome(max_payload, Vec::new()));
-    (client, peer)
-}
-
-/// Reads a whole request body as the broker: returns the frames.
-fn recv_stream(peer: &mut Peer) -> Vec<Frame> {
-    let mut frames = Vec::new();
-    loop {
-        let frame = peer.recv();
-        let fin = frame.header.is_final;
-        frames.push(frame);
-        if fin {
-            return frames;
-        }
-    }
-}
+use switchyard::client::{Client, ClientOptions, Error, PresenceEvent, RequestOptions};
+use switchyard::ids::{ChannelId, ClientId, RequestId};
+use switchyard::protocol::{encode_u32, ErrorCode, Flags, FrameType};
 
 #[test]
 fn handshake_assigns_id_and_keeps_welcome_peers() {
@@ -239,13 +47,7 @@ fn handshake_with_chosen_id_and_refusal() {
     let addr = listener.local_addr().unwrap();
     let channel = ChannelId::random();
     let connecting = thread::spawn(move || Client::connect(addr, channel));
-    let (stream, _) = listener.accept().unwrap();
-    let mut peer = Peer {
-        stream,
-        decoder: Decoder::new(1 << 20),
-        buf: BytesMut::new(),
-        channel,
-    };
+    let mut peer = Peer::accept(&listener, channel);
     assert_eq!(peer.recv().header.frame_type, FrameType::Hello);
     peer.send_error(RequestId::NIL, ErrorCode::ClientIdInUse, &[]);
     match connecting.join().unwrap() {
@@ -492,7 +294,7 @@ fn cancel_fails_the_incoming_body_reader() {
     let mut start = peer.frame(FrameType::Start, Flags::REQUEST, id, 0, false, b"part one");
     start.header.timeout_ms = 900;
     peer.send_from(sender, start);
-    let mut request = client.next_request(Some(WAIT)).unwrap();
+    let mut request = client.next_request(Some(DEADLINE)).unwrap();
     assert_eq!(request.id(), id);
     assert_eq!(request.sender(), sender);
     assert_eq!(request.timeout(), Duration::from_millis(900));
@@ -517,7 +319,7 @@ fn dropping_an_incoming_request_sends_cancel_response() {
     let id = RequestId::random();
     let start = peer.frame(FrameType::Start, Flags::REQUEST, id, 0, true, b"do it");
     peer.send_from(ClientId::random(), start);
-    let mut request = client.next_request(Some(WAIT)).unwrap();
+    let mut request = client.next_request(Some(DEADLINE)).unwrap();
     assert_eq!(request.read_body().unwrap(), b"do it");
     drop(request);
     let cancel = peer.recv();
@@ -532,7 +334,7 @@ fn incoming_request_is_answered_in_one_frame() {
     let id = RequestId::random();
     let start = peer.frame(FrameType::Start, Flags::REQUEST, id, 0, true, b"question");
     peer.send_from(ClientId::random(), start);
-    let request = client.next_request(Some(WAIT)).unwrap();
+    let request = client.next_request(Some(DEADLINE)).unwrap();
     request.respond(b"answer").unwrap();
     let reply = peer.recv();
     let h = reply.header;
@@ -604,7 +406,7 @@ fn incoming_broadcast_is_acked_when_handed_out() {
     peer.send_from(sender, first);
     let last = peer.frame(FrameType::End, flags, id, 1, true, b"all");
     peer.send_from(sender, last);
-    let broadcast = client.next_broadcast(Some(WAIT)).unwrap();
+    let broadcast = client.next_broadcast(Some(DEADLINE)).unwrap();
     assert_eq!((broadcast.id, broadcast.sender), (id, sender));
     assert_eq!(broadcast.body, b"hello all");
     let ack = peer.recv();
@@ -640,11 +442,11 @@ fn presence_events_update_peers() {
     );
     peer.send_from(a, left);
     assert_eq!(
-        client.next_presence(Some(WAIT)).unwrap(),
+        client.next_presence(Some(DEADLINE)).unwrap(),
         PresenceEvent::Joined(c)
     );
     assert_eq!(
-        client.next_presence(Some(WAIT)).unwrap(),
+        client.next_presence(Some(DEADLINE)).unwrap(),
         PresenceEvent::Left(a)
     );
     assert_eq!(client.peers(), vec![c]);
@@ -663,7 +465,7 @@ fn pings_both_ways() {
     assert_eq!(pong.header.channel_id, client.channel_id());
 
     thread::scope(|s| {
-        let caller = s.spawn(|| client.ping(WAIT));
+        let caller = s.spawn(|| client.ping(DEADLINE));
         let ping = peer.recv();
         assert_eq!(ping.header.frame_type, FrameType::Ping);
         let pong = peer.frame(
@@ -675,7 +477,7 @@ fn pings_both_ways() {
             b"",
         );
         peer.send(pong);
-        assert!(caller.join().unwrap().unwrap() < WAIT);
+        assert!(caller.join().unwrap().unwrap() < DEADLINE);
     });
 }
 
@@ -696,7 +498,7 @@ fn connection_fatal_error_closes_the_client() {
     });
     assert!(client.is_closed());
     assert!(matches!(
-        client.ping(WAIT),
+        client.ping(DEADLINE),
         Err(Error::Broker { code: 0x000B, .. })
     ));
     peer.expect_closed();
@@ -720,7 +522,7 @@ fn close_is_idempotent_and_wakes_everyone() {
     ));
     assert!(matches!(client.set_receive_window(1), Err(Error::Closed)));
     assert!(matches!(
-        client.next_presence(Some(WAIT)),
+        client.next_presence(Some(DEADLINE)),
         Err(Error::Closed)
     ));
     peer.expect_closed();

@@ -8,14 +8,18 @@
 //!
 //! Every test ends by closing its clients and asserting the broker is idle (behaviour 9).
 
-use switchyard_testkit::common;
-
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
+use switchyard_testkit::{
+    body::body,
+    broker::start_router,
+    client::{connect, Responder, Transform},
+    gauges::wait_idle,
+    now,
+};
 
-use common::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use switchyard::client::{Client, IncomingRequest};
@@ -60,7 +64,7 @@ struct Load {
 
 /// Runs the scenario; panics on any wrong, missing, duplicated or cross-channel delivery.
 fn run(load: Load) {
-    let handle = start(RouterConfig {
+    let handle = start_router(RouterConfig {
         max_payload: 64 * 1024,
         ..RouterConfig::default()
     });
@@ -111,7 +115,7 @@ fn run(load: Load) {
     }
     assert_eq!(answered, total, "answers across receivers");
     drop(sender_sets);
-    assert_idle(&handle);
+    wait_idle(&handle);
     eprintln!("{load:?}: {total} requests in {sent:?}");
 }
 
@@ -166,7 +170,7 @@ fn two_channels_never_see_each_others_traffic() {
 fn one_client_answers_requests_while_sending_its_own() {
     const THREADS: usize = 3;
     const PER_THREAD: usize = 50;
-    let handle = start(RouterConfig {
+    let handle = start_router(RouterConfig {
         max_payload: 16 * 1024,
         ..RouterConfig::default()
     });
@@ -219,5 +223,5 @@ fn one_client_answers_requests_while_sending_its_own() {
     let answered: usize = responders.into_iter().map(|r| r.stop().answered).sum();
     assert_eq!(answered, 2 * THREADS * PER_THREAD);
     drop(clients);
-    assert_idle(&handle);
+    wait_idle(&handle);
 }

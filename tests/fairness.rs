@@ -3,19 +3,21 @@
 //! sequential round trips completes within a generous per-read deadline while the firehose is
 //! demonstrably still flowing.
 
-use switchyard_testkit::support;
-
 use std::io::{self, Write};
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread;
 use std::time::Duration;
+use switchyard_testkit::{
+    broker::start,
+    gauges::{wait_for, wait_idle},
+    pattern::Pattern,
+    raw::RawPeer,
+};
 
 use switchyard::ids::{ChannelId, ClientId, RequestId};
 use switchyard::protocol::{Flags, FrameType, Header, DEFAULT_MAX_PAYLOAD};
 use switchyard::server::ServerStats;
-
-use support::{start, wait_for, wait_idle, Pattern, RawPeer};
 
 /// The firehose's frames: the default max payload.
 const FRAME: usize = DEFAULT_MAX_PAYLOAD as usize;

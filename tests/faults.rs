@@ -2,9 +2,9 @@
 //! wherever the fault is a process-level one (SIGKILL, a process that stops reading): this test
 //! binary re-executes itself (`current_exe() --exact faulty_peer --ignored`) with the role in the
 //! environment, and the child reports each step on its stdout ("FAULTS: <step>") for the parent
-//! to wait on. The broker runs in-process (its state counts are awaited directly) except in the
-//! restart test, which SIGKILLs the real binary. Every test ends with explicit assertions of the
-//! codes received and every broker count back to zero.
+//! to wait on. The broker runs in-process (its state counts are awaited directly); the broker's
+//! own death (SIGKILL of the real binary) is `tests/broker_restart.rs`. Every test ends with
+//! explicit assertions of the codes received and every broker count back to zero.
 //!
 //! | fault | expected behaviour (PROTOCOL.md) | test |
 //! |---|---|---|
@@ -14,15 +14,11 @@
 //! | sender SIGKILLed mid-request (the kernel closes its socket) | as above | `a_sender_killed_mid_request_cancels_its_receiver` |
 //! | sender process that stops reading while its receiver streams a big response | its queue stops at the high watermark, the receiver is paused (§9), a bystander pair on the channel is served; killed: the receiver gets CANCEL, its late frames UNKNOWN_REQUEST, everything is freed | `a_sender_process_that_stops_reading_pauses_its_receiver_until_it_is_killed` |
 //! | broadcast peer process that stops reading | dropped from the broadcast once over the high watermark, named in BROADCAST_INCOMPLETE (§7); the others get their copy; memory bounded; killed: freed | `a_broadcast_peer_process_that_stops_reading_is_dropped_and_named` |
-//! | broker SIGKILLed and restarted on the same port under connected clients | in-flight operations fail with `Error::ConnectionLost` (requests sent, requests held); the clients reconnect by themselves; presence is consistent; new requests succeed; the new broker ends idle | `a_broker_killed_and_restarted_under_its_clients_is_rejoined` |
 //!
 //! The in-process variants of some of these are elsewhere: a stalled *receiver* pausing its
 //! sender (`tests/backpressure.rs`), a never-reading broadcast peer on a raw socket
 //! (`tests/broadcast.rs`, `a_stuck_peer_does_not_delay_the_others`), a graceful broker restart
 //! (`tests/reconnect.rs`), a client that never reads its answers (`tests/resource_exhaustion.rs`).
-
-use switchyard_testkit::process;
-use switchyard_testkit::{sockets, support};
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;
@@ -32,10 +28,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::thread;
 use std::time::Duration;
+use switchyard_testkit::{
+    broker::{config, start, start_with},
+    gauges::{wait_for, wait_idle},
+    raw::{self, RawPeer},
+    sockets, SetOnDrop, DEADLINE,
+};
 
-use process::BrokerProcess;
-use support::{config, start, start_with, wait_for, wait_idle, RawPeer, DEADLINE};
-use switchyard::client::{Client, ClientOptions, ConnectionState, Error, ReconnectPolicy};
+use switchyard::client::{Client, Error};
 use switchyard::ids::{ChannelId, ClientId, RequestId};
 use switchyard::protocol::{ErrorCode, Flags, Frame, FrameType, Header, HEADER_LEN};
 use switchyard::server::ServerConfig;
@@ -67,7 +67,7 @@ fn barrier(peer: &mut RawPeer, sequence: u32) {
             _ => panic!(
                 "{}: expected PONG, got {}",
                 peer.name,
-                support::describe(&frame)
+                raw::describe(&frame)
             ),
         }
     }
@@ -319,7 +319,7 @@ fn expect_request_head(receiver: &mut RawPeer, id: RequestId, sender: ClientId) 
             (h.frame_type, h.flags, h.request_id, h.sequence, h.client_id),
             (kind, Flags::REQUEST, id, seq as u32, sender),
             "{}",
-            support::describe(&frame)
+            raw::describe(&frame)
         );
         assert!(
             frame.payload[..] == part(seq)[..],
@@ -339,7 +339,7 @@ fn expect_cancelled(receiver: &mut RawPeer, id: RequestId, sender: ClientId) {
         (h.frame_type, h.flags, h.request_id, h.client_id, h.is_final),
         (FrameType::Cancel, Flags::REQUEST, id, sender, true),
         "{}",
-        support::describe(&cancel)
+        raw::describe(&cancel)
     );
     receiver.send_stream(FrameType::Chunk, Flags::RESPONSE, id, 1, false, b"late");
     let late = next_non_presence(receiver);
@@ -347,7 +347,7 @@ fn expect_cancelled(receiver: &mut RawPeer, id: RequestId, sender: ClientId) {
         late.header.frame_type,
         FrameType::Error,
         "{}",
-        support::describe(&late)
+        raw::describe(&late)
     );
     let body = switchyard::protocol::ErrorBody::decode(&late.payload).unwrap();
     assert_eq!(body.known_code(), Some(ErrorCode::UnknownRequest));
@@ -364,7 +364,7 @@ fn bystander_round_trip(asker: &mut RawPeer, answerer: &mut RawPeer) {
         (start.header.frame_type, start.header.request_id),
         (FrameType::Start, id),
         "{}",
-        support::describe(&start)
+        raw::describe(&start)
     );
     answerer.respond(id, b"yes");
     let reply = next_non_presence(asker);
@@ -376,7 +376,7 @@ fn bystander_round_trip(asker: &mut RawPeer, answerer: &mut RawPeer) {
         ),
         (FrameType::Start, Flags::RESPONSE, id),
         "{}",
-        support::describe(&reply)
+        raw::describe(&reply)
     );
     assert_eq!(&reply.payload[..], b"yes");
 }
@@ -524,7 +524,7 @@ fn a_sender_process_that_stops_reading_pauses_its_receiver_until_it_is_killed() 
             ),
             (FrameType::Cancel, Flags::REQUEST, id),
             "{}",
-            support::describe(&cancel)
+            raw::describe(&cancel)
         );
         stop.store(true, Ordering::Relaxed);
         let frames = writer.join().unwrap();
@@ -540,7 +540,7 @@ fn a_sender_process_that_stops_reading_pauses_its_receiver_until_it_is_killed() 
                     assert_eq!(body.known_code(), Some(ErrorCode::UnknownRequest));
                     assert_eq!(frame.header.request_id, id);
                 }
-                _ => panic!("unexpected {}", support::describe(&frame)),
+                _ => panic!("unexpected {}", raw::describe(&frame)),
             }
         }
     });
@@ -552,15 +552,6 @@ fn a_sender_process_that_stops_reading_pauses_its_receiver_until_it_is_killed() 
     );
     drop((streaming, answerer, asker));
     wait_idle(&handle);
-}
-
-/// Sets the flag when dropped (a loop's stop signal, also on a panic).
-struct SetOnDrop<'a>(&'a AtomicBool);
-
-impl Drop for SetOnDrop<'_> {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::Relaxed);
-    }
 }
 
 #[test]
@@ -622,142 +613,4 @@ fn a_broadcast_peer_process_that_stops_reading_is_dropped_and_named() {
         peer.close();
     }
     wait_idle(&handle);
-}
-
-// ----- the broker dies ---------------------------------------------------------------------
-
-/// Reconnection with test-sized delays (attempts every 10–20 ms).
-fn reconnecting() -> ClientOptions {
-    ClientOptions {
-        connect_timeout: Duration::from_secs(2),
-        reconnect: Some(ReconnectPolicy {
-            initial_delay: Duration::from_millis(10),
-            max_delay: Duration::from_millis(20),
-            multiplier: 2.0,
-            jitter: 0.5,
-            max_attempts: None,
-        }),
-        ..ClientOptions::default()
-    }
-}
-
-/// The broker's answer to PEERS and the client's own view agree, and name exactly `expected`.
-#[track_caller]
-fn assert_presence(client: &Client, expected: &[ClientId]) {
-    let mut asked = client.fetch_peers(DEADLINE).expect("PEERS");
-    asked.sort();
-    let mut seen = client.peers();
-    seen.sort();
-    let mut expected = expected.to_vec();
-    expected.sort();
-    assert_eq!(
-        asked,
-        expected,
-        "the broker's view for {}",
-        client.client_id()
-    );
-    assert_eq!(
-        seen,
-        expected,
-        "the client's own view for {}",
-        client.client_id()
-    );
-}
-
-#[test]
-fn a_broker_killed_and_restarted_under_its_clients_is_rejoined() {
-    let args = [
-        "--presence-grace-ms",
-        "0",
-        "--metrics-listen",
-        "127.0.0.1:0",
-    ];
-    // Trace lines of the routing core: "recv Start ..." says a request reached the broker.
-    let any_port = "127.0.0.1:0".parse().unwrap();
-    let mut broker = BrokerProcess::start_logging(
-        any_port,
-        &args,
-        None,
-        Some("info,switchyard_core::router=trace"),
-    );
-    let addr = broker.addr;
-    let channel = ChannelId::random();
-    let connect = || Client::connect_with(addr, channel, reconnecting()).expect("a client");
-    let asker = connect();
-    let queued = connect();
-    let holder = connect();
-    holder.set_receive_window(1).expect("RECEIVE");
-    holder.ping(DEADLINE).expect("PONG after RECEIVE");
-    let ids = [asker.client_id(), queued.client_id(), holder.client_id()];
-    let others = |me: ClientId| {
-        ids.iter()
-            .copied()
-            .filter(|id| *id != me)
-            .collect::<Vec<_>>()
-    };
-
-    thread::scope(|s| {
-        // In flight at the kill: a request held by the receiver, and one waiting for a receiver.
-        let held = s.spawn(|| asker.request(b"held", Duration::from_secs(30)));
-        let request = holder
-            .next_request(Some(DEADLINE))
-            .expect("the first request reaches the holder");
-        let waiting = s.spawn(|| queued.request(b"waiting", Duration::from_secs(30)));
-        // Both STARTs reached the broker (so both requests are in flight for their clients).
-        broker.wait_lines("recv Start", 2, DEADLINE);
-        broker.kill();
-
-        for (what, result) in [("held", held.join()), ("waiting", waiting.join())] {
-            match result.unwrap() {
-                Err(Error::ConnectionLost) => {}
-                other => panic!("the {what} request: expected ConnectionLost, got {other:?}"),
-            }
-        }
-        // The holder's request died with the link too, once its client has seen the loss (a
-        // response written before that goes into a socket nobody reads: the client cannot
-        // tell it apart from a sent one).
-        loop {
-            let change = holder
-                .next_state_change(Some(DEADLINE))
-                .expect("the holder sees the link drop");
-            if matches!(change.state, ConnectionState::Reconnecting { .. }) {
-                break;
-            }
-        }
-        match request.respond(b"too late") {
-            Err(Error::ConnectionLost) => {}
-            other => panic!("responding after the kill: expected ConnectionLost, got {other:?}"),
-        }
-    });
-
-    // A new broker on the same port: the clients come back by themselves.
-    let broker = BrokerProcess::start_on(addr, &args, None);
-    for client in [&asker, &queued, &holder] {
-        client
-            .wait_connected(Some(DEADLINE))
-            .expect("the client reconnects");
-    }
-    for client in [&asker, &queued, &holder] {
-        assert_presence(client, &others(client.client_id()));
-    }
-    // The receive window was re-issued on the new connection: new requests are served.
-    thread::scope(|s| {
-        let answering = s.spawn(|| {
-            for _ in 0..2 {
-                let mut request = holder.next_request(Some(DEADLINE)).expect("a request");
-                let body = request.read_body().expect("its body");
-                request.respond(&body).expect("the response");
-            }
-        });
-        assert_eq!(asker.request(b"again", DEADLINE).expect("served"), b"again");
-        assert_eq!(queued.request(b"also", DEADLINE).expect("served"), b"also");
-        answering.join().unwrap();
-    });
-    let metrics = broker.scrape();
-    assert_eq!(metrics.get("switchyard_connections"), 3);
-    asker.close();
-    queued.close();
-    holder.close();
-    broker.wait_all_closed(DEADLINE);
-    broker.scrape().assert_idle();
 }

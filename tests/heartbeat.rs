@@ -1,14 +1,16 @@
 //! Heartbeats over real sockets: the broker finds a half-open peer, the client finds a dead
 //! broker, and a client that answers keeps its connection.
 
-use switchyard_testkit::support;
-
 use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::time::Duration;
+use switchyard_testkit::{
+    broker::{config, start_with},
+    gauges::wait_idle,
+    raw::RawPeer,
+};
 
 use bytes::BytesMut;
-use support::*;
 use switchyard::client::{Client, ClientOptions, Error};
 use switchyard::ids::{ChannelId, ClientId};
 use switchyard::protocol::{Decoder, ErrorCode, FrameType, Header, WelcomeBody};

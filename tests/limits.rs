@@ -5,15 +5,16 @@
 //! before are never disturbed, and every count returns to zero at the end.
 //! (The channel, peer and in-flight limits are router logic: `src/router/tests/limits.rs`.)
 
-use switchyard_testkit::support;
-
 use std::time::Duration;
 use switchyard::client::{Client, Error};
 use switchyard::ids::{ChannelId, ClientId, RequestId};
 use switchyard::protocol::{ErrorCode, FrameType};
 use switchyard::server::ServerConfig;
-
-use support::{config, start_with, wait_for, wait_idle, RawPeer};
+use switchyard_testkit::{
+    broker::{config, start_with},
+    gauges::{wait_for, wait_idle},
+    raw::RawPeer,
+};
 
 /// Two handshaken peers on one channel that check, with a barrier, that nothing reached them.
 fn bystanders(addr: std::net::SocketAddr) -> (RawPeer, RawPeer) {

@@ -3,11 +3,11 @@
 //! nothing above debug level per frame. Its own test binary: it installs a capturing logger.
 
 use std::sync::Mutex;
-use std::time::Duration;
+
+use switchyard_testkit::{broker, tls, DEADLINE};
 
 use switchyard::client::{Client, ClientOptions};
 use switchyard::ids::ChannelId;
-use switchyard::server::{Server, ServerConfig};
 
 static LINES: Mutex<Vec<(log::Level, String)>> = Mutex::new(Vec::new());
 
@@ -45,12 +45,7 @@ fn info_lines() -> Vec<String> {
 fn connection_events_are_one_info_line_each_and_frames_are_not_logged_at_info() {
     log::set_logger(&LOGGER).expect("the only logger of this test binary");
     log::set_max_level(log::LevelFilter::Info);
-    let mut config = ServerConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        ..Default::default()
-    };
-    config.router.presence_grace = Duration::ZERO;
-    let handle = Server::spawn(config).expect("broker");
+    let handle = broker::start();
     let channel = ChannelId::random();
     let no_reconnect = ClientOptions {
         reconnect: None,
@@ -65,17 +60,13 @@ fn connection_events_are_one_info_line_each_and_frames_are_not_logged_at_info() 
     std::thread::scope(|s| {
         s.spawn(|| {
             for _ in 0..100 {
-                let mut request = receiver
-                    .next_request(Some(Duration::from_secs(5)))
-                    .expect("request");
+                let mut request = receiver.next_request(Some(DEADLINE)).expect("request");
                 let body = request.read_body().expect("body");
                 request.respond(&body).expect("respond");
             }
         });
         for _ in 0..100 {
-            sender
-                .request(b"hello", Duration::from_secs(5))
-                .expect("reply");
+            sender.request(b"hello", DEADLINE).expect("reply");
         }
     });
     assert_eq!(
@@ -95,7 +86,7 @@ fn connection_events_are_one_info_line_each_and_frames_are_not_logged_at_info() 
     let sender_id = sender.client_id();
     drop(sender);
     drop(receiver);
-    handle.wait_idle(Duration::from_secs(5)).expect("idle");
+    handle.wait_idle(DEADLINE).expect("idle");
     let lines = info_lines();
     let about = |needle: &str| {
         lines
@@ -135,28 +126,8 @@ fn connection_events_are_one_info_line_each_and_frames_are_not_logged_at_info() 
 /// On a broker with a TLS listener: the accept line of a TLS connection says `(tls)`, and a peer
 /// that does not speak TLS gets one info line with rustls' reason and one close line.
 fn tls_connections_say_so_and_a_failed_tls_handshake_gives_its_reason() {
-    let dir = std::env::temp_dir().join(format!(
-        "switchyard-logs-{}-{}",
-        std::process::id(),
-        ChannelId::random()
-    ));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let made = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("cert");
-    let (cert, key) = (dir.join("broker.crt"), dir.join("broker.key"));
-    std::fs::write(&cert, made.cert.pem()).expect("write");
-    std::fs::write(&key, made.signing_key.serialize_pem()).expect("write");
-    let mut config = ServerConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        tls: Some(switchyard::server::TlsListenerConfig {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            cert_path: cert,
-            key_path: key,
-        }),
-        ..Default::default()
-    };
-    config.router.presence_grace = Duration::ZERO;
-    let handle = Server::spawn(config).expect("broker");
-    let _ = std::fs::remove_dir_all(&dir); // read at bind
+    let certs = tls::Certs::new("logs");
+    let handle = tls::start(&certs);
     let before = info_lines().len();
 
     let mut raw = std::net::TcpStream::connect(handle.tls_addr().unwrap()).expect("raw");
@@ -164,7 +135,7 @@ fn tls_connections_say_so_and_a_failed_tls_handshake_gives_its_reason() {
     std::io::Write::write_all(&mut raw, &hello).expect("write");
     let mut sink = Vec::new();
     let _ = std::io::Read::read_to_end(&mut raw, &mut sink);
-    handle.wait_idle(Duration::from_secs(5)).expect("idle");
+    handle.wait_idle(DEADLINE).expect("idle");
 
     let lines = info_lines()[before..].to_vec();
     assert_eq!(lines.len(), 3, "accepted, failed, closed: {lines:?}");

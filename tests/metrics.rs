@@ -1,5 +1,5 @@
 //! The Prometheus endpoint over real HTTP: a blocking `std::net::TcpStream` writes the request
-//! and reads the answer to EOF (every read has the support module's deadline). Broker state is
+//! and reads the answer to EOF (every read has the test kit's `DEADLINE`). Broker state is
 //! awaited with `ServerHandle::wait_until`, never with sleeps.
 //!
 //! Covered: the values move with connections, request/reply traffic and a provoked NO_RECEIVER;
@@ -7,18 +7,20 @@
 //! broker traffic; the scrape deadline closes a silent scraper; connections beyond the limit are
 //! closed at once.
 
-use switchyard_testkit::support;
-
 use std::collections::BTreeMap;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
+use switchyard_testkit::{
+    broker::{self, start_with},
+    gauges::{wait_for, wait_idle},
+    raw::RawPeer,
+    DEADLINE,
+};
 
 use switchyard::ids::{ChannelId, ClientId, RequestId};
 use switchyard::protocol::{ErrorCode, Flags, FrameType, HEADER_LEN};
 use switchyard::server::{ServerConfig, ServerHandle};
-
-use support::{start_with, wait_for, wait_idle, RawPeer, DEADLINE};
 
 /// The limit of simultaneous metrics connections (`MAX_SCRAPES` in `src/server/metrics.rs`).
 const MAX_SCRAPES: usize = 16;
@@ -27,7 +29,7 @@ const MAX_SCRAPES: usize = 16;
 fn config() -> ServerConfig {
     ServerConfig {
         metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
-        ..support::config()
+        ..broker::config()
     }
 }
 

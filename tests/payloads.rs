@@ -6,15 +6,20 @@
 //! The broker runs with max_payload = 64 KiB so that every size class is cheap to reach.
 //! Every test ends by closing its clients and asserting the broker is idle (behaviour 9).
 
-use switchyard_testkit::{assert_err, common};
-
 use std::io::{self, Read};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
+use switchyard_testkit::{
+    assert_err,
+    body::{self, body, check_stream, FailingReader, PatternReader},
+    broker::start_router,
+    client::{connect, receiver, Responder},
+    gauges::wait_idle,
+    DEADLINE, QUIET,
+};
 
-use common::*;
 use switchyard::client::{Error, RequestOptions};
 use switchyard::ids::ChannelId;
 use switchyard::router::RouterConfig;
@@ -26,7 +31,7 @@ const MAX_PAYLOAD: usize = 64 * 1024;
 const LONG: Duration = Duration::from_secs(30);
 
 fn broker() -> ServerHandle {
-    start(RouterConfig {
+    start_router(RouterConfig {
         max_payload: MAX_PAYLOAD as u32,
         ..RouterConfig::default()
     })
@@ -55,7 +60,7 @@ fn bodies_of_every_size_class_arrive_intact() {
         assert_eq!(body.len(), len, "request body length");
         if len > 16 {
             assert!(
-                body[16..] == common::body(seed, len)[16..],
+                body[16..] == body::body(seed, len)[16..],
                 "request body bytes"
             );
         }
@@ -88,7 +93,7 @@ fn bodies_of_every_size_class_arrive_intact() {
 
     assert_eq!(responder.stop().answered, sizes.len());
     drop(sender);
-    assert_idle(&handle);
+    wait_idle(&handle);
 }
 
 /// A body of `len` pattern bytes whose first 16 bytes (when it has them) carry its seed and
@@ -118,7 +123,7 @@ fn a_five_mib_body_streams_through_without_the_broker_holding_it() {
     const SEED: u64 = 0x5EED;
     // Watermarks well below the body: the broker may hold at most about one read budget, a
     // frame and an outbound queue up to the high watermark per connection.
-    let handle = start(RouterConfig {
+    let handle = start_router(RouterConfig {
         max_payload: MAX_PAYLOAD as u32,
         high_watermark: 512 << 10,
         low_watermark: 128 << 10,
@@ -143,13 +148,10 @@ fn a_five_mib_body_streams_through_without_the_broker_holding_it() {
     thread::scope(|s| {
         let watching = s.spawn(|| handle.wait_until(sampled, LONG));
         let echoing = s.spawn(|| {
-            let mut incoming = receiver.next_request(Some(WAIT)).expect("assigned");
+            let mut incoming = receiver.next_request(Some(DEADLINE)).expect("assigned");
             let body = incoming.read_body().expect("the whole request body");
             assert_eq!(body.len() as u64, LEN);
-            assert!(
-                body == common::body(SEED, LEN as usize),
-                "request body bytes"
-            );
+            assert!(body == body::body(SEED, LEN as usize), "request body bytes");
             incoming.respond(&body).expect("echo");
         });
         // The body is generated as it is sent; snapshots of the broker's stats taken from
@@ -184,7 +186,7 @@ fn a_five_mib_body_streams_through_without_the_broker_holding_it() {
     });
 
     drop((sender, receiver));
-    assert_idle(&handle);
+    wait_idle(&handle);
 }
 
 /// An `io::Read` that snapshots the broker's buffered bytes every 512 KiB it hands out.
@@ -217,7 +219,7 @@ fn a_failing_body_reader_aborts_the_request_at_both_ends() {
     // Fails after three full frames: START and a CHUNK went out, the request is cancelled.
     thread::scope(|s| {
         let receiving = s.spawn(|| {
-            let mut incoming = receiver.next_request(Some(WAIT)).expect("assigned");
+            let mut incoming = receiver.next_request(Some(DEADLINE)).expect("assigned");
             incoming.read_body()
         });
         let mut failing = FailingReader::new(21, 3 * MAX_PAYLOAD as u64, "disk on fire");
@@ -239,12 +241,12 @@ fn a_failing_body_reader_aborts_the_request_at_both_ends() {
     // Both clients are still usable.
     thread::scope(|s| {
         s.spawn(|| {
-            let incoming = receiver.next_request(Some(WAIT)).expect("assigned");
+            let incoming = receiver.next_request(Some(DEADLINE)).expect("assigned");
             incoming.respond(b"fine").unwrap();
         });
         assert_eq!(sender.request(b"still there?", LONG).unwrap(), b"fine");
     });
 
     drop((sender, receiver));
-    assert_idle(&handle);
+    wait_idle(&handle);
 }

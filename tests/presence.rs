@@ -3,15 +3,16 @@
 //! must leave the broker idle with presence events exactly paired and in order (the
 //! predecessor's "online/offline flapping on rapid reconnects" and "stale connections").
 
-use switchyard_testkit::support;
-
 use std::time::Duration;
+use switchyard_testkit::{
+    broker::{self, start, start_with},
+    gauges::{wait_for, wait_idle},
+    raw::{self, RawPeer},
+};
 
 use switchyard::ids::{ChannelId, ClientId};
 use switchyard::protocol::{FrameType, DEFAULT_MAX_PAYLOAD};
 use switchyard::server::ServerStats;
-
-use support::{start, start_with, wait_for, wait_idle, RawPeer};
 
 fn sorted(mut ids: Vec<ClientId>) -> Vec<ClientId> {
     ids.sort();
@@ -41,7 +42,7 @@ fn welcome_carries_the_client_id_and_the_default_limits() {
 
 #[test]
 fn welcome_announces_the_configured_limits() {
-    let mut config = support::config();
+    let mut config = broker::config();
     config.router.max_payload = 4096;
     config.router.default_timeout = Duration::from_millis(1500);
     config.router.max_timeout = Duration::from_secs(60);
@@ -265,7 +266,7 @@ fn rapid_connect_hello_drop_cycles_pair_presence_and_leave_the_broker_idle() {
         assert!(
             ids.contains(&who),
             "presence about an unknown id: {}",
-            support::describe(&frame)
+            raw::describe(&frame)
         );
         match frame.header.frame_type {
             FrameType::PeerJoined => {
@@ -278,7 +279,7 @@ fn rapid_connect_hello_drop_cycles_pair_presence_and_leave_the_broker_idle() {
                 let at = at.unwrap_or_else(|| panic!("{who} left without being online"));
                 online.swap_remove(at);
             }
-            _ => panic!("expected presence, got {}", support::describe(&frame)),
+            _ => panic!("expected presence, got {}", raw::describe(&frame)),
         }
     }
     assert!(online.is_empty(), "still online: {online:?}");
@@ -310,7 +311,7 @@ fn rapid_connect_hello_drop_cycles_see_exactly_alternating_presence_in_order() {
             assert!(
                 frame.header.frame_type == kind && frame.header.client_id == *id,
                 "cycle {i}: expected {kind:?} about {id}, got {}",
-                support::describe(frame)
+                raw::describe(frame)
             );
         }
     }
@@ -338,7 +339,7 @@ fn reconnecting_with_the_same_client_id_right_after_dropping_is_welcomed() {
             frame.header.frame_type,
             FrameType::Welcome,
             "attempt {attempt}: reconnect with the id of a connection already closed got {}",
-            support::describe(&frame)
+            raw::describe(&frame)
         );
         drop(new);
     }

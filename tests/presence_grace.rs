@@ -2,11 +2,13 @@
 //! produce no presence flapping, in either interleaving of the old connection's close and the new
 //! one's hello, and leave nothing behind.
 
-use switchyard_testkit::support;
-
 use std::time::Duration;
+use switchyard_testkit::{
+    broker::{config, start, start_with},
+    gauges::wait_idle,
+    raw::RawPeer,
+};
 
-use support::*;
 use switchyard::client::{Client, ClientOptions, ConnectionState, PresenceEvent};
 use switchyard::ids::{ChannelId, ClientId};
 use switchyard::protocol::{ErrorCode, FrameType};

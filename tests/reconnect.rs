@@ -3,51 +3,34 @@
 //! running out, and reconnection turned off. No sleeps: ordering comes from blocking calls with
 //! deadlines (state changes, `wait_connected`, requests) and from the broker's own stats.
 
-use switchyard_testkit::{assert_err, common};
-
 use std::io;
 use std::net::SocketAddr;
 use std::sync::mpsc;
 use std::thread;
 use std::time::Duration;
+use switchyard_testkit::{
+    assert_err,
+    broker::{self, start},
+    client::{echo, fast_reconnect, set_window, Responder},
+    gauges::wait_idle,
+    now, DEADLINE,
+};
 
-use common::*;
 use switchyard::client::{
     Client, ClientOptions, ConnectionState, Error, ReconnectPolicy, RequestOptions,
 };
 use switchyard::ids::ChannelId;
-use switchyard::router::RouterConfig;
 use switchyard::server::{Server, ServerConfig, ServerHandle};
 
 /// A request timeout no test reaches.
 const LONG: Duration = Duration::from_secs(30);
 
-/// Reconnection with test-sized delays: attempts every 5–20 ms.
-fn fast(max_attempts: Option<u32>) -> ClientOptions {
-    ClientOptions {
-        connect_timeout: Duration::from_secs(1),
-        reconnect: Some(ReconnectPolicy {
-            initial_delay: Duration::from_millis(10),
-            max_delay: Duration::from_millis(20),
-            multiplier: 2.0,
-            jitter: 0.5,
-            max_attempts,
-        }),
-        ..ClientOptions::default()
-    }
-}
-
-/// A broker on `listen`, with the presence grace period off (as `common::start`).
+/// A broker on `listen`, with the default test configuration (presence grace period off).
 fn broker_on(listen: SocketAddr) -> io::Result<ServerHandle> {
-    let mut config = ServerConfig {
+    Server::spawn(ServerConfig {
         listen,
-        ..server_config()
-    };
-    config.router = RouterConfig {
-        presence_grace: Duration::ZERO,
-        ..RouterConfig::default()
-    };
-    Server::spawn(config)
+        ..broker::config()
+    })
 }
 
 /// A new broker on the address a stopped one had. The listener sets SO_REUSEADDR (mio does on
@@ -71,12 +54,12 @@ fn restart_on(addr: SocketAddr) -> ServerHandle {
 }
 
 /// Takes state changes until one is `state`; returns its cause. Panics on `Closed` (unless
-/// that is what is expected) or after [`WAIT`].
+/// that is what is expected) or after [`DEADLINE`].
 #[track_caller]
 fn expect_state(client: &Client, state: ConnectionState) -> Option<Error> {
     loop {
         let change = client
-            .next_state_change(Some(WAIT))
+            .next_state_change(Some(DEADLINE))
             .unwrap_or_else(|e| panic!("no state change to {state:?}: {e}"));
         if change.state == state {
             return change.cause;
@@ -87,18 +70,18 @@ fn expect_state(client: &Client, state: ConnectionState) -> Option<Error> {
 
 #[test]
 fn restarting_the_broker_under_connected_clients() {
-    let mut first = start_default();
+    let mut first = start();
     let addr = first.local_addr();
     let channel = ChannelId::random();
-    let sender = Client::connect_with(addr, channel, fast(None)).expect("sender");
-    let receiver = Client::connect_with(addr, channel, fast(None)).expect("receiver");
+    let sender = Client::connect_with(addr, channel, fast_reconnect(None)).expect("sender");
+    let receiver = Client::connect_with(addr, channel, fast_reconnect(None)).expect("receiver");
     let (sender_id, receiver_id) = (sender.client_id(), receiver.client_id());
     set_window(&receiver, 1);
     assert_eq!(receiver.state(), ConnectionState::Connected);
 
     let second = thread::scope(|s| {
         let asking = s.spawn(|| sender.request(b"in flight", LONG));
-        let held = receiver.next_request(Some(WAIT)).expect("assigned");
+        let held = receiver.next_request(Some(DEADLINE)).expect("assigned");
         // A caller waiting for requests is not an operation in flight: it waits through the
         // restart and is served by the next broker (the window, one slot, is re-issued).
         let serving = s.spawn(|| {
@@ -124,7 +107,7 @@ fn restarting_the_broker_under_connected_clients() {
 
         let second = restart_on(addr);
         for client in [&sender, &receiver] {
-            client.wait_connected(Some(WAIT)).expect("reconnected");
+            client.wait_connected(Some(DEADLINE)).expect("reconnected");
             assert!(expect_state(client, ConnectionState::Connected).is_none());
         }
         assert_eq!(
@@ -143,7 +126,10 @@ fn restarting_the_broker_under_connected_clients() {
         assert_eq!(response.responder(), receiver_id);
         assert_eq!(response.read_to_vec().expect("body"), b"after the restart");
         assert_eq!(serving.join().expect("serving thread"), sender_id);
-        assert_eq!(receiver.fetch_peers(WAIT).expect("peers"), vec![sender_id]);
+        assert_eq!(
+            receiver.fetch_peers(DEADLINE).expect("peers"),
+            vec![sender_id]
+        );
         second
     });
     let stats = second.stats().expect("stats");
@@ -151,16 +137,16 @@ fn restarting_the_broker_under_connected_clients() {
     sender.close();
     receiver.close();
     assert_eq!(sender.state(), ConnectionState::Closed);
-    assert_idle(&second);
+    wait_idle(&second);
 }
 
 #[test]
 fn going_away_is_followed_by_a_reconnect_to_the_next_broker() {
-    let mut first = start_default();
+    let mut first = start();
     let addr = first.local_addr();
     let channel = ChannelId::random();
-    let a = Client::connect_with(addr, channel, fast(None)).expect("a");
-    let b = Client::connect_with(addr, channel, fast(None)).expect("b");
+    let a = Client::connect_with(addr, channel, fast_reconnect(None)).expect("a");
+    let b = Client::connect_with(addr, channel, fast_reconnect(None)).expect("b");
     set_window(&b, 1);
     // A graceful shutdown: GOING_AWAY, then the broker closes the idle connections.
     first.begin_shutdown().expect("drain");
@@ -171,19 +157,19 @@ fn going_away_is_followed_by_a_reconnect_to_the_next_broker() {
     first.join();
     let second = restart_on(addr);
     for client in [&a, &b] {
-        client.wait_connected(Some(WAIT)).expect("reconnected");
+        client.wait_connected(Some(DEADLINE)).expect("reconnected");
     }
-    assert_eq!(a.fetch_peers(WAIT).expect("peers"), vec![b.client_id()]);
+    assert_eq!(a.fetch_peers(DEADLINE).expect("peers"), vec![b.client_id()]);
     let responder = Responder::spawn(b, 1, echo);
-    assert_eq!(a.request(b"hi", WAIT).expect("served"), b"hi");
+    assert_eq!(a.request(b"hi", DEADLINE).expect("served"), b"hi");
     assert_eq!(responder.stop().answered, 1);
     a.close();
-    assert_idle(&second);
+    wait_idle(&second);
 }
 
 #[test]
 fn close_during_the_backoff_returns_at_once_and_ends_closed() {
-    let mut broker = start_default();
+    let mut broker = start();
     let options = ClientOptions {
         reconnect: Some(ReconnectPolicy {
             initial_delay: Duration::from_secs(60),
@@ -199,7 +185,7 @@ fn close_during_the_backoff_returns_at_once_and_ends_closed() {
         broker.shutdown();
         expect_state(&client, ConnectionState::Reconnecting { attempt: 1 });
         // Started while reconnecting: refused at once, nothing sent.
-        assert_err!(client.ping(WAIT), Error::Reconnecting);
+        assert_err!(client.ping(DEADLINE), Error::Reconnecting);
         // The window is a setting: recorded now, re-issued on the next connection.
         client.set_receive_window(3).expect("recorded");
         let started = now();
@@ -210,24 +196,30 @@ fn close_during_the_backoff_returns_at_once_and_ends_closed() {
     });
     assert_eq!(client.state(), ConnectionState::Closed);
     let last = client
-        .next_state_change(Some(WAIT))
+        .next_state_change(Some(DEADLINE))
         .expect("the Closed change");
     assert_eq!(last.state, ConnectionState::Closed);
     assert!(matches!(last.cause, Some(Error::Closed)), "{last:?}");
-    assert_err!(client.next_state_change(Some(WAIT)), Error::Closed);
-    assert_err!(client.wait_connected(Some(WAIT)), Error::Closed);
+    assert_err!(client.next_state_change(Some(DEADLINE)), Error::Closed);
+    assert_err!(client.wait_connected(Some(DEADLINE)), Error::Closed);
     client.close(); // idempotent
 }
 
 #[test]
 fn when_the_attempts_run_out_the_client_closes_with_the_last_error() {
-    let mut broker = start_default();
-    let client = Client::connect_with(broker.local_addr(), ChannelId::random(), fast(Some(3)))
-        .expect("client");
+    let mut broker = start();
+    let client = Client::connect_with(
+        broker.local_addr(),
+        ChannelId::random(),
+        fast_reconnect(Some(3)),
+    )
+    .expect("client");
     broker.shutdown();
     let mut states = Vec::new();
     let cause = loop {
-        let change = client.next_state_change(Some(WAIT)).expect("state change");
+        let change = client
+            .next_state_change(Some(DEADLINE))
+            .expect("state change");
         states.push(change.state);
         if change.state == ConnectionState::Closed {
             break change.cause;
@@ -247,7 +239,7 @@ fn when_the_attempts_run_out_the_client_closes_with_the_last_error() {
     );
     assert!(client.is_closed());
     assert_err!(
-        client.wait_connected(Some(WAIT)),
+        client.wait_connected(Some(DEADLINE)),
         Error::ConnectionRefused(_)
     );
     assert_err!(client.next_request(None), Error::ConnectionRefused(_));
@@ -255,7 +247,7 @@ fn when_the_attempts_run_out_the_client_closes_with_the_last_error() {
 
 #[test]
 fn without_reconnect_a_lost_connection_closes_the_client() {
-    let mut broker = start_default();
+    let mut broker = start();
     let options = ClientOptions {
         reconnect: None,
         ..ClientOptions::default()
@@ -274,7 +266,7 @@ fn without_reconnect_a_lost_connection_closes_the_client() {
     assert!(client.is_closed());
     assert_eq!(client.state(), ConnectionState::Closed);
     let change = client
-        .next_state_change(Some(WAIT))
+        .next_state_change(Some(DEADLINE))
         .expect("the Closed change");
     assert_eq!(change.state, ConnectionState::Closed);
     assert_err!(client.request(b"x", LONG), Error::Io(_));
@@ -283,6 +275,6 @@ fn without_reconnect_a_lost_connection_closes_the_client() {
 #[track_caller]
 fn wait_for_pending(handle: &ServerHandle) {
     handle
-        .wait_until(|s| s.router.pending_requests == 1, WAIT)
+        .wait_until(|s| s.router.pending_requests == 1, DEADLINE)
         .expect("the request reached the broker");
 }

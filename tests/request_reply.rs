@@ -1,45 +1,28 @@
-//! Request/reply through a real broker with the blocking client (issue behaviours 2–5):
-//! streaming both ways, exactly one receiver per request, FIFO per channel, round robin across
-//! receivers, receive windows, the three timeouts (explicit, broker default, NO_WAIT), response
-//! timeouts, receiver and sender disconnects, at-most-once delivery; plus the predecessor's
-//! client-lifecycle edge cases (connection refused, close twice, use after close).
+//! Request/reply through a real broker with the blocking client (issue behaviours 2–5), the
+//! paths of a request: streaming both ways, exactly one receiver per request, FIFO per channel,
+//! round robin across receivers, receive windows, the three timeouts (explicit, broker default,
+//! NO_WAIT) and response timeouts.
 //!
 //! Every test ends by closing its clients and asserting the broker is idle (behaviour 9).
 
-use switchyard_testkit::{assert_err, common};
-
-use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
+use switchyard_testkit::{
+    assert_err,
+    body::{check_stream, GatedReader, PatternReader},
+    broker::{small_frames, start, start_router},
+    client::{connect, echo, receiver, request_options as options, set_window, Responder},
+    gauges::wait_idle,
+    now, DEADLINE, QUIET,
+};
 
-use common::*;
 use switchyard::client::{Client, Error, RequestOptions};
-use switchyard::ids::{ChannelId, RequestId};
-use switchyard::protocol::{FrameType, Header};
+use switchyard::ids::ChannelId;
 use switchyard::router::RouterConfig;
-
-/// A timeout long enough never to fire in a passing test.
-const LONG: Duration = Duration::from_secs(10);
-
-fn options(timeout: Duration) -> RequestOptions {
-    RequestOptions {
-        timeout,
-        no_wait: false,
-    }
-}
-
-/// A broker whose frames are at most 1 KiB, so small bodies already take many frames.
-fn small_frames() -> RouterConfig {
-    RouterConfig {
-        max_payload: 1024,
-        ..RouterConfig::default()
-    }
-}
 
 #[test]
 fn request_and_response_stream_both_ways() {
-    let handle = start(small_frames());
+    let handle = start_router(small_frames());
     let channel = ChannelId::random();
     let receiver = receiver(&handle, channel, 1);
     let sender = connect(&handle, channel);
@@ -50,9 +33,9 @@ fn request_and_response_stream_both_ways() {
     let frames_before = handle.stats().unwrap().frames_in;
     thread::scope(|s| {
         let serving = s.spawn(|| {
-            let mut incoming = receiver.next_request(Some(WAIT)).expect("the request");
+            let mut incoming = receiver.next_request(Some(DEADLINE)).expect("the request");
             assert_eq!(incoming.sender(), sender.client_id());
-            assert!(incoming.timeout() > Duration::ZERO && incoming.timeout() <= LONG);
+            assert!(incoming.timeout() > Duration::ZERO && incoming.timeout() <= DEADLINE);
             assert_eq!(
                 check_stream(&mut incoming, 1).expect("request body"),
                 request_len
@@ -62,7 +45,7 @@ fn request_and_response_stream_both_ways() {
                 .expect("respond");
         });
         let mut response = sender
-            .request_with(&mut PatternReader::new(1, request_len), options(LONG))
+            .request_with(&mut PatternReader::new(1, request_len), options(DEADLINE))
             .expect("request");
         assert_eq!(response.responder(), receiver.client_id());
         assert_eq!(
@@ -82,21 +65,21 @@ fn request_and_response_stream_both_ways() {
     // A small exchange: one frame each way, through the plain API.
     thread::scope(|s| {
         s.spawn(|| {
-            let mut incoming = receiver.next_request(Some(WAIT)).expect("the request");
+            let mut incoming = receiver.next_request(Some(DEADLINE)).expect("the request");
             assert_eq!(incoming.read_body().unwrap(), b"ping");
             incoming.respond(b"pong").unwrap();
         });
-        assert_eq!(sender.request(b"ping", LONG).unwrap(), b"pong");
+        assert_eq!(sender.request(b"ping", DEADLINE).unwrap(), b"pong");
     });
 
     drop(sender);
     drop(receiver);
-    assert_idle(&handle);
+    wait_idle(&handle);
 }
 
 #[test]
 fn a_request_goes_to_exactly_one_receiver_with_credit() {
-    let handle = start_default();
+    let handle = start();
     let channel = ChannelId::random();
     // Three receivers ready in this order; one more client with no credit.
     let receivers: Vec<Client> = (0..3).map(|_| receiver(&handle, channel, 1)).collect();
@@ -104,12 +87,14 @@ fn a_request_goes_to_exactly_one_receiver_with_credit() {
     let sender = connect(&handle, channel);
 
     thread::scope(|s| {
-        let asking = s.spawn(|| sender.request(b"only one", LONG));
+        let asking = s.spawn(|| sender.request(b"only one", DEADLINE));
         handle
-            .wait_until(|st| st.router.assignments == 1, WAIT)
+            .wait_until(|st| st.router.assignments == 1, DEADLINE)
             .expect("the request is assigned");
         // The receiver waiting longest gets it (the FIFO of ready receivers).
-        let mut incoming = receivers[0].next_request(Some(WAIT)).expect("delivered");
+        let mut incoming = receivers[0]
+            .next_request(Some(DEADLINE))
+            .expect("delivered");
         assert_eq!(incoming.read_body().unwrap(), b"only one");
         for other in &receivers[1..] {
             assert_err!(other.next_request(Some(QUIET)), Error::Timeout);
@@ -124,13 +109,13 @@ fn a_request_goes_to_exactly_one_receiver_with_credit() {
     }
 
     drop((receivers, idle, sender));
-    assert_idle(&handle);
+    wait_idle(&handle);
 }
 
 #[test]
 fn requests_are_received_in_the_order_they_were_sent() {
     const N: u32 = 20;
-    let handle = start_default();
+    let handle = start();
     let channel = ChannelId::random();
     let receiver = connect(&handle, channel); // no credit yet: every request queues
     let sender = connect(&handle, channel);
@@ -139,17 +124,17 @@ fn requests_are_received_in_the_order_they_were_sent() {
         let mut asking = Vec::new();
         for i in 0..N {
             let sender = &sender;
-            asking.push(s.spawn(move || sender.request(&i.to_be_bytes(), LONG)));
+            asking.push(s.spawn(move || sender.request(&i.to_be_bytes(), DEADLINE)));
             // The next request starts only once this one is queued: the send order is 0..N.
             let queued = i as usize + 1;
             handle
-                .wait_until(move |st| st.router.pending_requests == queued, WAIT)
+                .wait_until(move |st| st.router.pending_requests == queued, DEADLINE)
                 .expect("request queued");
         }
         // One slot: the requests come one by one, in the channel's FIFO order.
         set_window(&receiver, 1);
         for i in 0..N {
-            let mut incoming = receiver.next_request(Some(WAIT)).expect("next request");
+            let mut incoming = receiver.next_request(Some(DEADLINE)).expect("next request");
             let body = incoming.read_body().unwrap();
             assert_eq!(body, i.to_be_bytes(), "request {i} out of order");
             incoming.respond(&body).unwrap();
@@ -161,14 +146,14 @@ fn requests_are_received_in_the_order_they_were_sent() {
     });
 
     drop((receiver, sender));
-    assert_idle(&handle);
+    wait_idle(&handle);
 }
 
 #[test]
 fn idle_receivers_share_requests_round_robin() {
     const RECEIVERS: usize = 4;
     const REQUESTS: usize = 41;
-    let handle = start_default();
+    let handle = start();
     let channel = ChannelId::random();
     let responders: Vec<Responder> = (0..RECEIVERS)
         .map(|_| Responder::spawn(connect(&handle, channel), 1, echo))
@@ -178,7 +163,7 @@ fn idle_receivers_share_requests_round_robin() {
     for i in 0..REQUESTS {
         let body = format!("request {i}");
         let mut response = sender
-            .request_with(&mut body.as_bytes(), options(LONG))
+            .request_with(&mut body.as_bytes(), options(DEADLINE))
             .expect("request");
         served_by.push(response.responder());
         let mut reply = Vec::new();
@@ -196,13 +181,13 @@ fn idle_receivers_share_requests_round_robin() {
     assert_eq!(counts.iter().sum::<usize>(), REQUESTS);
 
     drop(sender);
-    assert_idle(&handle);
+    wait_idle(&handle);
 }
 
 #[test]
 fn a_receiver_with_window_n_holds_n_requests_at_once() {
     const WINDOW: u32 = 3;
-    let handle = start_default();
+    let handle = start();
     let channel = ChannelId::random();
     let receiver = receiver(&handle, channel, WINDOW);
     let sender = connect(&handle, channel);
@@ -211,19 +196,23 @@ fn a_receiver_with_window_n_holds_n_requests_at_once() {
         let asking: Vec<_> = (0..=WINDOW)
             .map(|i| {
                 let sender = &sender;
-                s.spawn(move || sender.request(&i.to_be_bytes(), LONG))
+                s.spawn(move || sender.request(&i.to_be_bytes(), DEADLINE))
             })
             .collect();
         let stats = handle
             .wait_until(
                 |st| st.router.assignments == WINDOW as usize && st.router.pending_requests == 1,
-                WAIT,
+                DEADLINE,
             )
             .expect("N assigned, one waiting");
         assert_eq!(stats.router.assignments, WINDOW as usize);
 
         let mut held: Vec<_> = (0..WINDOW)
-            .map(|_| receiver.next_request(Some(WAIT)).expect("a held request"))
+            .map(|_| {
+                receiver
+                    .next_request(Some(DEADLINE))
+                    .expect("a held request")
+            })
             .collect();
         // The N+1th waits for a free slot.
         assert_err!(receiver.next_request(Some(QUIET)), Error::Timeout);
@@ -231,7 +220,7 @@ fn a_receiver_with_window_n_holds_n_requests_at_once() {
         first.respond(b"done").unwrap();
         held.push(
             receiver
-                .next_request(Some(WAIT))
+                .next_request(Some(DEADLINE))
                 .expect("the N+1th after a slot freed"),
         );
         for incoming in held {
@@ -243,12 +232,12 @@ fn a_receiver_with_window_n_holds_n_requests_at_once() {
     });
 
     drop((receiver, sender));
-    assert_idle(&handle);
+    wait_idle(&handle);
 }
 
 #[test]
 fn no_receiver_within_the_timeout() {
-    let handle = start_default();
+    let handle = start();
     let channel = ChannelId::random();
     let no_credit = connect(&handle, channel);
     let sender = connect(&handle, channel);
@@ -264,16 +253,16 @@ fn no_receiver_within_the_timeout() {
     assert!(took < timeout + Duration::from_secs(2), "took {took:?}");
     assert_eq!(handle.stats().unwrap().router.timeouts, 1);
     // The client stays usable after a per-request error.
-    sender.ping(WAIT).expect("still connected");
+    sender.ping(DEADLINE).expect("still connected");
 
     drop((no_credit, sender));
-    assert_idle(&handle);
+    wait_idle(&handle);
 }
 
 #[test]
 fn timeout_zero_means_the_broker_default() {
     let default_timeout = Duration::from_millis(300);
-    let handle = start(RouterConfig {
+    let handle = start_router(RouterConfig {
         default_timeout,
         ..RouterConfig::default()
     });
@@ -299,7 +288,7 @@ fn timeout_zero_means_the_broker_default() {
             let result = sender.request(b"y", Duration::ZERO);
             (result, started.elapsed())
         });
-        let incoming = receiver.next_request(Some(WAIT)).expect("assigned");
+        let incoming = receiver.next_request(Some(DEADLINE)).expect("assigned");
         assert!(incoming.timeout() <= default_timeout);
         let (result, took) = asking.join().unwrap();
         assert_err!(result, Error::Timeout);
@@ -308,17 +297,17 @@ fn timeout_zero_means_the_broker_default() {
     });
 
     drop((sender, receiver));
-    assert_idle(&handle);
+    wait_idle(&handle);
 }
 
 #[test]
 fn no_wait_fails_at_once_without_a_free_receiver() {
-    let handle = start_default(); // default timeout 30 s: any wait would show
+    let handle = start(); // default timeout 30 s: any wait would show
     let channel = ChannelId::random();
     let no_credit = connect(&handle, channel);
     let sender = connect(&handle, channel);
     let no_wait = RequestOptions {
-        timeout: LONG,
+        timeout: DEADLINE,
         no_wait: true,
     };
 
@@ -332,8 +321,8 @@ fn no_wait_fails_at_once_without_a_free_receiver() {
     // A receiver whose only slot is taken is no free receiver either.
     let busy = receiver(&handle, channel, 1);
     thread::scope(|s| {
-        let asking = s.spawn(|| sender.request(b"first", LONG));
-        let held = busy.next_request(Some(WAIT)).expect("assigned");
+        let asking = s.spawn(|| sender.request(b"first", DEADLINE));
+        let held = busy.next_request(Some(DEADLINE)).expect("assigned");
         let started = now();
         assert_err!(
             sender.request_with(&mut &b"now"[..], no_wait),
@@ -357,12 +346,12 @@ fn no_wait_fails_at_once_without_a_free_receiver() {
 
     assert_eq!(responder.stop().answered, 1);
     drop((sender, busy));
-    assert_idle(&handle);
+    wait_idle(&handle);
 }
 
 #[test]
 fn an_unanswered_request_times_out_and_cancels_the_receiver() {
-    let handle = start(small_frames());
+    let handle = start_router(small_frames());
     let channel = ChannelId::random();
     let receiver = receiver(&handle, channel, 1);
     let sender = connect(&handle, channel);
@@ -371,11 +360,11 @@ fn an_unanswered_request_times_out_and_cancels_the_receiver() {
     // (a) Held, never answered: the sender gets TIMEOUT, the receiver's response fails.
     thread::scope(|s| {
         let asking = s.spawn(|| sender.request(b"slow", timeout));
-        let incoming = receiver.next_request(Some(WAIT)).expect("assigned");
+        let incoming = receiver.next_request(Some(DEADLINE)).expect("assigned");
         assert_err!(asking.join().unwrap(), Error::Timeout);
         // The broker sent the CANCEL with the sender's ERROR; a PING round trip on the
         // receiver proves the client has processed it.
-        receiver.ping(WAIT).unwrap();
+        receiver.ping(DEADLINE).unwrap();
         assert_err!(incoming.respond(b"too late"), Error::Cancelled);
     });
 
@@ -385,21 +374,21 @@ fn an_unanswered_request_times_out_and_cancels_the_receiver() {
         let (mut half, gate) = GatedReader::new(5, 2 * 1024);
         let sender = &sender;
         let asking = s.spawn(move || sender.request_with(&mut half, options(timeout)).map(|_| ()));
-        let mut incoming = receiver.next_request(Some(WAIT)).expect("assigned");
+        let mut incoming = receiver.next_request(Some(DEADLINE)).expect("assigned");
         assert_err!(incoming.read_body(), Error::Cancelled);
         drop(gate);
         assert_err!(asking.join().unwrap(), Error::Timeout);
     });
 
     drop((sender, receiver));
-    assert_idle(&handle);
+    wait_idle(&handle);
 }
 
 /// A response that started but did not complete in time, its last frame held back by the
 /// receiver's body reader. Returns the sender's error and the receiver's `respond_with` result,
 /// the latter once the receiver has processed the CANCEL and the last frame was released.
 fn stall_a_response_past_its_timeout() -> (Result<Vec<u8>, Error>, Result<(), Error>) {
-    let handle = start(small_frames());
+    let handle = start_router(small_frames());
     let channel = ChannelId::random();
     let receiver = receiver(&handle, channel, 1);
     let sender = connect(&handle, channel);
@@ -407,7 +396,7 @@ fn stall_a_response_past_its_timeout() -> (Result<Vec<u8>, Error>, Result<(), Er
         let (mut stalled, gate) = GatedReader::new(7, 2 * 1024);
         let receiver = &receiver;
         let responding = s.spawn(move || {
-            let mut incoming = receiver.next_request(Some(WAIT)).expect("assigned");
+            let mut incoming = receiver.next_request(Some(DEADLINE)).expect("assigned");
             incoming.read_body().unwrap();
             // Sends START, then blocks in the body reader until the gate opens.
             incoming.respond_with(&mut stalled)
@@ -419,12 +408,12 @@ fn stall_a_response_past_its_timeout() -> (Result<Vec<u8>, Error>, Result<(), Er
         // PING barrier from here while the responder is blocked in its body reader: the CANCEL
         // (sent by the broker with the sender's ERROR) has reached the receiver before the
         // response's last frame is released.
-        receiver.ping(WAIT).unwrap();
+        receiver.ping(DEADLINE).unwrap();
         drop(gate);
         (read, responding.join().unwrap())
     });
     drop((sender, receiver));
-    assert_idle(&handle);
+    wait_idle(&handle);
     outcome
 }
 
@@ -443,287 +432,4 @@ fn a_response_stalled_past_the_timeout_fails_with_cancelled_at_the_receiver() {
     let (read, responded) = stall_a_response_past_its_timeout();
     assert_err!(read, Error::Timeout);
     assert_err!(responded, Error::Cancelled);
-}
-
-#[test]
-fn a_receiver_disconnecting_mid_request_is_peer_gone() {
-    let handle = start(small_frames());
-    let channel = ChannelId::random();
-    let sender = connect(&handle, channel);
-
-    // (a) Holding the request, before responding.
-    let receiver = receiver(&handle, channel, 1);
-    thread::scope(|s| {
-        let asking = s.spawn(|| sender.request(b"hello?", LONG));
-        let incoming = receiver.next_request(Some(WAIT)).expect("assigned");
-        receiver.close(); // while still holding it: no CANCEL, a disconnect
-        drop(incoming);
-        assert_err!(asking.join().unwrap(), Error::PeerGone);
-    });
-    drop(receiver);
-
-    // (b) In the middle of a streamed response.
-    let receiver = common::receiver(&handle, channel, 1);
-    thread::scope(|s| {
-        let (mut stalled, gate) = GatedReader::new(9, 3 * 1024);
-        let responder = &receiver;
-        let responding = s.spawn(move || {
-            let incoming = responder.next_request(Some(WAIT)).expect("assigned");
-            incoming.respond_with(&mut stalled)
-        });
-        let mut response = sender
-            .request_with(&mut &b"stream me"[..], options(LONG))
-            .expect("the response started");
-        let mut first = [0u8; 1024];
-        std::io::Read::read_exact(&mut response, &mut first).expect("the first frame");
-        receiver.close();
-        assert_err!(response.read_to_vec(), Error::PeerGone);
-        drop(gate);
-        let sent = responding.join().unwrap();
-        assert!(
-            sent.as_ref().is_err_and(Error::is_connection_fatal),
-            "{sent:?}"
-        );
-    });
-    drop(receiver);
-
-    drop(sender);
-    assert_idle(&handle);
-}
-
-#[test]
-fn a_sender_disconnecting_cancels_its_requests() {
-    let handle = start(small_frames());
-    let channel = ChannelId::random();
-    let holder = receiver(&handle, channel, 1);
-    let late = connect(&handle, channel); // no credit until the sender is gone
-    let sender = connect(&handle, channel);
-
-    thread::scope(|s| {
-        // One request assigned with its body half sent, two more waiting for a receiver.
-        let (mut half, gate) = GatedReader::new(3, 2 * 1024);
-        let sender = &sender;
-        let streaming = s.spawn(move || sender.request_with(&mut half, options(LONG)).map(|_| ()));
-        let mut incoming = holder.next_request(Some(WAIT)).expect("assigned");
-        let queued: Vec<_> = (0..2)
-            .map(|i| s.spawn(move || sender.request(format!("queued {i}").as_bytes(), LONG)))
-            .collect();
-        handle
-            .wait_until(
-                |st| st.router.assignments == 1 && st.router.pending_requests == 2,
-                WAIT,
-            )
-            .expect("one assigned, two waiting");
-
-        sender.close();
-        for asking in queued {
-            assert_err!(asking.join().unwrap(), Error::Closed);
-        }
-        // The held request's body never completes: the receiver reads Cancelled.
-        assert_err!(incoming.read_body(), Error::Cancelled);
-        drop(incoming);
-        drop(gate);
-        let streamed = streaming.join().unwrap();
-        assert!(
-            streamed.as_ref().is_err_and(Error::is_connection_fatal),
-            "{streamed:?}"
-        );
-    });
-    handle
-        .wait_until(
-            |st| st.router.assignments == 0 && st.router.pending_requests == 0,
-            WAIT,
-        )
-        .expect("the sender's requests are gone");
-
-    // The waiting requests were dropped, not handed to the next receiver with credit.
-    set_window(&late, 5);
-    assert_err!(late.next_request(Some(QUIET)), Error::Timeout);
-    assert_err!(holder.next_request(Some(Duration::ZERO)), Error::Timeout);
-
-    drop((holder, late, sender));
-    assert_idle(&handle);
-}
-
-/// Every request a receiver got: its id and body.
-type Deliveries = Vec<(RequestId, Vec<u8>)>;
-
-#[test]
-fn a_request_is_never_delivered_twice() {
-    const SENDERS: usize = 2;
-    const THREADS_PER_SENDER: usize = 2;
-    const PER_THREAD: usize = 50;
-    let handle = start_default();
-    let channel = ChannelId::random();
-    let sender_clients: Vec<Client> = (0..SENDERS).map(|_| connect(&handle, channel)).collect();
-
-    // A receiver that disappears while holding a request: PEER_GONE, and the request is not
-    // handed to anyone else afterwards.
-    let flaky = receiver(&handle, channel, 1);
-    let lost_id: RequestId = thread::scope(|s| {
-        let asking = s.spawn(|| sender_clients[0].request(b"lost", LONG));
-        let incoming = flaky.next_request(Some(WAIT)).expect("assigned");
-        let id = incoming.id();
-        flaky.close();
-        drop(incoming);
-        assert_err!(asking.join().unwrap(), Error::PeerGone);
-        id
-    });
-    drop(flaky);
-
-    let deliveries: Arc<Mutex<Deliveries>> = Arc::default();
-    let responders: Vec<Responder> = (0..3)
-        .map(|_| {
-            let deliveries = Arc::clone(&deliveries);
-            Responder::spawn(connect(&handle, channel), 2, move |incoming, body| {
-                deliveries
-                    .lock()
-                    .unwrap()
-                    .push((incoming.id(), body.clone()));
-                body
-            })
-        })
-        .collect();
-    thread::scope(|s| {
-        for (c, client) in sender_clients.iter().enumerate() {
-            for t in 0..THREADS_PER_SENDER {
-                s.spawn(move || {
-                    for i in 0..PER_THREAD {
-                        let body = format!("{c}/{t}/{i}");
-                        let reply = client.request(body.as_bytes(), LONG).expect("answered");
-                        assert_eq!(reply, body.as_bytes());
-                    }
-                });
-            }
-        }
-    });
-    let answered: usize = responders.into_iter().map(|r| r.stop().answered).sum();
-    let total = SENDERS * THREADS_PER_SENDER * PER_THREAD;
-    assert_eq!(answered, total);
-
-    let deliveries = deliveries.lock().unwrap();
-    assert_eq!(deliveries.len(), total, "deliveries across receivers");
-    let ids: HashSet<RequestId> = deliveries.iter().map(|(id, _)| *id).collect();
-    assert_eq!(ids.len(), total, "a request id was delivered twice");
-    let bodies: HashSet<&[u8]> = deliveries.iter().map(|(_, b)| b.as_slice()).collect();
-    assert_eq!(bodies.len(), total, "a body was delivered twice");
-    assert!(!ids.contains(&lost_id), "the lost request was re-delivered");
-    assert!(
-        !bodies.contains(&b"lost"[..]),
-        "the lost request was re-delivered"
-    );
-    drop(deliveries);
-
-    drop(sender_clients);
-    assert_idle(&handle);
-}
-
-#[test]
-fn client_lifecycle_edge_cases() {
-    // Connection refused: a port nobody listens on any more.
-    let addr = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    assert_err!(
-        Client::connect(addr, ChannelId::random()),
-        Error::ConnectionRefused(_)
-    );
-
-    let handle = start_default();
-    let channel = ChannelId::random();
-    let client = connect(&handle, channel);
-    let other = receiver(&handle, channel, 1);
-    client.close();
-    client.close(); // idempotent
-    assert!(client.is_closed());
-    assert_err!(client.request(b"x", LONG), Error::Closed);
-    assert_err!(client.set_receive_window(1), Error::Closed);
-    assert_err!(client.next_request(Some(WAIT)), Error::Closed);
-    assert_err!(client.broadcast(b"x", LONG), Error::Closed);
-    assert_err!(client.next_broadcast(None), Error::Closed);
-    assert_err!(client.ping(WAIT), Error::Closed);
-    // The other client saw it leave and is unaffected.
-    handle
-        .wait_until(|st| st.router.connections == 1, WAIT)
-        .expect("the closed client is gone");
-    other.ping(WAIT).unwrap();
-
-    // Sequential requests on one connection.
-    let responder = Responder::spawn(other, 1, echo);
-    let sender = connect(&handle, channel);
-    for i in 0..20u32 {
-        assert_eq!(
-            sender.request(&i.to_le_bytes(), LONG).unwrap(),
-            i.to_le_bytes()
-        );
-    }
-    assert_eq!(responder.stop().answered, 20);
-
-    drop((client, sender));
-    assert_idle(&handle);
-}
-
-#[test]
-fn a_paused_sender_that_disconnects_is_noticed() {
-    // A producer paused by a consumer that never drains is not read. When it goes away, the
-    // broker learns it one of two ways: a reset (the client had unread input) arrives as an
-    // error event and closes it at once; a FIN, though, waits in the client's kernel behind the
-    // data the broker is not reading (zero window), so no event comes. Either way the state is
-    // bounded by the request's own timeout: it ends the request, which lifts the pause, and the
-    // broker then reads the rest and the EOF. So: a short request timeout, and everything must
-    // be freed within it plus a margin, never "whenever the stuck receiver drains or leaves".
-    let request_timeout = Duration::from_secs(2);
-    let handle = start(RouterConfig {
-        max_payload: 64 * 1024,
-        high_watermark: 256 << 10,
-        low_watermark: 64 << 10,
-        ..RouterConfig::default()
-    });
-    let channel = ChannelId::random();
-    // A receiver that gave credit by hand on a raw socket and never reads a byte.
-    let mut stuck = std::net::TcpStream::connect(handle.local_addr()).expect("connect");
-    let mut hello = Header::new(FrameType::Hello);
-    hello.channel_id = channel;
-    hello.client_id = switchyard::ids::ClientId::random();
-    let mut receive = hello;
-    receive.frame_type = FrameType::Receive;
-    receive.payload_len = 4;
-    let mut handshake = hello.encode().to_vec();
-    handshake.extend_from_slice(&receive.encode());
-    handshake.extend_from_slice(&1u32.to_be_bytes());
-    std::io::Write::write_all(&mut stuck, &handshake).expect("HELLO, RECEIVE");
-
-    let sender = connect(&handle, channel);
-    thread::scope(|s| {
-        let filling = s.spawn(|| {
-            sender
-                .request_with(
-                    &mut PatternReader::new(1, 64 << 20),
-                    options(request_timeout),
-                )
-                .map(|_| ())
-        });
-        handle
-            .wait_until(|st| st.router.paused_connections == 1, LONG)
-            .expect("the sender is paused by the stuck receiver");
-        sender.close();
-        let filled = filling.join().unwrap();
-        assert!(filled.is_err_and(|e| e.is_connection_fatal()));
-    });
-    // The sender is gone: its connection and its request must be freed now, not whenever the
-    // stuck receiver drains or leaves.
-    let freed = handle.wait_until(
-        |st| st.router.connections == 1 && st.router.assignments == 0,
-        request_timeout + WAIT,
-    );
-    let stats = handle.stats().unwrap();
-    drop(stuck);
-    assert!(
-        freed.is_ok(),
-        "the departed sender is still held: {stats:?}"
-    );
-
-    drop(sender);
-    assert_idle(&handle);
 }

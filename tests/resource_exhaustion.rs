@@ -1,11 +1,6 @@
-//! Resource exhaustion (issue 5, item 4).
+//! Resource exhaustion (issue 5, item 4); running out of file descriptors is
+//! `tests/descriptor_exhaustion.rs`.
 //!
-//! - Out of file descriptors: the real broker binary runs in a child process whose
-//!   RLIMIT_NOFILE is lowered; once its connections use every descriptor, the loop must not spin
-//!   (CPU time read from `/proc/<pid>/stat` over a measurement window while connection attempts
-//!   keep arriving), must log one warning for the episode rather than one per attempt, and must
-//!   serve the connections waiting in the backlog by itself once descriptors free up — with no
-//!   new connection arriving to wake it.
 //! - A flood of senders into a channel nobody receives on: the broker's buffered bytes stay under
 //!   a bound derived from its configuration, the excess gets the documented answers (the channel's
 //!   waiting-request limit: LIMIT_EXCEEDED; NO_WAIT: NO_RECEIVER; the rest NO_RECEIVER at their
@@ -18,169 +13,21 @@
 //! - The channel's limit of waiting requests over real sockets (the router's unit test has the
 //!   logic; this is the wire view: which ids are refused, and FIFO service afterwards).
 
-use switchyard_testkit::process;
-use switchyard_testkit::{sockets, support};
-
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use switchyard_testkit::{
+    broker::{self, start_with},
+    gauges::{wait_for, wait_idle, with_peak_buffered},
+    now,
+    raw::{self, RawPeer},
+    sockets, SetOnDrop,
+};
 
-use process::BrokerProcess;
-use support::{start_with, wait_for, wait_idle, with_peak_buffered, RawPeer, DEADLINE};
 use switchyard::ids::{ChannelId, ClientId, RequestId};
 use switchyard::protocol::{ErrorBody, ErrorCode, Flags, FrameType, Header, HEADER_LEN};
 use switchyard::server::ServerConfig;
-
-/// The test's clock: for measuring a window and latencies, never to synchronise.
-#[allow(clippy::disallowed_methods)] // measurements need the real clock
-fn now() -> Instant {
-    Instant::now()
-}
-
-// ----- out of file descriptors -------------------------------------------------------------
-
-/// The broker's descriptor limit in the fd test: room for its own few descriptors (stdio,
-/// epoll, listeners, signal pipe) and a few dozen connections.
-const NOFILE: u64 = 64;
-
-/// The measurement window for the CPU figure.
-const WINDOW: Duration = Duration::from_secs(1);
-
-/// Most CPU the starved broker may use over the window, as a fraction of one core. A loop that
-/// spins on a failing `accept` (level-triggered, or retrying without a pause) uses the whole
-/// core: 100%, or at least the 50–90% a busy 2-core machine leaves it. An idle broker ignoring
-/// the arrivals uses ~0%. 30% separates the two with a wide margin for a loaded test machine.
-const MAX_CPU_SHARE: f64 = 0.30;
-
-/// A connection that sends its HELLO but is never answered while the broker is starved.
-fn waiting_hello(addr: SocketAddr, name: &str) -> RawPeer {
-    let mut peer = RawPeer::named(addr, name);
-    let (channel, client) = (ChannelId::random(), ClientId::random());
-    peer.send_hello(channel, client);
-    // What `RawPeer::hello` would remember, for the frames sent once it is served.
-    peer.channel = channel;
-    peer.client = client;
-    peer
-}
-
-/// True when nothing at all has arrived on the peer's socket (the broker never answered).
-fn nothing_arrived(peer: &RawPeer) -> io::Result<usize> {
-    let stream = peer.stream();
-    stream.set_nonblocking(true).unwrap();
-    let mut byte = [0u8; 1];
-    let result = (&*stream).read(&mut byte);
-    stream.set_nonblocking(false).unwrap();
-    result
-}
-
-#[test]
-fn out_of_descriptors_the_broker_does_not_spin_and_recovers_by_itself() {
-    let broker = BrokerProcess::start(
-        &[
-            // Above the descriptor limit, so the descriptors run out first.
-            "--max-connections",
-            "1000",
-            "--max-connections-per-ip",
-            "1000",
-            "--presence-grace-ms",
-            "0",
-        ],
-        Some(NOFILE),
-    );
-    let addr = broker.addr;
-
-    // Fill every descriptor with handshaken connections.
-    let mut served = Vec::new();
-    while broker.free_fds(NOFILE) > 0 {
-        let mut peer = RawPeer::named(addr, "served");
-        peer.hello(ChannelId::random(), ClientId::random());
-        served.push(peer);
-        assert!(
-            served.len() < NOFILE as usize,
-            "the descriptor limit is not in force"
-        );
-    }
-    // One more: the kernel completes its handshake into the backlog, the broker's accept fails.
-    let mut waiting = vec![waiting_hello(addr, "backlogged-0")];
-    broker.wait_line("accept failed", DEADLINE);
-    waiting.push(waiting_hello(addr, "backlogged-1"));
-    waiting.push(waiting_hello(addr, "backlogged-2"));
-
-    // The window: connection attempts keep arriving (each one an edge on the listener); the
-    // broker's CPU time over the window is the figure.
-    let cpu_before = broker.cpu_time();
-    let started = now();
-    let attempts = thread::scope(|s| {
-        s.spawn(|| {
-            let mut attempts = 0u32;
-            while started.elapsed() < WINDOW {
-                // Completed by the kernel into the backlog (or dropped when it is full), then
-                // closed at once: the broker meets them after its recovery, as EOFs.
-                let _ = TcpStream::connect_timeout(&addr, Duration::from_millis(100));
-                attempts += 1;
-            }
-            attempts
-        })
-        .join()
-        .unwrap()
-    });
-    let wall = started.elapsed();
-    let cpu = broker.cpu_time() - cpu_before;
-    let share = cpu.as_secs_f64() / wall.as_secs_f64();
-    println!(
-        "starved broker: {cpu:?} CPU over {wall:?} ({:.1}% of a core) under {attempts} \
-         connection attempts",
-        share * 100.0
-    );
-    assert!(
-        attempts > 10,
-        "the window saw only {attempts} connection attempts"
-    );
-    assert!(
-        share < MAX_CPU_SHARE,
-        "the starved broker used {:.1}% of a core (spinning?)",
-        share * 100.0
-    );
-    // Still starved: the waiting connections were not served, and one warning covers it all.
-    for peer in &waiting {
-        let got = nothing_arrived(peer);
-        assert!(
-            matches!(&got, Err(e) if e.kind() == io::ErrorKind::WouldBlock),
-            "{} was answered while starved: {got:?}; log: {:?}",
-            peer.name,
-            broker.lines("")
-        );
-    }
-    assert_eq!(
-        broker.lines("accept failed").len(),
-        1,
-        "one warning per episode"
-    );
-
-    // Descriptors free up (ten served clients leave) and no new connection arrives: the
-    // broker must take the backlogged connections by itself.
-    served.truncate(served.len() - 10);
-    for peer in &mut waiting {
-        let welcome = peer.recv_kind(FrameType::Welcome, false);
-        assert!(!welcome.header.client_id.is_nil());
-        peer.barrier();
-    }
-    let resumed = broker.wait_line("accepting again", DEADLINE);
-    assert!(resumed.contains("failed accept attempts"), "{resumed}");
-    let metrics = broker.scrape();
-    assert!(metrics.get("switchyard_accept_errors_total") >= 1);
-    assert_eq!(metrics.get("switchyard_accept_starved"), 0);
-    // The ones served all along were never disturbed.
-    for peer in &mut served {
-        peer.barrier();
-    }
-
-    drop((served, waiting));
-    broker.wait_all_closed(DEADLINE);
-    broker.scrape().assert_idle();
-}
 
 // ----- a flood of senders with no receivers ----------------------------------------------
 
@@ -228,19 +75,10 @@ fn per_connection_bound(config: &ServerConfig) -> usize {
     (router.max_held_bytes + frame) + (router.high_watermark + frame) + (frame + config.read_budget)
 }
 
-/// Sets the flag when dropped (a loop's stop signal, also on a panic).
-struct SetOnDrop<'a>(&'a AtomicBool);
-
-impl Drop for SetOnDrop<'_> {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::Relaxed);
-    }
-}
-
 /// The flood test's broker: small frames, allowances and queues, so the bounds are reached in
 /// a few MiB, and a channel limit of 16 waiting requests.
 fn flood_config() -> ServerConfig {
-    let mut config = support::config();
+    let mut config = broker::config();
     config.router.max_payload = FRAME as u32;
     config.router.max_held_bytes = 64 << 10;
     config.router.high_watermark = 256 << 10;
@@ -306,7 +144,7 @@ fn spam(peer: &mut RawPeer) -> Vec<ErrorCode> {
         match frame.header.frame_type {
             FrameType::PeerJoined | FrameType::PeerLeft => continue,
             FrameType::Error => {}
-            _ => panic!("{}: unexpected {}", peer.name, support::describe(&frame)),
+            _ => panic!("{}: unexpected {}", peer.name, raw::describe(&frame)),
         }
         let at = ids.iter().position(|id| *id == frame.header.request_id);
         let at = at.unwrap_or_else(|| panic!("{}: an answer for no request", peer.name));
@@ -481,7 +319,7 @@ const UNREAD_FRAMES: usize = 200_000;
 
 #[test]
 fn a_client_that_never_reads_its_answers_is_paused_not_buffered_for() {
-    let mut config = support::config();
+    let mut config = broker::config();
     config.router.max_payload = 4096;
     config.router.high_watermark = 64 << 10;
     config.router.low_watermark = 16 << 10;
@@ -581,7 +419,7 @@ fn a_client_that_never_reads_its_answers_is_paused_not_buffered_for() {
 #[test]
 fn requests_beyond_the_channels_waiting_limit_get_limit_exceeded_and_the_rest_are_served_in_order()
 {
-    let mut config = support::config();
+    let mut config = broker::config();
     config.router.max_waiting_per_channel = 3;
     let handle = start_with(config);
     let addr = handle.local_addr();

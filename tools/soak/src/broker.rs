@@ -6,9 +6,8 @@
 //! `GET /metrics` and its memory from `/proc/<pid>/status`, and stops it with SIGTERM (graceful
 //! shutdown, exit status 0 expected). A guard kills it (SIGKILL, by its PID) on any failure path.
 
-use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitCode, ExitStatus, Stdio};
 use std::sync::mpsc;
@@ -16,8 +15,9 @@ use std::thread;
 use std::time::Duration;
 
 use switchyard::server::{Server, ServerConfig, TlsListenerConfig};
-
-use crate::tls::CertDir;
+use switchyard_testkit::gauges;
+pub use switchyard_testkit::gauges::Metrics;
+use switchyard_testkit::tls::Certs;
 
 /// `soak --role broker`: the broker with the library's defaults, on ephemeral loopback ports;
 /// `tls` is the certificate and key files of a TLS listener.
@@ -73,7 +73,7 @@ pub struct BrokerProcess {
 
 impl BrokerProcess {
     /// Starts the broker role; with `tls`, it also listens for TLS with that certificate.
-    pub fn start(tls: Option<&CertDir>) -> Result<BrokerProcess, String> {
+    pub fn start(tls: Option<&Certs>) -> Result<BrokerProcess, String> {
         let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
         let mut command = Command::new(exe);
         command.args(["--role", "broker"]);
@@ -190,37 +190,9 @@ pub fn memory(pid: u32) -> Result<Memory, String> {
     }
 }
 
-/// One scrape of `GET /metrics` at `addr`: every sample, by name with its labels.
+/// One scrape of `GET /metrics` at `addr` (the test kit's scrape and parser).
 pub fn scrape(addr: SocketAddr) -> Result<Metrics, String> {
-    {
-        let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
-            .map_err(|e| format!("metrics connect: {e}"))?;
-        stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .map_err(|e| e.to_string())?;
-        stream
-            .write_all(b"GET /metrics HTTP/1.1\r\nHost: soak\r\nConnection: close\r\n\r\n")
-            .map_err(|e| format!("metrics write: {e}"))?;
-        let mut answer = String::new();
-        stream
-            .read_to_string(&mut answer)
-            .map_err(|e| format!("metrics read: {e}"))?;
-        let (head, body) = answer
-            .split_once("\r\n\r\n")
-            .ok_or("metrics: no HTTP head")?;
-        if !head.starts_with("HTTP/1.1 200") {
-            return Err(format!("metrics: {}", head.lines().next().unwrap_or("")));
-        }
-        let mut samples = BTreeMap::new();
-        for line in body.lines().filter(|l| !l.starts_with('#')) {
-            if let Some((name, value)) = line.rsplit_once(' ') {
-                if let Ok(value) = value.parse::<f64>() {
-                    samples.insert(name.to_owned(), value);
-                }
-            }
-        }
-        Ok(Metrics { samples })
-    }
+    gauges::scrape(addr).map_err(|e| format!("metrics {addr}: {e}"))
 }
 
 impl Drop for BrokerProcess {
@@ -245,51 +217,4 @@ fn signal(pid: u32, signal: libc::c_int) {
 pub struct Memory {
     pub rss_kib: u64,
     pub hwm_kib: u64,
-}
-
-/// One scrape.
-pub struct Metrics {
-    pub samples: BTreeMap<String, f64>,
-}
-
-/// The broker's state gauges that must all be zero when it is idle (see `ServerStats::is_idle`
-/// and `src/server/metrics.rs`).
-pub const STATE_GAUGES: [&str; 9] = [
-    "switchyard_connections",
-    "switchyard_channels",
-    "switchyard_requests_pending",
-    "switchyard_requests_in_flight",
-    "switchyard_broadcasts_in_flight",
-    "switchyard_timers_armed",
-    "switchyard_buffered_bytes",
-    "switchyard_paused_connections",
-    "switchyard_presence_ghosts",
-];
-
-impl Metrics {
-    pub fn get(&self, name: &str) -> u64 {
-        self.samples.get(name).copied().unwrap_or(0.0) as u64
-    }
-
-    /// The state gauges.
-    pub fn state(&self) -> Vec<(&'static str, u64)> {
-        STATE_GAUGES.iter().map(|n| (*n, self.get(n))).collect()
-    }
-
-    pub fn is_idle(&self) -> bool {
-        self.state().iter().all(|(_, v)| *v == 0)
-    }
-
-    /// `switchyard_errors_sent_total{code="…"}` samples, by code.
-    pub fn errors_sent(&self) -> BTreeMap<String, u64> {
-        self.samples
-            .iter()
-            .filter_map(|(name, value)| {
-                let code = name
-                    .strip_prefix("switchyard_errors_sent_total{code=\"")?
-                    .strip_suffix("\"}")?;
-                Some((code.to_owned(), *value as u64))
-            })
-            .collect()
-    }
 }

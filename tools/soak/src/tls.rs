@@ -4,7 +4,8 @@
 //! to zero, RSS) covers the TLS path too.
 //!
 //! The parent generates a self-signed certificate for `localhost` and 127.0.0.1 (rcgen, a
-//! dev-dependency) into a temporary directory of its own, which [`CertDir`] removes on drop —
+//! dev-dependency; the test kit's `tls::Certs`) into a temporary directory of its own, which
+//! `Certs` removes on drop —
 //! on success, on an error return and on a panic; the watchdog, which exits the process without
 //! unwinding, removes it itself ([`remove_dir`]). The broker role reads the certificate and key
 //! from there (`--tls-cert`, `--tls-key`); the parent's clients and the receiver child
@@ -21,7 +22,6 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use switchyard::client::{ClientOptions, ClientTls};
-use switchyard::ids::RequestId;
 use switchyard::server::TLS_BUFFER_LIMIT;
 
 /// What the broker may keep resident per TLS connection at its peak, beyond what plain
@@ -36,53 +36,6 @@ use switchyard::server::TLS_BUFFER_LIMIT;
 ///   every record), and the session itself (keys, transcript, the peer's state): 64 KiB in all,
 ///   rounded up generously from the handshake's worst case.
 pub const ALLOWANCE_PER_CONNECTION_KIB: u64 = TLS_BUFFER_LIMIT as u64 / 1024 + 64;
-
-/// The certificate and key, as PEM files in a temporary directory removed on drop.
-pub struct CertDir {
-    pub dir: PathBuf,
-    pub cert: PathBuf,
-    pub key: PathBuf,
-}
-
-impl CertDir {
-    /// Generates a self-signed certificate for `localhost` and 127.0.0.1.
-    pub fn generate() -> Result<CertDir, String> {
-        let dir = std::env::temp_dir().join(format!(
-            "switchyard-soak-tls-{}-{}",
-            std::process::id(),
-            RequestId::random()
-        ));
-        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        // From here on the guard removes the directory, whatever fails next.
-        let certs = CertDir {
-            cert: dir.join("broker.crt"),
-            key: dir.join("broker.key"),
-            dir,
-        };
-        // "127.0.0.1" becomes an IP address entry: the clients verify the address they dial.
-        let mut params =
-            rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
-                .map_err(|e| format!("certificate parameters: {e}"))?;
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "switchyard soak");
-        let key_pair = rcgen::KeyPair::generate().map_err(|e| format!("key pair: {e}"))?;
-        let made = params
-            .self_signed(&key_pair)
-            .map_err(|e| format!("self-signed certificate: {e}"))?;
-        std::fs::write(&certs.cert, made.pem())
-            .map_err(|e| format!("{}: {e}", certs.cert.display()))?;
-        std::fs::write(&certs.key, key_pair.serialize_pem())
-            .map_err(|e| format!("{}: {e}", certs.key.display()))?;
-        Ok(certs)
-    }
-}
-
-impl Drop for CertDir {
-    fn drop(&mut self) {
-        remove_dir(&self.dir);
-    }
-}
 
 /// Removes the certificate directory (best effort: a failure leaves a temporary directory).
 pub fn remove_dir(dir: &Path) {

@@ -7,16 +7,15 @@
 // clock tick, kill by PID. Each block is a single FFI call on plain integers.
 #![allow(unsafe_code)]
 
-use std::collections::BTreeMap;
-use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::{self, BufRead, BufReader};
+use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-/// Bound on every wait for the broker's log or answers; only reached when a test fails.
-pub const WAIT: Duration = Duration::from_secs(10);
+use crate::gauges::{self, Metrics};
+use crate::DEADLINE;
 
 /// The `switchyard` binary of this build: `$SWITCHYARD_BIN` when set, else the one cargo built
 /// beside the running test (test binaries live in `target/<profile>/deps/`, the broker binary in
@@ -135,11 +134,11 @@ impl BrokerProcess {
             metrics: None,
             log,
         };
-        let listening = broker.wait_line("listening on ", WAIT);
+        let listening = broker.wait_line("listening on ", DEADLINE);
         broker.addr = after(&listening, "listening on ")
             .parse()
             .unwrap_or_else(|e| panic!("the broker's address in {listening:?}: {e}"));
-        let metrics = broker.wait_line("metrics ", WAIT);
+        let metrics = broker.wait_line("metrics ", DEADLINE);
         broker.metrics = metrics.split("http://").nth(1).map(|rest| {
             rest.trim_end_matches("/metrics")
                 .parse()
@@ -244,30 +243,14 @@ impl BrokerProcess {
         limit.saturating_sub(used)
     }
 
-    /// One scrape of the metrics endpoint: every sample, by series name (with labels).
+    /// One scrape of the metrics endpoint.
+    ///
+    /// # Panics
+    /// When the endpoint is off or the scrape fails.
     #[track_caller]
     pub fn scrape(&self) -> Metrics {
         let addr = self.metrics.expect("the metrics endpoint is on");
-        let mut stream = TcpStream::connect(addr).expect("connecting to the metrics endpoint");
-        stream.set_read_timeout(Some(WAIT)).unwrap();
-        stream
-            .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
-            .expect("the scrape request");
-        let mut answer = String::new();
-        stream
-            .read_to_string(&mut answer)
-            .expect("the scrape's answer");
-        let body = answer
-            .split_once("\r\n\r\n")
-            .map(|(_, body)| body)
-            .expect("an HTTP answer");
-        let series = body
-            .lines()
-            .filter(|l| !l.starts_with('#') && !l.is_empty())
-            .filter_map(|l| l.rsplit_once(' '))
-            .map(|(name, value)| (name.to_string(), value.parse().expect("a value")))
-            .collect();
-        Metrics { series }
+        gauges::scrape(addr).unwrap_or_else(|e| panic!("scraping {addr}: {e}"))
     }
 
     /// SIGKILL, then reap. Idempotent.
@@ -283,41 +266,6 @@ impl BrokerProcess {
 impl Drop for BrokerProcess {
     fn drop(&mut self) {
         self.kill();
-    }
-}
-
-/// The samples of one scrape.
-pub struct Metrics {
-    series: BTreeMap<String, u64>,
-}
-
-impl Metrics {
-    /// The value of `series`; panics if the scrape does not have it.
-    #[track_caller]
-    pub fn get(&self, series: &str) -> u64 {
-        match self.series.get(series) {
-            Some(v) => *v,
-            None => panic!("no series {series} in the scrape: {:?}", self.series),
-        }
-    }
-
-    /// Asserts that every live count of the broker is zero (the binary's `is_idle`).
-    #[track_caller]
-    pub fn assert_idle(&self) {
-        for gauge in [
-            "switchyard_connections",
-            "switchyard_channels",
-            "switchyard_requests_pending",
-            "switchyard_requests_in_flight",
-            "switchyard_broadcasts_in_flight",
-            "switchyard_timers_armed",
-            "switchyard_buffered_bytes",
-            "switchyard_paused_connections",
-            "switchyard_presence_ghosts",
-            "switchyard_accept_starved",
-        ] {
-            assert_eq!(self.get(gauge), 0, "{gauge}: {:?}", self.series);
-        }
     }
 }
 

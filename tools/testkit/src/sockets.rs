@@ -6,11 +6,15 @@
 #![allow(unsafe_code)]
 
 use std::io;
-use std::net::TcpStream;
+use std::os::fd::{AsFd, AsRawFd};
 
-/// Sets SO_LINGER {on, 0}: closing the socket then sends a TCP RST instead of a FIN.
-pub fn reset_on_close(stream: &TcpStream) {
-    use std::os::fd::AsRawFd;
+/// Sets SO_LINGER {on, 0}: closing the socket then sends a TCP RST instead of a FIN and discards
+/// anything unsent (a process that crashed, or a peer that vanished off the network, as the
+/// broker sees it). Takes any socket (`std` or `mio`).
+///
+/// # Panics
+/// When `setsockopt` fails.
+pub fn reset_on_close(stream: &impl AsFd) {
     let linger = libc::linger {
         l_onoff: 1,
         l_linger: 0,
@@ -18,7 +22,7 @@ pub fn reset_on_close(stream: &TcpStream) {
     // SAFETY: a valid socket descriptor and a pointer to a linger of the given length.
     let rc = unsafe {
         libc::setsockopt(
-            stream.as_raw_fd(),
+            stream.as_fd().as_raw_fd(),
             libc::SOL_SOCKET,
             libc::SO_LINGER,
             (&linger as *const libc::linger).cast(),
@@ -30,13 +34,12 @@ pub fn reset_on_close(stream: &TcpStream) {
 
 /// Limits the socket's receive buffer (and so what the kernel absorbs of the broker's answers),
 /// so the broker's own queue is reached early.
-pub fn small_receive_buffer(stream: &TcpStream) {
-    use std::os::fd::AsRawFd;
+pub fn small_receive_buffer(stream: &impl AsFd) {
     let size: libc::c_int = 64 * 1024;
     // SAFETY: a valid socket descriptor and a pointer to a c_int of the given length.
     let rc = unsafe {
         libc::setsockopt(
-            stream.as_raw_fd(),
+            stream.as_fd().as_raw_fd(),
             libc::SOL_SOCKET,
             libc::SO_RCVBUF,
             (&size as *const libc::c_int).cast(),

@@ -1,17 +1,12 @@
-//! Shared helpers of the real-socket integration tests: a broker on `127.0.0.1:0`, a raw
-//! frame-level peer over a blocking `std::net::TcpStream`, and a cheap running byte pattern for
-//! checking large bodies in order without storing them.
+//! A raw frame-level peer: one client connection over a blocking `std::net::TcpStream`, driven
+//! frame by frame with no client library in between, for tests of the protocol as the broker
+//! speaks it (malformed input, exact frame sequences, flow control).
 //!
-//! Every wait has a deadline: reads time out after [`DEADLINE`] (the socket's read timeout) and
-//! broker-state waits use [`ServerHandle::wait_until`], which is event-driven. Nothing sleeps.
-//! A helper that does not get what it expects panics with a message naming the peer, what it
-//! waited for and what it got instead.
+//! Every read times out after [`DEADLINE`] (the socket's read timeout, changeable per peer);
+//! [`RawPeer::barrier`] is the PING round trip that orders a test without sleeping.
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::thread;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -19,61 +14,8 @@ use switchyard::ids::{ChannelId, ClientId, RequestId};
 use switchyard::protocol::{
     encode_u32, ErrorBody, ErrorCode, Flags, Frame, FrameType, Header, WelcomeBody, HEADER_LEN,
 };
-use switchyard::server::{Server, ServerConfig, ServerHandle, ServerStats};
 
-/// How long any single wait may take before the test fails: generous for a debug build on a
-/// busy machine, short enough that a hang is reported quickly.
-pub const DEADLINE: Duration = Duration::from_secs(5);
-
-/// The default configuration, listening on an ephemeral loopback port, with the presence grace
-/// period off (PEER_LEFT at once; the grace period has its own tests in `presence_grace.rs`).
-pub fn config() -> ServerConfig {
-    let mut config = ServerConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        ..Default::default()
-    };
-    config.router.presence_grace = Duration::ZERO;
-    config
-}
-
-/// A broker with the default limits on an ephemeral port.
-pub fn start() -> ServerHandle {
-    start_with(config())
-}
-
-/// A broker with `config` (whose `listen` should be `127.0.0.1:0`).
-pub fn start_with(config: ServerConfig) -> ServerHandle {
-    Server::spawn(config).expect("spawning the broker")
-}
-
-/// Waits until every count of the broker is back to zero ([`ServerStats::is_idle`]); panics with
-/// the broker's current stats otherwise.
-#[track_caller]
-pub fn wait_idle(handle: &ServerHandle) -> ServerStats {
-    match handle.wait_idle(DEADLINE) {
-        Ok(stats) => stats,
-        Err(err) => panic!(
-            "the broker did not return to idle within {DEADLINE:?} ({err}); now: {:#?}",
-            handle.stats()
-        ),
-    }
-}
-
-/// Waits until the broker's stats satisfy `condition`; panics naming `what` otherwise.
-#[track_caller]
-pub fn wait_for(
-    handle: &ServerHandle,
-    what: &str,
-    condition: impl Fn(&ServerStats) -> bool + Send + 'static,
-) -> ServerStats {
-    match handle.wait_until(condition, DEADLINE) {
-        Ok(stats) => stats,
-        Err(err) => panic!(
-            "broker state never reached: {what} (within {DEADLINE:?}: {err}); now: {:#?}",
-            handle.stats()
-        ),
-    }
-}
+use crate::DEADLINE;
 
 /// One client connection driven frame by frame, with no client library in between.
 pub struct RawPeer {
@@ -491,106 +433,4 @@ pub fn describe(frame: &Frame) -> String {
         }
     }
     text
-}
-
-/// A deterministic byte pattern with a prime period, so a body of any length can be produced
-/// and checked in order by slicing (memcpy / memcmp speed even in debug builds) without storing
-/// it. A lost, duplicated or reordered piece shifts the bytes against the period and is caught
-/// (a shift by an exact multiple of the period would also change the total length).
-pub struct Pattern {
-    /// The period's bytes twice over, so any window of up to `PERIOD` bytes is one slice.
-    table: Vec<u8>,
-}
-
-impl Pattern {
-    /// The period: a prime just under 2 MiB, above any frame payload the tests send.
-    pub const PERIOD: usize = 2_097_143;
-
-    /// The pattern (xorshift bytes; the seed only has to be fixed).
-    pub fn new() -> Pattern {
-        let mut table = Vec::with_capacity(2 * Self::PERIOD);
-        let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
-        while table.len() < Self::PERIOD {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            table.extend_from_slice(&state.to_le_bytes());
-        }
-        table.truncate(Self::PERIOD);
-        table.extend_from_within(..Self::PERIOD);
-        Pattern { table }
-    }
-
-    /// The `len` pattern bytes at stream offset `offset` (`len <= PERIOD`).
-    pub fn slice(&self, offset: u64, len: usize) -> &[u8] {
-        assert!(len <= Self::PERIOD, "pattern window too long");
-        let start = (offset % Self::PERIOD as u64) as usize;
-        &self.table[start..start + len]
-    }
-
-    /// Checks that `data` is the pattern at `offset`; panics with the first differing offset.
-    #[track_caller]
-    pub fn check(&self, offset: u64, data: &[u8]) {
-        let mut done = 0;
-        while done < data.len() {
-            let len = (data.len() - done).min(Self::PERIOD);
-            let expected = self.slice(offset + done as u64, len);
-            let got = &data[done..done + len];
-            if got != expected {
-                let at = got.iter().zip(expected).position(|(a, b)| a != b).unwrap();
-                panic!(
-                    "body differs from the pattern at stream offset {}",
-                    offset + (done + at) as u64
-                );
-            }
-            done += len;
-        }
-    }
-}
-
-impl Default for Pattern {
-    fn default() -> Self {
-        Pattern::new()
-    }
-}
-
-/// Runs `body` while a watcher records the largest buffered-bytes figure the broker reports
-/// after any loop turn (a watcher is checked after every turn, so it sees every state the loop
-/// passes through). Returns the body's result and that peak.
-pub fn with_peak_buffered<T>(handle: &ServerHandle, body: impl FnOnce() -> T) -> (T, usize) {
-    let peak = Arc::new(AtomicUsize::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
-    thread::scope(|s| {
-        let monitor = {
-            let (peak, stop) = (Arc::clone(&peak), Arc::clone(&stop));
-            s.spawn(move || {
-                handle.wait_until(
-                    move |stats: &ServerStats| {
-                        peak.fetch_max(stats.buffered_bytes(), Ordering::Relaxed);
-                        stop.load(Ordering::Relaxed)
-                    },
-                    Duration::from_secs(60),
-                )
-            })
-        };
-        let stopping = StopMonitor { stop, handle };
-        let result = body();
-        drop(stopping);
-        monitor.join().unwrap().expect("the monitor saw every turn");
-        (result, peak.load(Ordering::Relaxed))
-    })
-}
-
-/// Ends the monitor's watch, passing or failing: sets its flag and makes the broker turn once
-/// more (a stats request) so that the watcher sees it.
-struct StopMonitor<'a> {
-    stop: Arc<AtomicBool>,
-    handle: &'a ServerHandle,
-}
-
-impl Drop for StopMonitor<'_> {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        let _ = self.handle.stats();
-    }
 }
