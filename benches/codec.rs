@@ -6,11 +6,12 @@
 //! its buffers outside the timing so that only the decode itself is measured: the payload is
 //! split off without copying, so that figure should not grow with the payload.
 
+mod common;
+
 use bytes::{Bytes, BytesMut};
 use criterion::{
     black_box, criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput,
 };
-use std::time::Duration;
 
 use switchyard_proto::{
     encode_frame, Decoder, Flags, Frame, FrameType, Header, DEFAULT_MAX_PAYLOAD, HEADER_LEN,
@@ -112,16 +113,9 @@ fn encode(c: &mut Criterion) {
     group.finish();
 }
 
-fn config() -> Criterion {
-    Criterion::default()
-        .sample_size(50)
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(3))
-}
-
 criterion_group! {
     name = benches;
-    config = config();
+    config = common::config();
     targets = decode, encode
 }
 criterion_main!(benches);

@@ -13,6 +13,8 @@
 //! Time is a fake clock advanced by a few microseconds per step; the wheel is advanced
 //! (`handle_timeout`) between batches, outside the timing, as the server's wakeups would.
 
+mod common;
+
 use bytes::Bytes;
 use criterion::measurement::{Measurement, WallTime};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
@@ -247,16 +249,9 @@ fn routing(c: &mut Criterion) {
     group.finish();
 }
 
-fn config() -> Criterion {
-    Criterion::default()
-        .sample_size(50)
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(3))
-}
-
 criterion_group! {
     name = benches;
-    config = config();
+    config = common::config();
     targets = routing
 }
 criterion_main!(benches);

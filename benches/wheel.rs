@@ -9,6 +9,8 @@
 //!   re-armed one horizon later (a periodic timer), so the population stays at 100 000.
 //! - `next_deadline`: the question the server asks after every wakeup.
 
+mod common;
+
 use criterion::measurement::{Measurement, WallTime};
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use std::time::Duration;
@@ -182,16 +184,9 @@ fn advance(c: &mut Criterion) {
     group.finish();
 }
 
-fn config() -> Criterion {
-    Criterion::default()
-        .sample_size(50)
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(3))
-}
-
 criterion_group! {
     name = benches;
-    config = config();
+    config = common::config();
     targets = insert_remove, advance
 }
 criterion_main!(benches);
