@@ -10,7 +10,8 @@
 //!
 //! Every key of the file is also a flag (`max_payload` ⇔ `--max-payload`). A file may set any
 //! subset of the keys; unknown keys are errors, so a typo never silently falls back to a default.
-//! Sizes accept binary units (`64KiB`, `1MiB`, `1GiB`) or plain bytes, in the file and as flags.
+//! Sizes accept binary units (`64KiB`, `1MiB`, `1GiB`) or plain bytes, in the file and as flags;
+//! listen addresses accept `localhost:PORT` and `:PORT` for `127.0.0.1:PORT` (`addr.rs`).
 //! [`BrokerConfig::validate`] runs after the layers are merged; the broker does not start with an
 //! invalid configuration. Validation reads the TLS certificate and key files (when TLS is on), so
 //! a missing or unusable file stops the broker before it binds anything.
@@ -31,6 +32,7 @@ use crate::ids::ChannelId;
 use crate::server::{ServerConfig, TlsListenerConfig};
 use crate::tls::TlsConfigError;
 
+mod addr;
 mod file;
 mod setting;
 mod settings;
@@ -214,18 +216,18 @@ impl BrokerConfig {
     /// The TLS listener's address: `None` for `off`.
     ///
     /// # Errors
-    /// [`ConfigError::OutOfRange`] when `tls_listen` is neither `off` nor a socket address.
+    /// [`ConfigError::OutOfRange`] when `tls_listen` is neither `off` nor a listen address
+    /// (`IP:PORT`, `localhost:PORT`, `:PORT`).
     pub fn tls_addr(&self) -> Result<Option<SocketAddr>, ConfigError> {
         if self.tls_listen.eq_ignore_ascii_case("off") {
             return Ok(None);
         }
-        self.tls_listen
-            .parse()
+        addr::parse_listen_addr(&self.tls_listen)
             .map(Some)
             .map_err(|_| ConfigError::OutOfRange {
                 key: "tls_listen",
                 value: format!("{:?}", self.tls_listen),
-                accepted: String::from("a socket address (IP:port) or `off`"),
+                accepted: format!("{} or `off`", addr::LISTEN_ADDR_FORMS),
             })
     }
 
@@ -241,18 +243,18 @@ impl BrokerConfig {
     /// The metrics endpoint's address: `None` for `off`.
     ///
     /// # Errors
-    /// [`ConfigError::OutOfRange`] when `metrics_listen` is neither `off` nor a socket address.
+    /// [`ConfigError::OutOfRange`] when `metrics_listen` is neither `off` nor a listen address
+    /// (`IP:PORT`, `localhost:PORT`, `:PORT`).
     pub fn metrics_addr(&self) -> Result<Option<SocketAddr>, ConfigError> {
         if self.metrics_listen.eq_ignore_ascii_case("off") {
             return Ok(None);
         }
-        self.metrics_listen
-            .parse()
+        addr::parse_listen_addr(&self.metrics_listen)
             .map(Some)
             .map_err(|_| ConfigError::OutOfRange {
                 key: "metrics_listen",
                 value: format!("{:?}", self.metrics_listen),
-                accepted: String::from("a socket address (IP:port) or `off`"),
+                accepted: format!("{} or `off`", addr::LISTEN_ADDR_FORMS),
             })
     }
 

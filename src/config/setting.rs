@@ -57,7 +57,20 @@ macro_rules! parsed_value {
         }
     )+};
 }
-parsed_value!(SocketAddr, String);
+parsed_value!(String);
+
+/// A listen address: a socket address, `localhost:PORT` or `:PORT` (see `addr.rs`).
+impl Value for SocketAddr {
+    fn flag(arg: Arg) -> Arg {
+        arg.value_parser(super::addr::parse_listen_addr)
+    }
+    fn from_matches(matches: &ArgMatches, id: &str) -> Option<Self> {
+        matches.get_one::<SocketAddr>(id).copied()
+    }
+    fn show(&self) -> String {
+        self.to_string()
+    }
+}
 
 impl Value for u64 {
     fn flag(arg: Arg) -> Arg {

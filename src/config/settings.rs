@@ -28,6 +28,7 @@ use std::time::Duration;
 
 use uuid::Uuid;
 
+use super::addr::LISTEN_ADDR_FORMS;
 use super::setting::{below_key, range, settings, up_to_key, Accepted, Size};
 use super::{ConfigError, DEFAULT_METRICS_LISTEN};
 use crate::auth::{AccessToken, REDACTED};
@@ -45,9 +46,10 @@ fn count(n: u64) -> usize {
 
 settings! {
     /// Address to listen on.
+    #[serde(deserialize_with = "super::addr::deserialize_listen_addr")]
     listen: SocketAddr, "ADDR" {
         default: |d| d.listen,
-        accepted: Accepted::Parsed("a socket address (IP:port)"),
+        accepted: Accepted::Parsed(LISTEN_ADDR_FORMS),
         into: |s, c| s.listen = c.listen,
     }
 
@@ -166,7 +168,7 @@ settings! {
     metrics_listen: String, "ADDR" {
         // The library serves no metrics by default; the broker binary does, on loopback.
         default: |_| String::from(DEFAULT_METRICS_LISTEN),
-        accepted: Accepted::Rule("a socket address (IP:port) or `off`", |c, _| {
+        accepted: Accepted::Rule("IP:PORT, localhost:PORT, :PORT or `off`", |c, _| {
             c.metrics_addr().map(drop)
         }),
         into: |s, c| s.metrics_listen = c.metrics_addr().ok().flatten(),
@@ -175,7 +177,7 @@ settings! {
     /// Address of the TLS listener, or `off` (plain TCP only); needs tls-cert and tls-key.
     tls_listen: String, "ADDR" {
         default: |d| d.tls.as_ref().map_or_else(|| String::from("off"), |t| t.listen.to_string()),
-        accepted: Accepted::Rule("a socket address (IP:port) or `off`", |c, _| {
+        accepted: Accepted::Rule("IP:PORT, localhost:PORT, :PORT or `off`", |c, _| {
             c.tls_addr().map(drop)
         }),
         // The listener takes tls_cert and tls_key with it.
