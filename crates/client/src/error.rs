@@ -125,10 +125,14 @@ pub enum Error {
 }
 
 impl Error {
-    /// The error code as an [`ErrorCode`], for [`Error::Broker`] with a code this version knows.
+    /// The broker's error code behind this error, as an [`ErrorCode`]: for [`Error::Broker`]
+    /// with a code this version knows, and for the typed variants that only a broker's code
+    /// produces ([`Error::Unauthorized`], [`Error::Replaced`]).
     pub fn code(&self) -> Option<ErrorCode> {
         match self {
             Error::Broker { code, .. } => ErrorCode::try_from(*code).ok(),
+            Error::Unauthorized => Some(ErrorCode::Unauthorized),
+            Error::Replaced => Some(ErrorCode::Replaced),
             _ => None,
         }
     }

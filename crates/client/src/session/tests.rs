@@ -104,6 +104,8 @@ fn fatal_error_and_garbage_never_panic() {
         f.payload = encode_error(code, "no", &[]);
         let got = s.handle_frame(f).expect_err("fatal");
         assert_eq!(got.to_string(), typed.to_string());
+        assert_eq!(got.code().map(|c| c as u16), Some(code));
+        assert!(got.is_connection_fatal());
     }
     let f = frame(
         &s,

@@ -83,6 +83,7 @@ pub(crate) fn now() -> Instant {
 /// frame is written whole, the moment it is made; Nagle would only delay it).
 ///
 /// # Errors
+/// [`Error::ConnectTimeout`] when the last address did not answer within `timeout`, else
 /// [`Error::ConnectionRefused`] with the last address's error (or a resolution error).
 pub(crate) fn connect(addr: impl ToSocketAddrs, timeout: Duration) -> Result<TcpStream, Error> {
     let addrs: Vec<SocketAddr> = addr
@@ -104,6 +105,10 @@ pub(crate) fn connect(addr: impl ToSocketAddrs, timeout: Duration) -> Result<Tcp
                 last = e;
             }
         }
+    }
+    if last.kind() == io::ErrorKind::TimedOut {
+        // The one way `connect_timeout` reports that the connect timeout ran out.
+        return Err(Error::ConnectTimeout);
     }
     Err(Error::ConnectionRefused(last))
 }
