@@ -200,3 +200,32 @@ async fn a_silent_server_is_a_connect_timeout() {
     assert!(matches!(result, Err(Error::ConnectTimeout)), "{result:?}");
     drop(listener);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_token_is_unauthorized_and_a_right_one_joins() {
+    use switchyard::auth::{AccessToken, Tokens};
+    use switchyard::router::RouterConfig;
+    let broker = switchyard::server::Server::spawn(ServerConfig {
+        listen: "127.0.0.1:0".parse().expect("address"),
+        router: RouterConfig {
+            tokens: Tokens {
+                broker: Some(AccessToken::new("open sesame")),
+                ..Tokens::default()
+            },
+            ..RouterConfig::default()
+        },
+        ..ServerConfig::default()
+    })
+    .expect("broker");
+    let with_token = |token: &str| ClientOptions {
+        token: Some(token.as_bytes().to_vec()),
+        ..ClientOptions::default()
+    };
+    let channel = ChannelId::random();
+    let result = AsyncClient::connect_with(broker.local_addr(), channel, with_token("guess")).await;
+    assert!(matches!(result, Err(Error::Unauthorized)), "{result:?}");
+    let client = AsyncClient::connect_with(broker.local_addr(), channel, with_token("open sesame"))
+        .await
+        .expect("the right token joins");
+    client.ping(WAIT).await.expect("ping");
+}

@@ -247,3 +247,44 @@ async fn a_dropped_request_future_cancels_at_the_receiver() {
     assert!(matches!(outcome, Err(Error::Cancelled)), "{outcome:?}");
     drop(pipe_in);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_response_cancels_at_the_responder() {
+    let broker = broker();
+    let channel = ChannelId::random();
+    let worker = connect(&broker, channel).await;
+    let sender = connect(&broker, channel).await;
+    set_window(&worker, 1).await;
+    let max = worker.limits().max_payload as usize;
+    // The response's first frame goes out; the rest waits on a pipe the test holds open.
+    let (mut pipe_in, pipe_out) = tokio::io::duplex(4 * max);
+    pipe_in
+        .write_all(&pattern(2 * max + 10, 4))
+        .await
+        .expect("fill the pipe");
+    let responding = {
+        let worker = worker.clone();
+        tokio::spawn(async move {
+            let request = worker.next_request(WAIT).await.expect("a request");
+            request.respond_with(pipe_out).await
+        })
+    };
+    let options = RequestOptions {
+        timeout: Some(WAIT),
+        no_wait: false,
+    };
+    let mut response = sender
+        .request_with(&b"start"[..], options)
+        .await
+        .expect("the response starts");
+    let first = response.next_chunk().await.expect("first").expect("data");
+    assert_eq!(first.len(), max);
+    drop(response);
+    // The CANCEL went out before the sender's PING and reached the worker before its PONG.
+    sender.ping(WAIT).await.expect("sender barrier");
+    worker.ping(WAIT).await.expect("worker barrier");
+    // Let the worker go on sending: it finds the cancel before its next frame.
+    drop(pipe_in);
+    let result = responding.await.expect("worker task");
+    assert!(matches!(result, Err(Error::Cancelled)), "{result:?}");
+}

@@ -338,6 +338,19 @@ impl Stream for AsyncResponse {
 /// Dropping it without responding sends CANCEL(RESPONSE), so the sender is not left waiting.
 /// If the sender cancels (or the request times out), reading fails with [`Error::Cancelled`]
 /// and so does responding.
+///
+/// ```no_run
+/// # async fn run(client: switchyard_client::AsyncClient) -> Result<(), switchyard_client::Error> {
+/// let mut request = client.next_request(None).await?;
+/// let mut size = 0;
+/// while let Some(chunk) = request.next_chunk().await? {
+///     size += chunk.len(); // process the body as it streams in
+/// }
+/// // Stream the answer from any `AsyncRead`: a file, a socket, a child process.
+/// let report = format!("{size} bytes from {}", request.sender()).into_bytes();
+/// request.respond_with(&report[..]).await?;
+/// # Ok(()) }
+/// ```
 #[derive(Debug)]
 pub struct AsyncIncomingRequest {
     pub(crate) stream: AsyncStream,

@@ -195,7 +195,16 @@ impl AsyncClient {
     }
 
     /// Waits for the next change of [`AsyncClient::state`] (`None`: no bound), as
-    /// [`Client::next_state_change`](crate::Client::next_state_change).
+    /// [`Client::next_state_change`](crate::Client::next_state_change): every change once, in
+    /// order, with its cause.
+    ///
+    /// ```no_run
+    /// # async fn run(client: switchyard_client::AsyncClient) {
+    /// while let Ok(change) = client.next_state_change(None).await {
+    ///     println!("link {:?} ({:?})", change.state, change.cause);
+    /// }
+    /// # }
+    /// ```
     ///
     /// # Errors
     /// [`Error::WaitElapsed`] when nothing changed in time; the close reason once the `Closed`
@@ -310,6 +319,13 @@ impl AsyncClient {
 
     /// Asks the broker for the channel's current peer list (the others, including peers inside
     /// their presence grace period); [`AsyncClient::peers`] is refreshed too.
+    ///
+    /// ```no_run
+    /// # async fn run(client: switchyard_client::AsyncClient) -> Result<(), switchyard_client::Error> {
+    /// let peers = client.fetch_peers(std::time::Duration::from_secs(1)).await?;
+    /// println!("{} other peers", peers.len());
+    /// # Ok(()) }
+    /// ```
     ///
     /// # Errors
     /// [`Error::Timeout`] when no answer came in time, [`Error::ConnectionLost`] /
