@@ -59,10 +59,10 @@ fn every_other_peer_gets_its_own_copy() {
         assert_eq!(ids.len(), 1, "one broadcast, one id");
     });
     // Not to the sender itself, nor to another channel.
-    assert_err!(sender.next_broadcast(Some(QUIET)), Error::Timeout);
+    assert_err!(sender.next_broadcast(Some(QUIET)), Error::WaitElapsed);
     assert_err!(
         elsewhere.next_broadcast(Some(Duration::ZERO)),
-        Error::Timeout
+        Error::WaitElapsed
     );
 
     // An empty body and a one-frame body too, back to back.
@@ -249,7 +249,7 @@ fn peers_joining_after_the_start_are_not_included() {
         assert_eq!(broadcasting.join().unwrap().expect("acked"), 1);
         late
     });
-    assert_err!(late.next_broadcast(Some(QUIET)), Error::Timeout);
+    assert_err!(late.next_broadcast(Some(QUIET)), Error::WaitElapsed);
     // The next broadcast includes it.
     thread::scope(|s| {
         let taking: Vec<_> = [&early, &late]

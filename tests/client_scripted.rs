@@ -91,7 +91,7 @@ fn request_streamed_over_max_payload_and_response_streamed_back() {
     thread::scope(|s| {
         let caller = s.spawn(|| {
             let options = RequestOptions {
-                timeout: Duration::ZERO,
+                timeout: None,
                 no_wait: true,
             };
             let mut response = client.request_with(&mut &body[..], options)?;

@@ -201,7 +201,7 @@ fn one_client_answers_requests_while_sending_its_own() {
                             .request_with(
                                 &mut request.as_slice(),
                                 switchyard::client::RequestOptions {
-                                    timeout: LONG,
+                                    timeout: Some(LONG),
                                     no_wait: false,
                                 },
                             )

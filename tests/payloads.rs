@@ -39,7 +39,7 @@ fn broker() -> ServerHandle {
 
 fn options() -> RequestOptions {
     RequestOptions {
-        timeout: LONG,
+        timeout: Some(LONG),
         no_wait: false,
     }
 }
@@ -236,7 +236,7 @@ fn a_failing_body_reader_aborts_the_request_at_both_ends() {
         Err(Error::Io(e)) => assert_eq!(e.to_string(), "early failure"),
         other => panic!("expected the reader's io error, got {other:?}"),
     }
-    assert_err!(receiver.next_request(Some(QUIET)), Error::Timeout);
+    assert_err!(receiver.next_request(Some(QUIET)), Error::WaitElapsed);
 
     // Both clients are still usable.
     thread::scope(|s| {

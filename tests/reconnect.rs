@@ -117,7 +117,7 @@ fn restarting_the_broker_under_connected_clients() {
         // Served without the application setting the window again; the broker knows both
         // clients under their old ids.
         let options = RequestOptions {
-            timeout: LONG,
+            timeout: Some(LONG),
             no_wait: false,
         };
         let response = sender

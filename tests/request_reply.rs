@@ -97,15 +97,15 @@ fn a_request_goes_to_exactly_one_receiver_with_credit() {
             .expect("delivered");
         assert_eq!(incoming.read_body().unwrap(), b"only one");
         for other in &receivers[1..] {
-            assert_err!(other.next_request(Some(QUIET)), Error::Timeout);
+            assert_err!(other.next_request(Some(QUIET)), Error::WaitElapsed);
         }
-        assert_err!(idle.next_request(Some(Duration::ZERO)), Error::Timeout);
+        assert_err!(idle.next_request(Some(Duration::ZERO)), Error::WaitElapsed);
         incoming.respond(b"answered").unwrap();
         assert_eq!(asking.join().unwrap().unwrap(), b"answered");
     });
     // Nobody else got a copy after the request completed either.
     for other in &receivers {
-        assert_err!(other.next_request(Some(Duration::ZERO)), Error::Timeout);
+        assert_err!(other.next_request(Some(Duration::ZERO)), Error::WaitElapsed);
     }
 
     drop((receivers, idle, sender));
@@ -215,7 +215,7 @@ fn a_receiver_with_window_n_holds_n_requests_at_once() {
             })
             .collect();
         // The N+1th waits for a free slot.
-        assert_err!(receiver.next_request(Some(QUIET)), Error::Timeout);
+        assert_err!(receiver.next_request(Some(QUIET)), Error::WaitElapsed);
         let first = held.remove(0);
         first.respond(b"done").unwrap();
         held.push(
@@ -307,7 +307,7 @@ fn no_wait_fails_at_once_without_a_free_receiver() {
     let no_credit = connect(&handle, channel);
     let sender = connect(&handle, channel);
     let no_wait = RequestOptions {
-        timeout: DEADLINE,
+        timeout: Some(DEADLINE),
         no_wait: true,
     };
 

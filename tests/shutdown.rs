@@ -103,7 +103,7 @@ fn sigterm_lets_in_flight_requests_finish_refuses_new_ones_and_exits_zero() {
         // request that races ahead of the signal fails at once instead of waiting for a
         // receiver until the drain deadline.)
         let no_wait = RequestOptions {
-            timeout: Duration::from_secs(5),
+            timeout: Some(Duration::from_secs(5)),
             no_wait: true,
         };
         loop {

@@ -305,7 +305,7 @@ fn a_stalled_tls_receiver_pauses_the_sender_within_the_bound_and_everything_arri
                     .request_with(
                         &mut body,
                         RequestOptions {
-                            timeout: LONG,
+                            timeout: Some(LONG),
                             no_wait: false,
                         },
                     )

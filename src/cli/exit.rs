@@ -86,11 +86,16 @@ impl From<Outcome> for ExitCode {
 }
 
 /// The outcome of a client error. Typed variants first; what arrives as [`Error::Broker`] is
-/// mapped by its PROTOCOL.md §4 code (so a code that becomes a typed variant later, as
-/// UNAUTHORIZED will, needs one more arm here and nothing else).
+/// mapped by its PROTOCOL.md §4 code (so a code that becomes a typed variant later needs one
+/// more arm here and nothing else).
 pub(crate) fn outcome_of(error: &Error) -> Outcome {
     match error {
-        Error::ConnectionRefused(_) => Outcome::ConnectionRefused,
+        // Nothing answering as a broker there: for a script, the same as nobody listening.
+        Error::ConnectionRefused(_) | Error::ConnectTimeout | Error::NotABroker { .. } => {
+            Outcome::ConnectionRefused
+        }
+        Error::Unauthorized => Outcome::Unauthorized,
+        Error::WaitElapsed => Outcome::Timeout,
         Error::NoReceiver => Outcome::NoReceiver,
         Error::Timeout => Outcome::Timeout,
         Error::PeerGone => Outcome::PeerGone,

@@ -48,7 +48,7 @@ pub(crate) struct RequestArgs {
 pub(crate) fn run(args: &RequestArgs) -> Result<(), CliError> {
     let client = args.connect.connect(args.channel.id, false)?;
     let options = RequestOptions {
-        timeout: args.timeout,
+        timeout: Some(args.timeout),
         no_wait: args.no_wait,
     };
     let source = BodySource::from_arg(args.body.as_deref());

@@ -3,8 +3,9 @@
 //!
 //! Scope of each variant, at a glance:
 //! - connection-wide (the client is closed, every later call fails too): [`Error::Io`],
-//!   [`Error::Closed`], [`Error::Protocol`], [`Error::Tls`], [`Error::TooLarge`], and
-//!   [`Error::Broker`] with a code below `0x0100`;
+//!   [`Error::Closed`], [`Error::Protocol`], [`Error::Tls`], [`Error::TooLarge`],
+//!   [`Error::Unauthorized`], [`Error::Replaced`], [`Error::NotABroker`],
+//!   [`Error::ConnectTimeout`] (at connect), and [`Error::Broker`] with a code below `0x0100`;
 //! - the link, not the client (reconnection is on and under way: retry later):
 //!   [`Error::ConnectionLost`] (the operation was in flight when the link dropped) and
 //!   [`Error::Reconnecting`] (the operation was never sent);
@@ -43,10 +44,37 @@ pub enum Error {
     /// No receiver took the request within its timeout (or at once, with `no_wait`). Retry later
     /// or give up: nobody is serving the channel.
     NoReceiver,
-    /// The operation did not complete in time: the broker reported `TIMEOUT`, or no answer came
-    /// within the local deadline (the timeout plus a grace period), or nothing arrived for a
-    /// `next_*` call. The request may or may not have been processed.
+    /// The operation's own timeout elapsed: the broker reported `TIMEOUT` (the receiver got the
+    /// request but its response did not complete in time; the receiver was sent CANCEL), or, for
+    /// a request, broadcast, ping or peer query, no answer came within the local deadline (the
+    /// timeout plus [`ClientOptions::deadline_grace`](super::ClientOptions::deadline_grace): the
+    /// broker itself is not answering). The request may or may not have been processed. Retry
+    /// with a longer timeout, or check the receivers.
     Timeout,
+    /// A local wait ended with nothing to return: `next_request`, `next_broadcast`,
+    /// `next_presence`, `next_state_change` or `wait_connected` reached the timeout the caller
+    /// gave. Nothing failed and nothing was lost: call again, or do something else.
+    WaitElapsed,
+    /// Connecting and joining the channel did not complete within
+    /// [`ClientOptions::connect_timeout`](super::ClientOptions::connect_timeout) (the TCP
+    /// connection, the TLS handshake, or the WELCOME). The broker is unreachable, overloaded, or
+    /// a firewall drops the packets. Retry later or check the address. (Reconnection retries it.)
+    ConnectTimeout,
+    /// The server at the address is not a switchyard broker: its first bytes cannot begin an
+    /// answer to HELLO (an HTTP server, the broker's metrics port, another service). Check the
+    /// address and port; `received` shows what it sent (at most 64 bytes). Not retried.
+    NotABroker {
+        /// The first bytes the server sent.
+        received: Vec<u8>,
+    },
+    /// The broker refused the access token (`UNAUTHORIZED`): it is missing or wrong for this
+    /// channel. Set [`ClientOptions::token`](super::ClientOptions::token) to the channel's
+    /// token. Not retried: a new connection would carry the same token.
+    Unauthorized,
+    /// Another connection joined with this client id and took the channel membership over
+    /// (`REPLACED`): two processes share one client id. The client is closed and does not
+    /// reconnect (the two would take turns forever); give each process its own id.
+    Replaced,
     /// The receiver holding the request disconnected before its response completed. The request
     /// may or may not have been processed.
     PeerGone,
@@ -83,9 +111,11 @@ pub enum Error {
     #[cfg(feature = "tls")]
     Tls(rustls::Error),
     /// Any other error code the broker sent: `UNKNOWN_REQUEST`, `DUPLICATE_REQUEST`,
-    /// `STREAM_ORDER`, `LIMIT_EXCEEDED` on one request, or a connection-fatal code (below
-    /// `0x0100`, for example `CLIENT_ID_IN_USE` at connect or `GOING_AWAY`), or a code newer than
-    /// this client. See [`Error::code`].
+    /// `STREAM_ORDER`, `LIMIT_EXCEEDED` (on one request: the channel's queue or this
+    /// connection's in-flight limit is full, back off and retry; with no request, at connect:
+    /// the broker is at a connection, channel or peer limit), or another connection-fatal code
+    /// (below `0x0100`, for example `CHANNEL_MISMATCH`), or a code newer than this client. See
+    /// [`Error::code`].
     Broker {
         /// The raw error code.
         code: u16,
@@ -95,10 +125,14 @@ pub enum Error {
 }
 
 impl Error {
-    /// The error code as an [`ErrorCode`], for [`Error::Broker`] with a code this version knows.
+    /// The broker's error code behind this error, as an [`ErrorCode`]: for [`Error::Broker`]
+    /// with a code this version knows, and for the typed variants that only a broker's code
+    /// produces ([`Error::Unauthorized`], [`Error::Replaced`]).
     pub fn code(&self) -> Option<ErrorCode> {
         match self {
             Error::Broker { code, .. } => ErrorCode::try_from(*code).ok(),
+            Error::Unauthorized => Some(ErrorCode::Unauthorized),
+            Error::Replaced => Some(ErrorCode::Replaced),
             _ => None,
         }
     }
@@ -111,6 +145,10 @@ impl Error {
             | Error::Io(_)
             | Error::Closed
             | Error::Protocol(_)
+            | Error::ConnectTimeout
+            | Error::NotABroker { .. }
+            | Error::Unauthorized
+            | Error::Replaced
             | Error::TooLarge { .. } => true,
             #[cfg(feature = "tls")]
             Error::Tls(_) => true,
@@ -128,6 +166,8 @@ impl Error {
             (Some(ErrorCode::PeerGone), _) => Error::PeerGone,
             (Some(ErrorCode::Cancelled), _) => Error::Cancelled,
             (Some(ErrorCode::NoPeers), _) => Error::NoPeers,
+            (Some(ErrorCode::Unauthorized), _) => Error::Unauthorized,
+            (Some(ErrorCode::Replaced), _) => Error::Replaced,
             (Some(ErrorCode::GoingAway | ErrorCode::ShuttingDown), _) => Error::GoingAway,
             (Some(ErrorCode::BroadcastIncomplete), _) => Error::BroadcastIncomplete {
                 missing: body.peers,
@@ -153,6 +193,13 @@ impl Error {
             Error::Reconnecting => Error::Reconnecting,
             Error::NoReceiver => Error::NoReceiver,
             Error::Timeout => Error::Timeout,
+            Error::WaitElapsed => Error::WaitElapsed,
+            Error::ConnectTimeout => Error::ConnectTimeout,
+            Error::NotABroker { received } => Error::NotABroker {
+                received: received.clone(),
+            },
+            Error::Unauthorized => Error::Unauthorized,
+            Error::Replaced => Error::Replaced,
             Error::PeerGone => Error::PeerGone,
             Error::Cancelled => Error::Cancelled,
             Error::NoPeers => Error::NoPeers,
@@ -192,7 +239,22 @@ impl fmt::Display for Error {
                 f.write_str("the client is reconnecting to the broker; nothing was sent")
             }
             Error::NoReceiver => f.write_str("no receiver took the request in time"),
-            Error::Timeout => f.write_str("timed out"),
+            Error::Timeout => f.write_str("the operation timed out"),
+            Error::WaitElapsed => f.write_str("nothing arrived within the wait"),
+            Error::ConnectTimeout => {
+                f.write_str("connecting to the broker did not complete in time")
+            }
+            Error::NotABroker { received } => write!(
+                f,
+                "the server is not a switchyard broker (it sent {:?})",
+                String::from_utf8_lossy(received)
+            ),
+            Error::Unauthorized => {
+                f.write_str("the broker refused the access token for this channel")
+            }
+            Error::Replaced => {
+                f.write_str("another connection joined with this client id and replaced this one")
+            }
             Error::PeerGone => f.write_str("the receiver disconnected before responding"),
             Error::Cancelled => f.write_str("cancelled by the other side"),
             Error::NoPeers => f.write_str("the broadcast found no other peer on the channel"),
@@ -239,7 +301,11 @@ impl From<Error> for io::Error {
             Error::Io(e) | Error::ConnectionRefused(e) => e,
             other => {
                 let kind = match &other {
-                    Error::Timeout => io::ErrorKind::TimedOut,
+                    Error::Timeout | Error::WaitElapsed | Error::ConnectTimeout => {
+                        io::ErrorKind::TimedOut
+                    }
+                    Error::NotABroker { .. } => io::ErrorKind::InvalidData,
+                    Error::Unauthorized => io::ErrorKind::PermissionDenied,
                     Error::Closed | Error::Reconnecting => io::ErrorKind::NotConnected,
                     Error::ConnectionLost => io::ErrorKind::ConnectionAborted,
                     Error::PeerGone => io::ErrorKind::ConnectionAborted,

@@ -5,7 +5,9 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use switchyard_proto::{Decoder, ErrorBody, Flags, FrameType, WelcomeBody, MAX_PAYLOAD_CEILING};
+use switchyard_proto::{
+    Decoder, ErrorBody, Flags, Frame, FrameType, WelcomeBody, MAX_PAYLOAD_CEILING,
+};
 
 use crate::link::Link;
 use crate::session::Ids;
@@ -77,27 +79,13 @@ pub(crate) fn handshake(
     };
     #[cfg(not(feature = "tls"))]
     let tls: Option<SharedTls> = None;
-    let hello_ids = Ids {
-        client: requested,
-        channel,
-    };
-    let hello = hello_ids.frame(
-        FrameType::Hello,
-        Flags::NONE,
-        RequestId::NIL,
-        0,
-        false,
-        options
-            .token
-            .as_ref()
-            .map_or_else(Bytes::new, |token| Bytes::copy_from_slice(token)),
-    );
+    let (hello_ids, hello) = hello(channel, requested, options);
     transport::write_frame_on(&mut stream, tls.as_ref(), &hello).map_err(Error::Io)?;
 
     // The client trusts the broker's frames up to the protocol's hard ceiling; the WELCOME's
     // own max payload only governs what the client sends.
     let mut decoder = Decoder::new(MAX_PAYLOAD_CEILING);
-    let (header, welcome) = loop {
+    let welcomed = loop {
         let frame = transport::read_frame_until(
             &mut stream,
             tls.as_ref(),
@@ -105,39 +93,109 @@ pub(crate) fn handshake(
             &mut buf,
             deadline,
         )?;
-        let bad_payload = |frame_type, error| {
-            Error::Protocol(ProtocolViolation::BadPayload { frame_type, error })
-        };
-        match frame.header.frame_type {
-            FrameType::Welcome => {
-                let body = WelcomeBody::decode(&frame.payload)
-                    .map_err(|e| bad_payload(FrameType::Welcome, e))?;
-                break (frame.header, body);
-            }
-            FrameType::Error => {
-                let body = ErrorBody::decode(&frame.payload)
-                    .map_err(|e| bad_payload(FrameType::Error, e))?;
-                return Err(Error::from_error_body(body, None));
-            }
-            FrameType::Ping => {
-                let h = frame.header;
-                let pong = hello_ids.frame(
-                    FrameType::Pong,
-                    Flags::NONE,
-                    RequestId::NIL,
-                    h.sequence,
-                    h.is_final,
-                    Bytes::new(),
-                );
+        match answer(frame, &hello_ids)? {
+            Answer::Welcome(welcomed) => break welcomed,
+            Answer::Pong(pong) => {
                 transport::write_frame_on(&mut stream, tls.as_ref(), &pong).map_err(Error::Io)?;
-            }
-            frame_type => {
-                return Err(Error::Protocol(ProtocolViolation::UnexpectedFrame {
-                    frame_type,
-                }))
             }
         }
     };
+    stream.set_read_timeout(None).map_err(Error::Io)?;
+    let peer_addr = stream.peer_addr().map_err(Error::Io)?;
+    Ok(Joined {
+        stream,
+        tls,
+        decoder,
+        buf,
+        client: welcomed.client,
+        max_payload: welcomed.limits.max_payload,
+        limits: welcomed.limits,
+        peers: welcomed.peers,
+        peer_addr,
+    })
+}
+
+// ----- the sans-IO part, shared with the async client -------------------------------------
+
+/// The HELLO for `channel` asking for `requested` (nil: assign one), with the options' token,
+/// and the ids it carries (the handshake answers PINGs with them).
+pub(crate) fn hello(
+    channel: ChannelId,
+    requested: ClientId,
+    options: &ClientOptions,
+) -> (Ids, Frame) {
+    let ids = Ids {
+        client: requested,
+        channel,
+    };
+    let token = options
+        .token
+        .as_ref()
+        .map_or_else(Bytes::new, |token| Bytes::copy_from_slice(token));
+    let frame = ids.frame(
+        FrameType::Hello,
+        Flags::NONE,
+        RequestId::NIL,
+        0,
+        false,
+        token,
+    );
+    (ids, frame)
+}
+
+/// What the broker granted in its WELCOME, checked.
+#[derive(Debug)]
+pub(crate) struct Welcomed {
+    pub(crate) client: ClientId,
+    pub(crate) limits: Limits,
+    pub(crate) peers: Vec<ClientId>,
+}
+
+/// What a frame received during the handshake asks of the client.
+#[derive(Debug)]
+pub(crate) enum Answer {
+    /// The handshake completed.
+    Welcome(Welcomed),
+    /// The broker pinged: write this PONG and keep reading.
+    Pong(Frame),
+}
+
+/// Interprets one frame received before the WELCOME, for the HELLO that carried `hello`'s ids.
+///
+/// # Errors
+/// The broker's refusal (its ERROR, mapped as everywhere), or a [`ProtocolViolation`] for a
+/// WELCOME that does not match the HELLO or a frame that has no place in a handshake.
+pub(crate) fn answer(frame: Frame, hello: &Ids) -> Result<Answer, Error> {
+    let bad_payload =
+        |frame_type, error| Error::Protocol(ProtocolViolation::BadPayload { frame_type, error });
+    let header = frame.header;
+    let welcome = match header.frame_type {
+        FrameType::Welcome => {
+            WelcomeBody::decode(&frame.payload).map_err(|e| bad_payload(FrameType::Welcome, e))?
+        }
+        FrameType::Error => {
+            let body =
+                ErrorBody::decode(&frame.payload).map_err(|e| bad_payload(FrameType::Error, e))?;
+            return Err(Error::from_error_body(body, None));
+        }
+        FrameType::Ping => {
+            let pong = hello.frame(
+                FrameType::Pong,
+                Flags::NONE,
+                RequestId::NIL,
+                header.sequence,
+                header.is_final,
+                Bytes::new(),
+            );
+            return Ok(Answer::Pong(pong));
+        }
+        frame_type => {
+            return Err(Error::Protocol(ProtocolViolation::UnexpectedFrame {
+                frame_type,
+            }))
+        }
+    };
+    let channel = hello.channel;
     if header.channel_id != channel {
         let got = header.channel_id;
         return Err(Error::Protocol(ProtocolViolation::ChannelMismatch {
@@ -145,6 +203,7 @@ pub(crate) fn handshake(
             got,
         }));
     }
+    let requested = hello.client;
     let assigned = header.client_id;
     if assigned.is_nil() || (!requested.is_nil() && assigned != requested) {
         return Err(Error::Protocol(ProtocolViolation::BadClientId {
@@ -155,15 +214,8 @@ pub(crate) fn handshake(
     if welcome.max_payload == 0 {
         return Err(Error::Protocol(ProtocolViolation::ZeroMaxPayload));
     }
-    stream.set_read_timeout(None).map_err(Error::Io)?;
-    let peer_addr = stream.peer_addr().map_err(Error::Io)?;
-    Ok(Joined {
-        stream,
-        tls,
-        decoder,
-        buf,
+    Ok(Answer::Welcome(Welcomed {
         client: assigned,
-        max_payload: welcome.max_payload,
         limits: Limits {
             max_payload: welcome.max_payload,
             default_timeout: Duration::from_millis(welcome.default_timeout_ms.into()),
@@ -171,6 +223,46 @@ pub(crate) fn handshake(
             heartbeat: Duration::from_millis(welcome.heartbeat_ms.into()),
         },
         peers: welcome.peers,
-        peer_addr,
+    }))
+}
+
+/// Received bytes shown in [`Error::NotABroker`]: a status line or a banner fits.
+const NOT_A_BROKER_SHOWN: usize = 64;
+
+/// `Some(NotABroker)` when the first bytes received cannot begin a broker's answer to HELLO
+/// (version 1, then WELCOME, ERROR or PING): the address is some other server (an HTTP server,
+/// the broker's metrics port, a database). Checked before a whole header is in, so a server
+/// that sends a short banner and waits is recognised too.
+pub(crate) fn not_a_broker(buf: &[u8]) -> Option<Error> {
+    let version_ok = buf
+        .first()
+        .is_none_or(|version| *version == switchyard_proto::VERSION);
+    let type_ok = buf.get(1).is_none_or(|frame_type| {
+        matches!(
+            FrameType::try_from(*frame_type),
+            Ok(FrameType::Welcome | FrameType::Error | FrameType::Ping)
+        )
+    });
+    (!(version_ok && type_ok)).then(|| Error::NotABroker {
+        received: buf[..buf.len().min(NOT_A_BROKER_SHOWN)].to_vec(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn http_and_banners_are_not_a_broker() {
+        assert!(not_a_broker(b"").is_none());
+        assert!(not_a_broker(&[1]).is_none());
+        assert!(not_a_broker(&[1, FrameType::Welcome as u8, 0]).is_none());
+        assert!(not_a_broker(&[1, FrameType::Error as u8]).is_none());
+        let Some(Error::NotABroker { received }) = not_a_broker(b"HTTP/1.1 400 Bad Request") else {
+            panic!("HTTP must be recognised");
+        };
+        assert_eq!(received, b"HTTP/1.1 400 Bad Request");
+        assert!(not_a_broker(&[1, FrameType::Start as u8]).is_some());
+        assert!(not_a_broker(&[2]).is_some());
+    }
 }

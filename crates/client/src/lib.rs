@@ -1,10 +1,13 @@
 //! # switchyard-client
 //!
-//! A blocking, multiplexing client for the switchyard broker.
+//! A multiplexing client for the switchyard broker, blocking ([`Client`]) and, with the
+//! `tokio` feature, async (`AsyncClient`).
 //!
 //! One [`Client`] is one TCP connection joined to one channel. It is `Send + Sync`: share it
 //! (`&Client`, `Arc<Client>`, scoped threads) and run any number of operations at once from any
-//! number of threads; they are multiplexed over the connection by request id.
+//! number of threads; they are multiplexed over the connection by request id. `AsyncClient` is
+//! the same client for tokio applications: the same operations as futures, on the same sans-IO
+//! session (so the two cannot drift), driven by one task per client (see its module docs).
 //!
 //! ```no_run
 //! use std::time::Duration;
@@ -26,8 +29,9 @@
 //!   reconnects (see below) or closes the client; it ends with the client, which joins it.
 //! - **Caller threads** write their own frames: the write half sits in a `Mutex` held for exactly
 //!   one whole frame, so frames never interleave and a request goes out the moment it is made
-//!   (`TCP_NODELAY`, no flush timer). Callers then block on their operation's own queue (an
-//!   `mpsc` channel, or a condvar-guarded queue for `next_*`), never on a lock held across I/O.
+//!   (`TCP_NODELAY`, no flush timer). Callers then block on their operation's own queue (a
+//!   `chan.rs` channel, or a condvar-guarded queue for `next_*`), never on a lock held across
+//!   I/O.
 //!
 //! With `ClientOptions::tls` the connection is TLS (`ClientTls`): the same threads, with the
 //! rustls session in a lock of its own that is never held across blocking I/O (`transport/`).
@@ -37,6 +41,23 @@
 //!   `Error::Tls`, the `rustls` re-export — and `tls::files`, the PEM loading
 //!   the broker shares. Without it the crate builds without rustls and ring, and speaks plain
 //!   TCP only.
+//! - `tokio` (off by default): `AsyncClient`, `AsyncResponse`, `AsyncIncomingRequest`, on the
+//!   tokio runtime. With `tls` too, the async client speaks TLS with the same `ClientTls`.
+//!
+//! # Timeouts
+//! Every timeout parameter is an `Option<Duration>` (any `impl Into<Option<Duration>>`, so a
+//! plain `Duration` works), and `None` always means "no bound of the caller's own":
+//! - for what the *broker* times (a request, a broadcast): the broker's default timeout
+//!   ([`Limits::default_timeout`]); `Some(t)` is sent as is (rounded up to whole milliseconds,
+//!   at least 1, clamped by the broker to [`Limits::max_timeout`]). The client adds
+//!   [`ClientOptions::deadline_grace`] for its own deadline, in case the broker is dead.
+//! - for a *local* wait (`next_request`, `next_broadcast`, `next_presence`,
+//!   `next_state_change`, `wait_connected`, `ping`, `fetch_peers`): wait until there is
+//!   something, or until the connection ends or the client closes.
+//!
+//! What ran out says which kind it was: [`Error::Timeout`] for an operation's timeout,
+//! [`Error::WaitElapsed`] for a local wait with nothing to return, [`Error::ConnectTimeout`]
+//! for connecting ([`ClientOptions::connect_timeout`]).
 //!
 //! # Invariants
 //! - An operation registers its route in the session *before* its first frame is written, so
@@ -83,11 +104,16 @@
 // - shared.rs     what the handle, the link thread and the streams share: session + link
 // - link.rs       one connection's write side and the link thread's read loop
 // - reconnect.rs  reconnection: lifecycle, what is retried, policy, backoff, the loop
-// - handshake.rs  connect, TLS, HELLO, WELCOME
+// - handshake.rs  connect, TLS, HELLO, WELCOME; the sans-IO answer to HELLO both fronts share
 // - session/      the sans-IO session: routes every frame to its operation
+// - chan.rs       the per-operation channel the session delivers into, waitable blocking or async
+// - async_client/ AsyncClient (feature `tokio`): the driver task, async bodies, the same session
 // - transport/    sockets: connect, whole-frame writes, the reader, TLS records
 // - tls/          ClientTls and the PEM loading the broker shares
+#[cfg(feature = "tokio")]
+mod async_client;
 mod body;
+mod chan;
 mod client;
 mod error;
 mod handshake;
@@ -101,9 +127,12 @@ mod stream;
 pub mod tls;
 mod transport;
 
+#[cfg(feature = "tokio")]
+pub use async_client::{AsyncClient, AsyncIncomingRequest, AsyncResponse};
 pub use body::{IncomingRequest, Response};
 pub use client::{Broadcast, Client, PresenceEvent};
 pub use error::{Error, ProtocolViolation};
+pub(crate) use options::timeout_ms;
 pub use options::{ClientOptions, Limits, RequestOptions};
 pub use reconnect::{ConnectionState, ReconnectPolicy, StateChange};
 /// The rustls version this crate's TLS types come from ([`ClientTls::from_config`],
@@ -127,5 +156,27 @@ mod tests {
         send::<Response>();
         send::<IncomingRequest>();
         send_sync::<Error>();
+    }
+
+    #[cfg(feature = "tokio")]
+    #[test]
+    fn async_client_is_a_send_sync_handle_and_its_futures_are_send() {
+        fn send_sync_clone<T: Send + Sync + Clone>() {}
+        fn send<T: Send>(_: &T) {}
+        send_sync_clone::<AsyncClient>();
+        fn futures(client: &AsyncClient) {
+            send(&client.request("x", None));
+            send(&client.request_with(&b"x"[..], RequestOptions::default()));
+            send(&client.next_request(None));
+            send(&client.broadcast("x", None));
+            send(&client.next_broadcast(None));
+            send(&client.ping(None));
+        }
+        let _ = futures;
+        fn handles(response: AsyncResponse, request: AsyncIncomingRequest) {
+            send(&response.bytes());
+            send(&request.respond("x"));
+        }
+        let _ = handles;
     }
 }

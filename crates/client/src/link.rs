@@ -31,17 +31,11 @@ impl Link {
         u64::from(self.limits.max_payload.clamp(1, MAX_PAYLOAD_CEILING))
     }
 
-    /// The local deadline of an operation with the given timeout, from now, plus `grace`.
-    /// `None` when it does not fit an `Instant` (wait forever).
-    pub(crate) fn deadline(&self, timeout: Duration, grace: Duration) -> Option<Instant> {
-        let mut effective = if timeout.is_zero() {
-            self.limits.default_timeout
-        } else {
-            timeout
-        };
-        if !self.limits.max_timeout.is_zero() {
-            effective = effective.min(self.limits.max_timeout);
-        }
+    /// The local deadline of an operation with the given timeout (`None`: the broker's
+    /// default), from now, plus `grace`. `None` when it does not fit an `Instant` (wait
+    /// forever).
+    pub(crate) fn deadline(&self, timeout: Option<Duration>, grace: Duration) -> Option<Instant> {
+        let effective = self.limits.effective_timeout(timeout);
         transport::now().checked_add(effective)?.checked_add(grace)
     }
 }

@@ -90,7 +90,7 @@ impl Default for ClientOptions {
 pub struct Limits {
     /// Largest payload of one frame; bodies are split into frames of at most this size.
     pub max_payload: u32,
-    /// The timeout applied when an operation asks for [`Duration::ZERO`].
+    /// The timeout applied when an operation asks for none (`None`).
     pub default_timeout: Duration,
     /// Longer timeouts are clamped to this.
     pub max_timeout: Duration,
@@ -99,13 +99,75 @@ pub struct Limits {
     pub heartbeat: Duration,
 }
 
-/// Options for [`Client::request_with`].
+impl Limits {
+    /// The timeout the broker applies to an operation that asked for `timeout` (`None`: its
+    /// default; longer than its max: the max).
+    pub(crate) fn effective_timeout(&self, timeout: Option<Duration>) -> Duration {
+        let mut effective = match timeout {
+            None => self.default_timeout,
+            Some(timeout) => timeout.max(MIN_TIMEOUT),
+        };
+        if !self.max_timeout.is_zero() {
+            effective = effective.min(self.max_timeout);
+        }
+        effective
+    }
+}
+
+/// The shortest timeout the wire can carry: `timeout_ms` 0 means "the broker's default".
+const MIN_TIMEOUT: Duration = Duration::from_millis(1);
+
+/// The `timeout_ms` field for an operation's timeout: 0 (the broker's default) for `None`, else
+/// milliseconds rounded up and at least 1 (so a short timeout never turns into the default),
+/// saturating at `u32::MAX`.
+pub(crate) fn timeout_ms(timeout: Option<Duration>) -> u32 {
+    match timeout {
+        None => 0,
+        Some(timeout) => {
+            let ms = timeout.max(MIN_TIMEOUT).as_nanos().div_ceil(1_000_000);
+            u32::try_from(ms).unwrap_or(u32::MAX)
+        }
+    }
+}
+
+/// Options for [`Client::request_with`] (and `AsyncClient::request_with`).
 #[derive(Clone, Copy, Default, Debug)]
 pub struct RequestOptions {
-    /// How long the broker waits for a receiver and for the complete response.
-    /// [`Duration::ZERO`] asks for the broker's default; longer than the broker's max is clamped.
-    pub timeout: Duration,
+    /// How long the broker waits for a receiver and for the complete response: `None` (the
+    /// default) is the broker's default timeout ([`Limits::default_timeout`]); longer than the
+    /// broker's max is clamped, shorter than 1 ms is 1 ms.
+    pub timeout: Option<Duration>,
     /// Fail at once with [`Error::NoReceiver`] when no receiver has a free slot, instead of
     /// queueing.
     pub no_wait: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timeout_ms_rounds_up_and_saturates() {
+        assert_eq!(timeout_ms(None), 0);
+        assert_eq!(timeout_ms(Some(Duration::ZERO)), 1);
+        assert_eq!(timeout_ms(Some(Duration::from_micros(1))), 1);
+        assert_eq!(timeout_ms(Some(Duration::from_millis(1500))), 1500);
+        assert_eq!(timeout_ms(Some(Duration::MAX)), u32::MAX);
+    }
+
+    #[test]
+    fn effective_timeout_takes_the_default_and_the_max() {
+        let limits = Limits {
+            max_payload: 1,
+            default_timeout: Duration::from_secs(30),
+            max_timeout: Duration::from_secs(60),
+            heartbeat: Duration::ZERO,
+        };
+        assert_eq!(limits.effective_timeout(None), Duration::from_secs(30));
+        assert_eq!(
+            limits.effective_timeout(Some(Duration::from_secs(90))),
+            Duration::from_secs(60)
+        );
+        assert_eq!(limits.effective_timeout(Some(Duration::ZERO)), MIN_TIMEOUT);
+    }
 }

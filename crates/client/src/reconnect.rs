@@ -11,6 +11,8 @@
 //!   +-----------+  link lost (EOF, reset, heartbeat, GOING_AWAY then close,
 //!   | Connected |  broker HEARTBEAT_TIMEOUT): in-flight operations fail with
 //!   +-----------+  Error::ConnectionLost ------------------------------+
+//!     ^     |   GOING_AWAY: Draining (still Connected underneath: in-flight operations
+//!     |     |   finish, new ones fail with Error::GoingAway) until the broker closes
 //!     ^     |                                                          v
 //!     |     | close() / drop / a fatal error that          +--------------------------+
 //!     |     | reconnecting cannot fix / policy None        | Reconnecting { attempt } |
@@ -106,6 +108,7 @@ pub(crate) fn is_recoverable(reason: &Error) -> bool {
         Error::Io(_)
         | Error::ConnectionRefused(_)
         | Error::Timeout
+        | Error::ConnectTimeout
         | Error::GoingAway
         | Error::ConnectionLost => true,
         Error::Broker { .. } => matches!(
@@ -118,6 +121,10 @@ pub(crate) fn is_recoverable(reason: &Error) -> bool {
             )
         ),
         Error::Closed
+        | Error::WaitElapsed
+        | Error::NotABroker { .. }
+        | Error::Unauthorized
+        | Error::Replaced
         | Error::Reconnecting
         | Error::NoReceiver
         | Error::PeerGone
@@ -139,6 +146,12 @@ pub(crate) fn is_recoverable(reason: &Error) -> bool {
 pub enum ConnectionState {
     /// Joined to the channel; operations go out at once.
     Connected,
+    /// Still joined, but the broker announced it is shutting down (GOING_AWAY): operations in
+    /// flight finish, new requests and broadcasts fail with
+    /// [`Error::GoingAway`](super::Error::GoingAway). When the broker closes the connection the
+    /// client reconnects (`Reconnecting`), possibly to a broker restarted on the same address;
+    /// `wait_connected` waits for that new connection.
+    Draining,
     /// The link was lost; waiting for, or making, connection attempt number `attempt` (1-based).
     /// New operations fail with [`Error::Reconnecting`](super::Error::Reconnecting).
     Reconnecting {
@@ -454,6 +467,12 @@ mod tests {
         assert!(is_recoverable(&broker(ErrorCode::LimitExceeded)));
         assert!(!is_recoverable(&broker(ErrorCode::Replaced)));
         assert!(!is_recoverable(&broker(ErrorCode::Unauthorized)));
+        assert!(!is_recoverable(&Error::Replaced));
+        assert!(!is_recoverable(&Error::Unauthorized));
+        assert!(!is_recoverable(&Error::NotABroker {
+            received: b"HTTP".to_vec()
+        }));
+        assert!(is_recoverable(&Error::ConnectTimeout));
         assert!(!is_recoverable(&broker(ErrorCode::ChannelMismatch)));
         assert!(!is_recoverable(&Error::Closed));
         let bad_certificate =

@@ -212,7 +212,7 @@ impl Shared {
         }
     }
 
-    /// One wait on `ready` until `deadline` (`None`: forever). `Err(Timeout)` once it passed.
+    /// One wait on `ready` until `deadline` (`None`: forever). `Err(WaitElapsed)` once it passed.
     pub(crate) fn wait<'a>(
         &self,
         ready: &Condvar,
@@ -225,7 +225,7 @@ impl Shared {
             Some(deadline) => {
                 let left = deadline.saturating_duration_since(transport::now());
                 if left.is_zero() {
-                    return Err(Error::Timeout);
+                    return Err(Error::WaitElapsed);
                 }
                 Ok(ready
                     .wait_timeout(locked, left)

@@ -9,7 +9,7 @@
 //! - Reads after a failure repeat the failure.
 
 use std::collections::VecDeque;
-use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
+use std::sync::mpsc::{RecvTimeoutError, TryRecvError};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -17,6 +17,7 @@ use bytes::{Buf, Bytes};
 use log::debug;
 use switchyard_proto::Flags;
 
+use crate::chan::Receiver;
 use crate::link::Link;
 use crate::session::StreamEvent;
 use crate::shared::Shared;

@@ -104,7 +104,7 @@ fn drain_broadcasts(client: Arc<Client>, report: Arc<dyn Report>, stop: Arc<Atom
                 ),
                 Err(e) => report.violation("corrupt_broadcast", format!("{}: {e}", broadcast.id)),
             },
-            Err(Error::Timeout) => {}
+            Err(Error::WaitElapsed) => {}
             Err(_) if stop.load(Ordering::SeqCst) => return,
             Err(e) => {
                 report.violation("library_client", format!("next_broadcast: {e}"));
@@ -145,7 +145,7 @@ pub fn serve_once(
     while !stop() && leave_at.is_none_or(|at| now() < at) {
         match client.next_request(Some(Duration::from_millis(100))) {
             Ok(request) => handlers.push(spawn_handler(request, me, report.clone())),
-            Err(Error::Timeout) => {}
+            Err(Error::WaitElapsed) => {}
             Err(e) => {
                 report.violation("library_client", format!("next_request: {e}"));
                 failed = true;
@@ -164,7 +164,7 @@ pub fn serve_once(
         loop {
             match client.next_request(Some(Duration::ZERO)) {
                 Ok(request) => handlers.push(spawn_handler(request, me, report.clone())),
-                Err(Error::Timeout) => break,
+                Err(Error::WaitElapsed) => break,
                 Err(e) => {
                     report.violation("library_client", format!("next_request: {e}"));
                     break;
@@ -388,7 +388,7 @@ fn request(client: &Client, load: &Load, ledger: &Ledger, channel: usize, rng: &
     ledger.count("requests.library", 1);
     let sent = now();
     let options = RequestOptions {
-        timeout: Duration::from_millis(timeout_ms.into()),
+        timeout: Some(Duration::from_millis(timeout_ms.into())),
         no_wait: false,
     };
     let outcome = client

@@ -40,7 +40,7 @@ pub fn fast_reconnect(max_attempts: Option<u32>) -> ClientOptions {
 /// Options of a waiting request (not NO_WAIT) with `timeout`.
 pub fn request_options(timeout: Duration) -> RequestOptions {
     RequestOptions {
-        timeout,
+        timeout: Some(timeout),
         ..RequestOptions::default()
     }
 }

@@ -1,15 +1,15 @@
 //! Broadcast and presence: [`Client::broadcast`] to every other peer, [`Client::next_broadcast`]
 //! and [`Client::next_presence`] from them, [`Client::fetch_peers`] for the current list.
 
-use std::sync::mpsc::{self, RecvTimeoutError, TryRecvError};
+use std::sync::mpsc::{RecvTimeoutError, TryRecvError};
 use std::time::Duration;
 
 use bytes::Bytes;
 use switchyard_proto::{Flags, FrameType};
 
-use super::{timeout_ms, Client};
+use super::Client;
 use crate::body::{send_body, SendFailure};
-use crate::{transport, ClientId, Error, RequestId};
+use crate::{chan, timeout_ms, transport, ClientId, Error, RequestId};
 
 /// A change of the channel's peers.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -32,17 +32,22 @@ pub struct Broadcast {
 }
 
 impl Client {
-    /// Sends `body` to every other peer of the channel and waits until all acknowledged.
-    /// Returns the number of peers that acknowledged.
+    /// Sends `body` to every other peer of the channel and waits until all acknowledged
+    /// (`timeout` `None`: the broker's default). Returns the number of peers that acknowledged.
     ///
     /// # Errors
     /// [`Error::NoPeers`], [`Error::BroadcastIncomplete`] with the peers that did not ack,
     /// [`Error::Timeout`] when the broker did not answer within the local deadline,
     /// [`Error::ConnectionLost`] / [`Error::Reconnecting`], or a connection-fatal error.
-    pub fn broadcast(&self, body: &[u8], timeout: Duration) -> Result<u32, Error> {
+    pub fn broadcast(
+        &self,
+        body: &[u8],
+        timeout: impl Into<Option<Duration>>,
+    ) -> Result<u32, Error> {
         let shared = &self.shared;
+        let timeout = timeout.into();
         shared.check_open()?;
-        let (outcome, receiver) = mpsc::channel();
+        let (outcome, receiver) = chan::channel();
         let (id, link) = shared.register(|session| session.register_broadcast(outcome))?;
         let deadline = link.deadline(timeout, shared.grace);
         let mut early = None;
@@ -110,14 +115,15 @@ impl Client {
     /// are discarded: their ACK can no longer reach the broker).
     ///
     /// # Errors
-    /// [`Error::Timeout`] when none arrived in time, [`Error::ConnectionLost`] when the ACK
+    /// [`Error::WaitElapsed`] when none arrived in time, [`Error::ConnectionLost`] when the ACK
     /// could not be sent, or a connection-fatal error.
-    pub fn next_broadcast(&self, timeout: Option<Duration>) -> Result<Broadcast, Error> {
+    pub fn next_broadcast(&self, timeout: impl Into<Option<Duration>>) -> Result<Broadcast, Error> {
         let shared = &self.shared;
-        let (done, link) = shared.wait_queue(&shared.broadcasts_ready, timeout, |locked| {
-            let link = locked.link.clone()?;
-            locked.session.pop_broadcast().map(|done| (done, link))
-        })?;
+        let (done, link) =
+            shared.wait_queue(&shared.broadcasts_ready, timeout.into(), |locked| {
+                let link = locked.link.clone()?;
+                locked.session.pop_broadcast().map(|done| (done, link))
+            })?;
         let ack = shared.ids.frame(
             FrameType::Ack,
             Flags::BROADCAST,
@@ -139,10 +145,13 @@ impl Client {
     /// reported as `Left` / `Joined` events.
     ///
     /// # Errors
-    /// [`Error::Timeout`] when none arrived in time, or a connection-fatal error.
-    pub fn next_presence(&self, timeout: Option<Duration>) -> Result<PresenceEvent, Error> {
+    /// [`Error::WaitElapsed`] when none arrived in time, or a connection-fatal error.
+    pub fn next_presence(
+        &self,
+        timeout: impl Into<Option<Duration>>,
+    ) -> Result<PresenceEvent, Error> {
         let shared = &self.shared;
-        shared.wait_queue(&shared.presence_ready, timeout, |locked| {
+        shared.wait_queue(&shared.presence_ready, timeout.into(), |locked| {
             locked.session.pop_presence()
         })
     }
@@ -151,12 +160,16 @@ impl Client {
     /// inside their presence grace period) and returns it; [`Client::peers`] is refreshed too.
     ///
     /// # Errors
-    /// [`Error::Timeout`] when no answer came within `timeout`, [`Error::ConnectionLost`] /
-    /// [`Error::Reconnecting`], or a connection-fatal error.
-    pub fn fetch_peers(&self, timeout: Duration) -> Result<Vec<ClientId>, Error> {
+    /// [`Error::Timeout`] when no answer came within `timeout` (`None`: no bound but the
+    /// connection's end), [`Error::ConnectionLost`] / [`Error::Reconnecting`], or a
+    /// connection-fatal error.
+    pub fn fetch_peers(
+        &self,
+        timeout: impl Into<Option<Duration>>,
+    ) -> Result<Vec<ClientId>, Error> {
         let shared = &self.shared;
         shared.check_open()?;
-        let (waiter, receiver) = mpsc::channel();
+        let (waiter, receiver) = chan::channel();
         // Answers are matched to callers in registration order. Two callers racing may swap
         // answers, which is harmless: both lists are current (the lock is not held across the
         // write, so the link thread is never blocked behind a slow socket).
@@ -170,7 +183,11 @@ impl Client {
             Bytes::new(),
         );
         shared.send(&link, &frame)?;
-        match receiver.recv_timeout(timeout) {
+        let answer = match timeout.into() {
+            Some(timeout) => receiver.recv_timeout(timeout),
+            None => receiver.recv().map_err(|_| RecvTimeoutError::Disconnected),
+        };
+        match answer {
             Ok(peers) => Ok(peers),
             Err(RecvTimeoutError::Timeout) => Err(Error::Timeout),
             Err(RecvTimeoutError::Disconnected) => Err(shared.lost_error()),

@@ -3,7 +3,7 @@
 //! `broadcast.rs`.
 
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::mpsc::RecvTimeoutError;
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
@@ -32,13 +32,6 @@ pub struct Client {
     link_thread: Mutex<Option<JoinHandle<()>>>,
 }
 
-/// The `timeout_ms` field for a timeout: milliseconds rounded up (so a sub-millisecond timeout
-/// does not turn into 0, "the broker's default"), saturating at `u32::MAX`.
-fn timeout_ms(timeout: Duration) -> u32 {
-    let ms = timeout.as_nanos().div_ceil(1_000_000);
-    u32::try_from(ms).unwrap_or(u32::MAX)
-}
-
 impl Client {
     /// Connects with default options: see [`Client::connect_with`].
     ///
@@ -55,10 +48,13 @@ impl Client {
     ///
     /// # Errors
     /// - [`Error::ConnectionRefused`]: no address accepted the TCP connection;
-    /// - [`Error::Timeout`]: no WELCOME in time;
-    /// - [`Error::Broker`]: the broker refused the handshake (`CLIENT_ID_IN_USE`,
-    ///   `CHANNEL_MISMATCH` for a nil channel, `GOING_AWAY`, `LIMIT_EXCEEDED` when the broker is
-    ///   at a connection, channel or peer limit, …);
+    /// - [`Error::ConnectTimeout`]: no WELCOME in time;
+    /// - [`Error::NotABroker`]: the address answered, but not as a broker (an HTTP server, the
+    ///   metrics port);
+    /// - [`Error::Unauthorized`]: the broker refused the token ([`ClientOptions::token`]);
+    /// - [`Error::Broker`]: the broker refused the handshake otherwise (`CHANNEL_MISMATCH` for
+    ///   a nil channel, `GOING_AWAY`, `LIMIT_EXCEEDED` when the broker is at a connection,
+    ///   channel or peer limit, …);
     /// - [`Error::Protocol`]: the broker answered something else than a valid WELCOME;
     /// - `Error::Tls` (the `tls` feature): with `ClientOptions::tls`, the TLS handshake failed
     ///   (an untrusted certificate, a wrong server name, a port that does not speak TLS);
@@ -159,10 +155,14 @@ impl Client {
     /// wait for a state, use [`Client::wait_connected`].
     ///
     /// # Errors
-    /// [`Error::Timeout`] when nothing changed in time; the close reason once the `Closed`
+    /// [`Error::WaitElapsed`] when nothing changed in time; the close reason once the `Closed`
     /// change was taken.
-    pub fn next_state_change(&self, timeout: Option<Duration>) -> Result<StateChange, Error> {
+    pub fn next_state_change(
+        &self,
+        timeout: impl Into<Option<Duration>>,
+    ) -> Result<StateChange, Error> {
         let shared = &self.shared;
+        let timeout = timeout.into();
         let deadline = timeout.and_then(|timeout| transport::now().checked_add(timeout));
         let mut locked = shared.lock();
         loop {
@@ -176,14 +176,16 @@ impl Client {
         }
     }
 
-    /// Returns once the client is connected (at once if it is), waiting for a reconnect for at
-    /// most `timeout` (`None`: forever).
+    /// Returns once the client is connected and the broker is not draining (at once if so),
+    /// waiting for a reconnect for at most `timeout` (`None`: forever). After the broker's
+    /// GOING_AWAY ([`ConnectionState::Draining`]) this waits for the *next* connection.
     ///
     /// # Errors
-    /// [`Error::Timeout`] when still reconnecting at the deadline; the close reason when the
+    /// [`Error::WaitElapsed`] when still not connected at the deadline; the close reason when the
     /// client is (or becomes) closed, for example the last attempt's error.
-    pub fn wait_connected(&self, timeout: Option<Duration>) -> Result<(), Error> {
+    pub fn wait_connected(&self, timeout: impl Into<Option<Duration>>) -> Result<(), Error> {
         let shared = &self.shared;
+        let timeout = timeout.into();
         let deadline = timeout.and_then(|timeout| transport::now().checked_add(timeout));
         let mut locked = shared.lock();
         loop {
@@ -192,21 +194,21 @@ impl Client {
                 ConnectionState::Closed => {
                     return Err(locked.session.close_reason().unwrap_or(Error::Closed))
                 }
-                ConnectionState::Reconnecting { .. } => {}
+                ConnectionState::Draining | ConnectionState::Reconnecting { .. } => {}
             }
             locked = shared.wait(&shared.states_ready, locked, deadline)?;
         }
     }
-    /// Sends a PING and returns the round-trip time to its PONG. (The client answers the
-    /// broker's PINGs on its own.)
+    /// Sends a PING and returns the round-trip time to its PONG (`timeout` `None`: no bound but
+    /// the connection's end). (The client answers the broker's PINGs on its own.)
     ///
     /// # Errors
     /// [`Error::Timeout`] when no PONG came within `timeout`, [`Error::ConnectionLost`] /
     /// [`Error::Reconnecting`], or a connection-fatal error.
-    pub fn ping(&self, timeout: Duration) -> Result<Duration, Error> {
+    pub fn ping(&self, timeout: impl Into<Option<Duration>>) -> Result<Duration, Error> {
         let shared = &self.shared;
         shared.check_open()?;
-        let (waiter, receiver) = mpsc::channel();
+        let (waiter, receiver) = crate::chan::channel();
         let (sequence, link) = shared.register(|session| session.register_ping(waiter))?;
         let started = transport::now();
         let frame = shared.ids.frame(
@@ -221,7 +223,11 @@ impl Client {
             shared.lock().session.forget_ping(sequence);
             return Err(e);
         }
-        match receiver.recv_timeout(timeout) {
+        let answer = match timeout.into() {
+            Some(timeout) => receiver.recv_timeout(timeout),
+            None => receiver.recv().map_err(|_| RecvTimeoutError::Disconnected),
+        };
+        match answer {
             Ok(()) => Ok(started.elapsed()),
             Err(RecvTimeoutError::Timeout) => {
                 shared.lock().session.forget_ping(sequence);
@@ -261,18 +267,5 @@ impl Drop for Client {
     /// Closes the client (see [`Client::close`]).
     fn drop(&mut self) {
         self.close();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn timeout_ms_rounds_up_and_saturates() {
-        assert_eq!(timeout_ms(Duration::ZERO), 0);
-        assert_eq!(timeout_ms(Duration::from_micros(1)), 1);
-        assert_eq!(timeout_ms(Duration::from_millis(1500)), 1500);
-        assert_eq!(timeout_ms(Duration::MAX), u32::MAX);
     }
 }

@@ -2,32 +2,37 @@
 //! [`Client::set_receive_window`] / [`Client::next_request`] as a receiver.
 
 use std::io::Read;
-use std::sync::{mpsc, Arc, PoisonError};
+use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
 use switchyard_proto::{encode_u32, Flags, FrameType};
 
-use super::{timeout_ms, Client};
+use super::Client;
 use crate::body::{send_body, IncomingRequest, Response, SendFailure};
 use crate::stream::{BodyStream, Direction};
-use crate::{transport, Error, RequestId, RequestOptions};
+use crate::{timeout_ms, transport, Error, RequestId, RequestOptions};
 
 impl Client {
     // ----- sender side -----------------------------------------------------------------------
 
-    /// Sends a request and waits for the whole response body.
+    /// Sends a request and waits for the whole response body. `timeout` is the request's
+    /// timeout at the broker (`None`: the broker's default).
     ///
     /// # Errors
     /// [`Error::NoReceiver`], [`Error::Timeout`], [`Error::PeerGone`], [`Error::Cancelled`], the
     /// other per-request broker errors as [`Error::Broker`], [`Error::ConnectionLost`] when the
     /// connection dropped meanwhile, [`Error::Reconnecting`] when there was none, or a
     /// connection-fatal error.
-    pub fn request(&self, body: &[u8], timeout: Duration) -> Result<Vec<u8>, Error> {
+    pub fn request(
+        &self,
+        body: &[u8],
+        timeout: impl Into<Option<Duration>>,
+    ) -> Result<Vec<u8>, Error> {
         let mut body = body;
         self.request_with(
             &mut body,
             RequestOptions {
-                timeout,
+                timeout: timeout.into(),
                 no_wait: false,
             },
         )?
@@ -52,7 +57,7 @@ impl Client {
     ) -> Result<Response, Error> {
         let shared = &self.shared;
         shared.check_open()?;
-        let (events, receiver) = mpsc::channel();
+        let (events, receiver) = crate::chan::channel();
         let (id, link) = shared.register(|session| session.register_request(events))?;
         let deadline = link.deadline(options.timeout, shared.grace);
         let mut stream = BodyStream::new(
@@ -148,10 +153,13 @@ impl Client {
     /// reconnect.
     ///
     /// # Errors
-    /// [`Error::Timeout`] when none arrived in time, or a connection-fatal error.
-    pub fn next_request(&self, timeout: Option<Duration>) -> Result<IncomingRequest, Error> {
+    /// [`Error::WaitElapsed`] when none arrived in time, or a connection-fatal error.
+    pub fn next_request(
+        &self,
+        timeout: impl Into<Option<Duration>>,
+    ) -> Result<IncomingRequest, Error> {
         let shared = &self.shared;
-        let (new, link) = shared.wait_queue(&shared.requests_ready, timeout, |locked| {
+        let (new, link) = shared.wait_queue(&shared.requests_ready, timeout.into(), |locked| {
             let link = locked.link.clone()?;
             locked.session.pop_request().map(|new| (new, link))
         })?;

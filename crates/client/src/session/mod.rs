@@ -35,7 +35,7 @@
 //! request) are dropped with a debug log.
 //!
 //! # Memory
-//! - Per-operation streams are unbounded `mpsc` channels: the reader thread never blocks on a slow
+//! - Per-operation streams are unbounded channels (`chan.rs`): the reader never blocks on a slow
 //!   consumer (so one slow reader cannot stall every other operation), and a response or request
 //!   body the application reads slowly is buffered in full, once, as the received `Bytes`.
 //! - Incoming requests queue until `next_request`; the broker bounds them by the receive window.
@@ -63,9 +63,9 @@
 //! - After [`Session::close`], every route and queue is empty and every `Sender` dropped, so every
 //!   blocked `recv` returns at once; registration then fails with the close reason.
 
+use crate::chan::{Receiver, Sender};
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::mpsc::{Receiver, Sender};
 
 use bytes::{Bytes, BytesMut};
 use log::debug;
@@ -418,6 +418,7 @@ impl Session {
     /// The link's state, for the application.
     pub(crate) fn connection_state(&self) -> ConnectionState {
         match self.link {
+            LinkState::Connected if self.going_away => ConnectionState::Draining,
             LinkState::Connected => ConnectionState::Connected,
             LinkState::Reconnecting { attempt } => ConnectionState::Reconnecting { attempt },
             LinkState::Closed(_) => ConnectionState::Closed,

@@ -176,7 +176,7 @@ impl Session {
                 self.output.push_back(self.ids.cancel(id, Flags::RESPONSE));
                 return Ok(());
             }
-            let (events, receiver) = std::sync::mpsc::channel();
+            let (events, receiver) = crate::chan::channel();
             // The receiver is alive: it is in our hands.
             let _ = events.send(StreamEvent::Start {
                 peer: header.client_id,
@@ -355,7 +355,7 @@ impl Session {
             // Not fatal yet: the broker drains. Nothing new starts; what is in flight goes on
             // until the broker closes the connection.
             debug!("the broker is going away: {}", body.message);
-            self.going_away = true;
+            self.handle_going_away();
             return Ok(());
         }
         // LIMIT_EXCEEDED with a nil request id is a connection limit (PROTOCOL.md §4): the
@@ -382,6 +382,24 @@ impl Session {
             debug!("error for untracked request {id} ignored: {error}");
         }
         Ok(())
+    }
+
+    /// The broker sent GOING_AWAY (`Connected => Draining`, reported like a link transition,
+    /// with [`Error::GoingAway`] as the cause): nothing new starts; what is in flight goes on
+    /// until the broker closes the connection.
+    fn handle_going_away(&mut self) {
+        if self.going_away {
+            return;
+        }
+        self.going_away = true;
+        if self.state_changes.len() >= self.capacities.states.max(1) {
+            self.state_changes.pop_front();
+        }
+        self.state_changes.push_back(StateChange {
+            state: ConnectionState::Draining,
+            cause: Some(Error::GoingAway),
+        });
+        self.wakeups.states = true;
     }
 
     fn handle_ack(&mut self, header: &Header, payload: &[u8]) -> Result<(), Error> {

@@ -39,7 +39,7 @@ fn frame(
 #[test]
 fn self_assigned_request_is_routed_by_direction() {
     let mut s = session();
-    let (tx, rx) = std::sync::mpsc::channel();
+    let (tx, rx) = crate::chan::channel();
     let id = s.register_request(tx).unwrap();
     // The broker assigns our own request to us.
     s.handle_frame(frame(&s, FrameType::Start, Flags::REQUEST, id, 0, true))
@@ -60,7 +60,7 @@ fn self_assigned_request_is_routed_by_direction() {
 #[test]
 fn out_of_order_response_fails_and_cancels() {
     let mut s = session();
-    let (tx, rx) = std::sync::mpsc::channel();
+    let (tx, rx) = crate::chan::channel();
     let id = s.register_request(tx).unwrap();
     s.handle_frame(frame(&s, FrameType::Chunk, Flags::RESPONSE, id, 1, false))
         .unwrap();
@@ -84,14 +84,29 @@ fn fatal_error_and_garbage_never_panic() {
     let mut f = frame(&s, FrameType::Error, Flags::NONE, RequestId::NIL, 0, false);
     f.payload = encode_error(0x000A, "bye", &[]);
     assert!(s.handle_frame(f).is_ok());
-    let (events, _rx) = std::sync::mpsc::channel();
+    let (events, _rx) = crate::chan::channel();
     assert!(matches!(s.register_request(events), Err(Error::GoingAway)));
+    // Reported once as Draining, with GOING_AWAY as the cause.
+    assert_eq!(s.connection_state(), ConnectionState::Draining);
+    let change = s.pop_state_change().expect("a change");
+    assert_eq!(change.state, ConnectionState::Draining);
+    assert!(matches!(change.cause, Some(Error::GoingAway)));
+    assert!(s.take_wakeups().states);
     let mut f = frame(&s, FrameType::Error, Flags::NONE, RequestId::NIL, 0, false);
     f.payload = encode_error(0x000B, "silent", &[]);
     assert!(matches!(
         s.handle_frame(f),
         Err(Error::Broker { code: 0x000B, .. })
     ));
+    // The codes a user acts on are typed.
+    for (code, typed) in [(0x000C, Error::Replaced), (0x000D, Error::Unauthorized)] {
+        let mut f = frame(&s, FrameType::Error, Flags::NONE, RequestId::NIL, 0, false);
+        f.payload = encode_error(code, "no", &[]);
+        let got = s.handle_frame(f).expect_err("fatal");
+        assert_eq!(got.to_string(), typed.to_string());
+        assert_eq!(got.code().map(|c| c as u16), Some(code));
+        assert!(got.is_connection_fatal());
+    }
     let f = frame(
         &s,
         FrameType::Start,
@@ -118,7 +133,7 @@ fn limit_exceeded_is_fatal_with_a_nil_request_id_only() {
     f.payload = encode_error(0x0109, "queue full", &[]);
     assert!(s.handle_frame(f).is_ok());
     // For a tracked one: that request fails.
-    let (tx, rx) = std::sync::mpsc::channel();
+    let (tx, rx) = crate::chan::channel();
     let id = s.register_request(tx).unwrap();
     let mut f = frame(&s, FrameType::Error, Flags::NONE, id, 0, true);
     f.payload = encode_error(0x0109, "too many in flight", &[]);
@@ -140,7 +155,7 @@ fn limit_exceeded_is_fatal_with_a_nil_request_id_only() {
 fn a_lost_link_fails_what_is_in_flight_and_keeps_the_window() {
     let mut s = session();
     assert!(s.set_window(4).is_ok());
-    let (tx, rx) = std::sync::mpsc::channel();
+    let (tx, rx) = crate::chan::channel();
     let id = s.register_request(tx).unwrap();
     s.handle_frame(frame(&s, FrameType::Start, Flags::REQUEST, id, 0, false))
         .unwrap();
@@ -159,7 +174,7 @@ fn a_lost_link_fails_what_is_in_flight_and_keeps_the_window() {
         s.pop_request().is_none(),
         "the old connection's requests are gone"
     );
-    let (tx, _rx) = std::sync::mpsc::channel();
+    let (tx, _rx) = crate::chan::channel();
     assert!(matches!(s.register_request(tx), Err(Error::Reconnecting)));
     assert!(s.handle_attempt_failed(Error::Timeout));
     assert_eq!(

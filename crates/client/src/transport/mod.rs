@@ -57,7 +57,7 @@ use super::error::{Error, ProtocolViolation};
 use switchyard_proto::{Decoder, Frame, HEADER_LEN};
 
 #[cfg(feature = "tls")]
-mod tls;
+pub(crate) mod tls;
 // Without the `tls` feature, the same functions over a `SharedTls` that has no values: every
 // `Option<SharedTls>` is `None`, and the TLS arms below are provably unreachable.
 #[cfg(not(feature = "tls"))]
@@ -83,6 +83,7 @@ pub(crate) fn now() -> Instant {
 /// frame is written whole, the moment it is made; Nagle would only delay it).
 ///
 /// # Errors
+/// [`Error::ConnectTimeout`] when the last address did not answer within `timeout`, else
 /// [`Error::ConnectionRefused`] with the last address's error (or a resolution error).
 pub(crate) fn connect(addr: impl ToSocketAddrs, timeout: Duration) -> Result<TcpStream, Error> {
     let addrs: Vec<SocketAddr> = addr
@@ -104,6 +105,10 @@ pub(crate) fn connect(addr: impl ToSocketAddrs, timeout: Duration) -> Result<Tcp
                 last = e;
             }
         }
+    }
+    if last.kind() == io::ErrorKind::TimedOut {
+        // The one way `connect_timeout` reports that the connect timeout ran out.
+        return Err(Error::ConnectTimeout);
     }
     Err(Error::ConnectionRefused(last))
 }
@@ -179,8 +184,8 @@ pub(crate) fn write_frame_on(
 /// bytes read past the frame (they belong to the reader thread afterwards).
 ///
 /// # Errors
-/// [`Error::Timeout`] past `deadline`, [`Error::Io`] on EOF or socket errors,
-/// [`Error::Protocol`] for an undecodable frame, [`Error::Tls`] when rustls refuses the input.
+/// [`Error::ConnectTimeout`] past `deadline`, [`Error::NotABroker`] for bytes no broker sends
+/// first, [`Error::Io`] on EOF or socket errors, [`Error::Protocol`] for an undecodable frame, [`Error::Tls`] when rustls refuses the input.
 pub(crate) fn read_frame_until(
     stream: &mut TcpStream,
     tls: Option<&SharedTls>,
@@ -190,6 +195,9 @@ pub(crate) fn read_frame_until(
 ) -> Result<Frame, Error> {
     let mut chunk = vec![0u8; READ_CHUNK];
     loop {
+        if let Some(error) = crate::handshake::not_a_broker(buf) {
+            return Err(error);
+        }
         if let Some(frame) = decoder
             .decode(buf)
             .map_err(|e| Error::Protocol(ProtocolViolation::Decode(e)))?
@@ -198,7 +206,7 @@ pub(crate) fn read_frame_until(
         }
         let remaining = deadline.saturating_duration_since(now());
         if remaining.is_zero() {
-            return Err(Error::Timeout);
+            return Err(Error::ConnectTimeout);
         }
         stream
             .set_read_timeout(Some(remaining))
@@ -229,7 +237,7 @@ pub(crate) fn read_frame_until(
                     io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
                 ) =>
             {
-                return Err(Error::Timeout)
+                return Err(Error::ConnectTimeout)
             }
             Err(e) => return Err(Error::Io(e)),
         }

@@ -52,18 +52,22 @@ pub(crate) fn read_some(
     if n == 0 {
         return Ok(Received::Eof);
     }
+    Ok(feed(tls, &chunk[..n], buf))
+}
+
+/// Feeds bytes read from the socket to the session and appends the plaintext they carry to
+/// `buf` (the in-memory half of [`read_some`], shared with the async client, which reads its
+/// socket its own way).
+pub(crate) fn feed(tls: &SharedTls, mut input: &[u8], buf: &mut BytesMut) -> Received {
     let mut state = lock(tls);
-    let mut input = &chunk[..n];
     while !input.is_empty() {
         if let Err(e) = state.conn.read_tls(&mut input) {
             // Only when rustls' own buffers are full, which processing after each piece rules out.
-            return Ok(Received::TlsFailed(rustls::Error::General(format!(
-                "read_tls: {e}"
-            ))));
+            return Received::TlsFailed(rustls::Error::General(format!("read_tls: {e}")));
         }
         let io_state = match state.conn.process_new_packets() {
             Ok(io_state) => io_state,
-            Err(e) => return Ok(Received::TlsFailed(e)),
+            Err(e) => return Received::TlsFailed(e),
         };
         if io_state.plaintext_bytes_to_read() > 0 {
             let mut reader = state.conn.reader();
@@ -82,9 +86,69 @@ pub(crate) fn read_some(
             break;
         }
     }
-    Ok(Received::Data {
+    Received::Data {
         tls_output: state.conn.wants_write(),
-    })
+    }
+}
+
+#[cfg(feature = "tokio")]
+/// True once the broker sent `close_notify` (every later read is the end of the stream).
+pub(crate) fn peer_closed(tls: &SharedTls) -> bool {
+    lock(tls).peer_closed
+}
+
+#[cfg(feature = "tokio")]
+/// Encrypts one whole frame and appends all its records to `records` (the async client's
+/// writer then writes them outside the session's lock).
+///
+/// # Errors
+/// `WriteZero` when rustls takes no plaintext (only before its handshake completes).
+pub(crate) fn encrypt_frame(
+    tls: &SharedTls,
+    frame: &Frame,
+    records: &mut Vec<u8>,
+) -> io::Result<()> {
+    let header = frame.header.encode();
+    let mut header_left: &[u8] = &header;
+    let mut payload_left: &[u8] = &frame.payload;
+    let mut state = lock(tls);
+    while !(header_left.is_empty() && payload_left.is_empty()) {
+        let accepted = state.conn.writer().write_vectored(&[
+            io::IoSlice::new(header_left),
+            io::IoSlice::new(payload_left),
+        ])?;
+        let from_header = accepted.min(header_left.len());
+        header_left = &header_left[from_header..];
+        payload_left = &payload_left[accepted - from_header..];
+        let before = records.len();
+        while state.conn.wants_write() {
+            state.conn.write_tls(records)?;
+        }
+        if accepted == 0 && records.len() == before {
+            return Err(io::Error::new(
+                io::ErrorKind::WriteZero,
+                "the TLS session took no plaintext",
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(feature = "tokio")]
+/// Appends the records the session holds (handshake flights, alerts, key updates) to `records`.
+pub(crate) fn append_records(tls: &SharedTls, records: &mut Vec<u8>) -> io::Result<()> {
+    let mut state = lock(tls);
+    while state.conn.wants_write() {
+        // Writing into a Vec cannot fail.
+        state.conn.write_tls(records)?;
+    }
+    Ok(())
+}
+
+#[cfg(feature = "tokio")]
+/// True while the TLS handshake is under way.
+pub(crate) fn is_handshaking(tls: &SharedTls) -> bool {
+    lock(tls).conn.is_handshaking()
 }
 
 /// Whether the session holds records to send (the writer lock's holder extracts them).
@@ -162,7 +226,7 @@ pub(crate) fn write_pending_records(
 ///
 /// # Errors
 /// [`Error::Tls`] when rustls refuses the broker (its certificate, its protocol; the alert is
-/// sent best effort), [`Error::Timeout`] past `deadline`, [`Error::Io`] on EOF or socket errors.
+/// sent best effort), [`Error::ConnectTimeout`] past `deadline`, [`Error::Io`] on EOF or socket errors.
 pub(crate) fn tls_handshake(
     stream: &mut TcpStream,
     tls: &SharedTls,
@@ -174,13 +238,13 @@ pub(crate) fn tls_handshake(
     let time_left = || {
         let left = deadline.saturating_duration_since(now());
         if left.is_zero() {
-            Err(Error::Timeout)
+            Err(Error::ConnectTimeout)
         } else {
             Ok(left)
         }
     };
     let io_error = |e: io::Error| match e.kind() {
-        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => Error::Timeout,
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => Error::ConnectTimeout,
         _ => Error::Io(e),
     };
     loop {
