@@ -50,7 +50,7 @@ fn options(token: Option<&str>) -> ClientOptions {
 #[track_caller]
 fn expect_unauthorized(result: Result<Client, Error>) {
     match result {
-        Err(e @ Error::Broker { .. }) => {
+        Err(e @ Error::Unauthorized) => {
             assert_eq!(e.code(), Some(ErrorCode::Unauthorized), "{e}");
             assert!(e.is_connection_fatal());
         }

@@ -347,7 +347,7 @@ fn incoming_request_is_answered_in_one_frame() {
     peer.expect_quiet();
     assert!(matches!(
         client.next_request(Some(Duration::from_millis(10))),
-        Err(Error::Timeout)
+        Err(Error::WaitElapsed)
     ));
 }
 

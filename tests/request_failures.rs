@@ -121,7 +121,10 @@ fn a_sender_disconnecting_cancels_its_requests() {
     // The waiting requests were dropped, not handed to the next receiver with credit.
     set_window(&late, 5);
     assert_err!(late.next_request(Some(QUIET)), Error::WaitElapsed);
-    assert_err!(holder.next_request(Some(Duration::ZERO)), Error::WaitElapsed);
+    assert_err!(
+        holder.next_request(Some(Duration::ZERO)),
+        Error::WaitElapsed
+    );
 
     drop((holder, late, sender));
     wait_idle(&handle);
