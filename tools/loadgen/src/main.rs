@@ -16,6 +16,7 @@
 #![deny(unsafe_code)]
 #![warn(unreachable_pub)]
 
+mod clients;
 mod nats;
 mod net;
 mod report;
@@ -62,6 +63,9 @@ enum Command {
     Scale(RunArgs),
     /// Every scenario in turn (rr-latency, rr-throughput, fanout, large, idle-conns, scale).
     All(RunArgs),
+    /// The Rust client libraries, blocking and async, side by side: sequential round trips and
+    /// pipelined requests on one connection (what an application pays for the library).
+    Clients(clients::ClientsArgs),
     /// Reads JSON lines written with --json and prints the switchyard vs NATS table.
     Compare {
         /// Files of JSON lines (every round, every back-end).
@@ -192,6 +196,15 @@ fn main() -> ExitCode {
         Command::IdleConns(a) => (&[Scenario::IdleConns], a),
         Command::Scale(a) => (&[Scenario::Scale], a),
         Command::All(a) => (&ALL, a),
+        Command::Clients(a) => {
+            return match clients::run(&a) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("loadgen clients: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
         Command::Compare { files } => {
             return match report::compare(&files) {
                 Ok(table) => {
