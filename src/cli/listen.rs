@@ -128,6 +128,7 @@ fn human_line(event: &Event) -> String {
         ),
         Event::Presence(PresenceEvent::Joined(peer)) => format!("joined {peer}"),
         Event::Presence(PresenceEvent::Left(peer)) => format!("left {peer}"),
+        Event::Presence(other) => format!("presence {other:?}"),
     }
 }
 
@@ -151,6 +152,8 @@ fn json_line(event: &Event) -> String {
         Event::Presence(PresenceEvent::Left(peer)) => {
             json!({"event": "left", "peer": peer.to_string()})
         }
+        // A kind of presence event added later: named, never dropped silently.
+        Event::Presence(other) => json!({"event": format!("{other:?}")}),
     };
     value.to_string()
 }

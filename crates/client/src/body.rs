@@ -101,6 +101,17 @@ impl IncomingRequest {
     /// Streams the response from `body`, split as request bodies are. The request body need not
     /// have been read; what is left of it is discarded.
     ///
+    /// ```no_run
+    /// use switchyard_client::{ChannelId, Client};
+    ///
+    /// let worker = Client::connect("127.0.0.1:7878", ChannelId::from_name("files")?)?;
+    /// worker.set_receive_window(1)?;
+    /// let request = worker.next_request(None)?;
+    /// let mut file = std::fs::File::open("report.pdf")?;
+    /// request.respond_with(&mut file)?; // streamed in frames of at most max_payload bytes
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
     /// # Errors
     /// [`Error::Cancelled`] when the sender cancelled first (sending stops), [`Error::Io`] with
     /// the reader's error (the response is cancelled), another per-request broker error, or a

@@ -13,6 +13,7 @@ use crate::{chan, timeout_ms, transport, ClientId, Error, RequestId};
 
 /// A change of the channel's peers.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[non_exhaustive]
 pub enum PresenceEvent {
     /// A peer joined the channel.
     Joined(ClientId),
@@ -34,6 +35,16 @@ pub struct Broadcast {
 impl Client {
     /// Sends `body` to every other peer of the channel and waits until all acknowledged
     /// (`timeout` `None`: the broker's default). Returns the number of peers that acknowledged.
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use switchyard_client::{ChannelId, Client};
+    ///
+    /// let client = Client::connect("127.0.0.1:7878", ChannelId::from_name("config")?)?;
+    /// let acked = client.broadcast(b"reload", Duration::from_secs(2))?;
+    /// println!("{acked} peers reloaded");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     ///
     /// # Errors
     /// [`Error::NoPeers`], [`Error::BroadcastIncomplete`] with the peers that did not ack,
@@ -114,6 +125,17 @@ impl Client {
     /// across a reconnect (broadcasts received but not handed out when the connection dropped
     /// are discarded: their ACK can no longer reach the broker).
     ///
+    /// ```no_run
+    /// use switchyard_client::{ChannelId, Client};
+    ///
+    /// let client = Client::connect("127.0.0.1:7878", ChannelId::from_name("config")?)?;
+    /// loop {
+    ///     let broadcast = client.next_broadcast(None)?; // acknowledged when handed out
+    ///     println!("{} says {:?}", broadcast.sender, String::from_utf8_lossy(&broadcast.body));
+    /// }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
     /// # Errors
     /// [`Error::WaitElapsed`] when none arrived in time, [`Error::ConnectionLost`] when the ACK
     /// could not be sent, or a connection-fatal error.
@@ -143,6 +165,21 @@ impl Client {
     /// Waits for the next presence change (`None`: wait forever). The wait goes on across a
     /// reconnect; after one, the difference between the old and the new WELCOME's peer lists is
     /// reported as `Left` / `Joined` events.
+    ///
+    /// ```no_run
+    /// use switchyard_client::{ChannelId, Client, PresenceEvent};
+    ///
+    /// let client = Client::connect("127.0.0.1:7878", ChannelId::from_name("orders")?)?;
+    /// println!("already here: {:?}", client.peers());
+    /// loop {
+    ///     match client.next_presence(None)? {
+    ///         PresenceEvent::Joined(peer) => println!("{peer} joined"),
+    ///         PresenceEvent::Left(peer) => println!("{peer} left"),
+    ///         other => println!("{other:?}"),
+    ///     }
+    /// }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     ///
     /// # Errors
     /// [`Error::WaitElapsed`] when none arrived in time, or a connection-fatal error.

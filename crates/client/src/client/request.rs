@@ -18,6 +18,16 @@ impl Client {
     /// Sends a request and waits for the whole response body. `timeout` is the request's
     /// timeout at the broker (`None`: the broker's default).
     ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use switchyard_client::{ChannelId, Client};
+    ///
+    /// let client = Client::connect("127.0.0.1:7878", ChannelId::from_name("orders")?)?;
+    /// let reply = client.request(b"order #1", Duration::from_secs(5))?;
+    /// println!("{}", String::from_utf8_lossy(&reply));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
     /// # Errors
     /// [`Error::NoReceiver`], [`Error::Timeout`], [`Error::PeerGone`], [`Error::Cancelled`], the
     /// other per-request broker errors as [`Error::Broker`], [`Error::ConnectionLost`] when the
@@ -46,6 +56,18 @@ impl Client {
     /// Returns once the whole request is sent *and* the response's START arrived, so the
     /// responder is known and an early failure (no receiver, timeout…) is this call's `Err`. If
     /// the response completes while the request is still being sent, sending stops there.
+    ///
+    /// ```no_run
+    /// use std::io::Read;
+    /// use switchyard_client::{ChannelId, Client, RequestOptions};
+    ///
+    /// let client = Client::connect("127.0.0.1:7878", ChannelId::from_name("files")?)?;
+    /// let mut body = std::fs::File::open("upload.bin")?; // streamed, never held whole
+    /// let mut response = client.request_with(&mut body, RequestOptions::default())?;
+    /// let mut reply = Vec::new();
+    /// response.read_to_end(&mut reply)?; // the response is a reader too
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     ///
     /// # Errors
     /// As [`Client::request`]; plus [`Error::Io`] with the body reader's error, in which case
@@ -117,6 +139,14 @@ impl Client {
     /// reconnecting (or when the connection drops during this call) it is recorded, `Ok`, and
     /// sent as soon as the link is back.
     ///
+    /// ```no_run
+    /// use switchyard_client::{ChannelId, Client};
+    ///
+    /// let worker = Client::connect("127.0.0.1:7878", ChannelId::from_name("orders")?)?;
+    /// worker.set_receive_window(4)?; // up to 4 requests assigned at once
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
     /// # Errors
     /// A connection-fatal error.
     pub fn set_receive_window(&self, window: u32) -> Result<(), Error> {
@@ -151,6 +181,19 @@ impl Client {
     /// Waits for the next request assigned to this client (`None`: wait forever). Requests are
     /// only assigned after [`Client::set_receive_window`] gave credit. The wait goes on across a
     /// reconnect.
+    ///
+    /// ```no_run
+    /// use switchyard_client::{ChannelId, Client};
+    ///
+    /// let worker = Client::connect("127.0.0.1:7878", ChannelId::from_name("orders")?)?;
+    /// worker.set_receive_window(1)?;
+    /// loop {
+    ///     let mut request = worker.next_request(None)?; // blocks until one is assigned
+    ///     let body = request.read_body()?;
+    ///     request.respond(&body.to_ascii_uppercase())?;
+    /// }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     ///
     /// # Errors
     /// [`Error::WaitElapsed`] when none arrived in time, or a connection-fatal error.
