@@ -52,7 +52,7 @@ use std::time::{Duration, Instant};
 use super::connection::{Encryption, IoConnection};
 use super::{tls, Listener, Server, CONN_OFFSET};
 use crate::ids::RequestId;
-use crate::protocol::{encode_error, ErrorCode, FrameType, Header};
+use crate::protocol::{encode_error, ErrorCode, FrameType, Header, MAX_HELLO_PAYLOAD};
 
 /// How one listener's accept loop ended.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -262,7 +262,8 @@ impl Server {
             stream,
             ip,
             encryption,
-            self.config.router.max_payload,
+            // Until its handshake (see `input.rs`): a HELLO is refused at the header beyond it.
+            self.config.router.max_payload.min(MAX_HELLO_PAYLOAD),
         ));
         *self.per_ip.entry(ip).or_default() += 1;
         self.sockets += 1;

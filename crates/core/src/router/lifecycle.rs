@@ -22,7 +22,8 @@ impl Router {
     pub fn handle_decode_error(&mut self, conn: ConnId, error: DecodeError, now: Instant) {
         self.now = self.now.max(now);
         log::debug!("{conn}: malformed input: {error}");
-        self.fail_connection(conn, error.code(), &error.to_string());
+        let text = self.decode_error_text(conn, error);
+        self.fail_connection(conn, error.code(), &text);
     }
 
     /// `conn` closed. Frees everything it owned and tells whoever waited on it. Idempotent:

@@ -45,6 +45,7 @@
 //! # Module map
 //! ```text
 //!   mod.rs         Router, its configuration, outputs and stats; the timers' dispatch
+//!   admission.rs   what a connection may cost before its handshake
 //!   dispatch.rs    input: a decoded frame checked against its connection's state and routed
 //!   connection.rs  one connection's lifecycle (AwaitingHello → Open → Closing), credit, pauses
 //!   lifecycle.rs   closing a connection and forgetting it (close_connection, handle_disconnect)
@@ -68,6 +69,7 @@
 //! - A receiver never holds more requests than its window.
 //! - When every connection has been disconnected, every count in [`RouterStats`] is zero.
 
+mod admission;
 mod broadcast;
 mod channel;
 mod connection;
