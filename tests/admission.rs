@@ -4,10 +4,13 @@
 //! - A HELLO announcing a payload beyond the pre-handshake limit (4 KiB) is refused at its
 //!   header with PAYLOAD_TOO_LARGE, before any of its payload is buffered: many connections
 //!   announcing 1 MiB HELLOs and stalling cost the broker next to nothing.
+//! - One local process holding 1 000 handshake-less connections locks no one out: the
+//!   unauthenticated budget evicts the oldest of them (HANDSHAKE_REQUIRED), and loopback is not
+//!   subject to the per-IP limit, so 50 legitimate clients all get in.
 
 use switchyard_testkit::{
     broker,
-    gauges::{wait_idle, with_peak_buffered},
+    gauges::{wait_for, wait_idle, with_peak_buffered},
     raw::RawPeer,
 };
 
@@ -57,4 +60,54 @@ fn a_hello_beyond_the_pre_handshake_limit_is_refused_at_its_header() {
     ok.hello(channel, ClientId::random());
     drop(ok);
     wait_idle(&handle);
+}
+
+/// Handshake-less connections of the one-box admission test.
+const IDLE: usize = 1_000;
+/// Legitimate clients that must all get in afterwards.
+const LEGITIMATE: usize = 50;
+
+#[test]
+fn a_thousand_handshake_less_connections_lock_no_local_client_out() {
+    let handle = broker::start();
+    let addr = handle.local_addr();
+    let budget = handle_budget();
+    let mut idle: Vec<RawPeer> = (0..IDLE)
+        .map(|i| RawPeer::named(addr, &format!("idle{i}")))
+        .collect();
+    wait_for(&handle, "every idle connection accepted", |s| {
+        s.accepted == IDLE as u64
+    });
+    // Every legitimate client gets in: the first one's connect evicts one more idle connection,
+    // and its HELLO frees the room the next one takes.
+    let mut legitimate: Vec<RawPeer> = (0..LEGITIMATE)
+        .map(|i| {
+            let mut peer = RawPeer::named(addr, &format!("legitimate{i}"));
+            peer.hello(ChannelId::random(), ClientId::random());
+            peer
+        })
+        .collect();
+    for peer in &mut legitimate {
+        peer.barrier();
+    }
+    let stats = handle.stats().unwrap();
+    assert_eq!(stats.refused, 0);
+    assert_eq!(stats.router.unauthenticated, budget - 1);
+    assert_eq!(
+        stats.router.unauthenticated_evicted,
+        (IDLE - budget + 1) as u64
+    );
+    // The oldest were evicted with a clear error; the newest are still open.
+    let body = idle[0].expect_fatal(ErrorCode::HandshakeRequired);
+    assert!(body.message.contains("oldest"), "{:?}", body.message);
+    idle[IDLE - 1].ping(7);
+    assert_eq!(idle[IDLE - 1].recv().header.frame_type, FrameType::Pong);
+    idle.clear();
+    legitimate.clear();
+    wait_idle(&handle);
+}
+
+/// The default unauthenticated budget (the test broker's).
+fn handle_budget() -> usize {
+    broker::config().router.max_unauthenticated
 }

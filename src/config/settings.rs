@@ -205,11 +205,19 @@ settings! {
         into: |s, c| s.max_connections = count(c.max_connections),
     }
 
-    /// Broker connections open at once from one IP address.
+    /// Broker connections open at once from one IP address (loopback is exempt).
     max_connections_per_ip: u64, "N" {
         default: |d| d.max_connections_per_ip as u64,
         accepted: up_to_key(1, "max_connections"),
         into: |s, c| s.max_connections_per_ip = count(c.max_connections_per_ip),
+    }
+
+    /// Connections awaiting their HELLO at once; one more evicts the oldest (HANDSHAKE_REQUIRED).
+    max_unauthenticated: u64, "N" {
+        default: |d| d.router.max_unauthenticated as u64,
+        // Above max_connections it is never reached (harmless), so no joint rule is needed.
+        accepted: range(1, 1_000_000),
+        into: |s, c| s.router.max_unauthenticated = count(c.max_unauthenticated),
     }
 
     /// Channels that may exist at once.

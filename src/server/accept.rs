@@ -2,12 +2,15 @@
 //! listener, registration), and what the loop does when `accept` fails for lack of resources.
 //!
 //! # Admission
-//! Beyond `max_connections` open connections, or `max_connections_per_ip` from one address, an
-//! accepted connection is refused: one ERROR LIMIT_EXCEEDED (nil request id) written straight to
+//! Beyond `max_connections` open connections, or `max_connections_per_ip` from one non-loopback
+//! address (loopback is exempt: every local client shares it; see [`is_loopback`]), an accepted
+//! connection is refused: one ERROR LIMIT_EXCEEDED (nil request id) written straight to
 //! the fresh socket (not for TLS: the peer could not read it), FIN, and close. The router never
 //! sees a refused connection. An admitted one is registered with the router first (its
 //! [`ConnId`](crate::ids::ConnId) names its slot in both connection tables), then with mio.
-//!//!
+//! Connections that have not said HELLO have their own budget in the router
+//! (`RouterConfig::max_unauthenticated`, oldest evicted first), from any address.
+//!
 //! # Descriptor (or memory) exhaustion
 //! When the process is out of file descriptors (`EMFILE`, `ENFILE`) or kernel memory
 //! (`ENOBUFS`, `ENOMEM`), `accept` fails and the connection stays in the kernel's backlog. The
@@ -203,6 +206,17 @@ impl Server {
     }
 }
 
+/// Whether `ip` is a loopback address (IPv4-mapped IPv6 loopback included): exempt from
+/// `max_connections_per_ip`.
+fn is_loopback(ip: std::net::IpAddr) -> bool {
+    match ip {
+        std::net::IpAddr::V4(v4) => v4.is_loopback(),
+        std::net::IpAddr::V6(v6) => {
+            v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
+    }
+}
+
 /// Admission.
 impl Server {
     fn accept(&mut self, mut stream: TcpStream, addr: SocketAddr, from: Listener, now: Instant) {
@@ -220,7 +234,11 @@ impl Server {
                 &format!("the broker has {max} connections"),
             );
         }
-        if from_ip >= self.config.max_connections_per_ip {
+        // Loopback is exempt: every local client shares its address, so a per-address limit
+        // there would be a limit on the whole box (`max_connections` already is one) that one
+        // local process could fill. Unauthenticated floods are bounded by the router's own
+        // budget, oldest evicted first, wherever they come from.
+        if !is_loopback(ip) && from_ip >= self.config.max_connections_per_ip {
             let max = self.config.max_connections_per_ip;
             return self.refuse(
                 stream,

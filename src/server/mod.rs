@@ -44,7 +44,7 @@
 //!
 //! # Connection limits
 //! Beyond [`ServerConfig::max_connections`] open connections, or
-//! [`ServerConfig::max_connections_per_ip`] from one address, an accepted connection gets one
+//! [`ServerConfig::max_connections_per_ip`] from one non-loopback address, an accepted connection gets one
 //! ERROR LIMIT_EXCEEDED (nil request id), written straight to the fresh socket, and is closed
 //! at once; the router never sees it. Accepting it (rather than leaving it in the backlog) keeps
 //! the edge-triggered listener drained, so a flood of connections never makes the loop spin.
@@ -122,6 +122,8 @@ pub struct ServerConfig {
     /// request id) and closed at once, so the backlog drains and the listener never spins.
     pub max_connections: usize,
     /// Broker connections open at once from one IP address; beyond it, as `max_connections`.
+    /// Loopback addresses are exempt (every local client shares them; `max_connections` bounds
+    /// them all, and `RouterConfig::max_unauthenticated` bounds handshake-less floods).
     pub max_connections_per_ip: usize,
     /// A second listener for TLS connections; `None` (the default) listens for plain TCP only.
     /// Its connections count in the same limits as the plain listener's.

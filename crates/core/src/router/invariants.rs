@@ -8,6 +8,7 @@ impl Router {
     /// For tests (cost is linear in the state).
     #[doc(hidden)]
     pub fn check_invariants(&self) {
+        self.check_admission_invariants();
         let mut held = 0;
         for (key, request) in self.requests.iter() {
             assert_eq!(

@@ -42,6 +42,9 @@ impl Router {
         }
         self.release_connection(conn);
         if let Some(mut c) = self.conns.remove(conn) {
+            if c.is_awaiting_hello() {
+                self.left_awaiting_hello();
+            }
             if let Some(timer) = c.liveness_mut().take_timer() {
                 self.wheel.remove(timer);
             }
@@ -71,6 +74,7 @@ impl Router {
         if c.is_closing() {
             return;
         }
+        let awaiting_hello = c.is_awaiting_hello();
         if let Some((code, text)) = error {
             // One info line per connection event: a refused handshake is one; a misbehaving
             // established peer is a debug line (its close gets the server's info line).
@@ -83,6 +87,9 @@ impl Router {
                 log::debug!("{}: closing on {code:?}: {text}", c.describe());
             }
             self.send_error(conn, code, RequestId::NIL, text);
+        }
+        if awaiting_hello {
+            self.left_awaiting_hello();
         }
         self.release_connection(conn);
         match self.conns.get_mut(conn).map(|c| c.close()) {

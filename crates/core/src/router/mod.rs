@@ -142,6 +142,9 @@ pub struct RouterConfig {
     /// A connection that has not completed its handshake this long after its accept is closed
     /// with `HandshakeRequired` (slowloris); zero disables the limit.
     pub handshake_timeout: Duration,
+    /// Connections awaiting their hello (unauthenticated) at once; when one more is accepted,
+    /// the oldest of them gets `HandshakeRequired` and is closed (see `admission.rs`). At least 1.
+    pub max_unauthenticated: usize,
     /// Access tokens a HELLO must carry (its payload) to join a channel; empty: none needed.
     /// A missing or wrong token gets `Unauthorized` and is closed before anything is learnt
     /// about the channel.
@@ -169,6 +172,10 @@ impl Default for RouterConfig {
             max_in_flight_per_connection: 10_000,
             // The heartbeat's default interval: an honest client sends HELLO right after connect.
             handshake_timeout: Duration::from_secs(10),
+            // An honest client is unauthenticated for one round trip: 256 handshakes in flight
+            // at once is far above any real connect storm of one broker, and 256 stalled
+            // connections cost ~1 MiB at most (4 KiB each, see `MAX_HELLO_PAYLOAD`).
+            max_unauthenticated: 256,
             tokens: Tokens::default(),
         }
     }
@@ -221,6 +228,13 @@ pub struct RouterStats {
     pub takeovers: u64,
     /// Cumulative: handshakes refused.
     pub handshake_failures: u64,
+    /// Connections awaiting their hello (unauthenticated).
+    pub unauthenticated: usize,
+    /// Cumulative: unauthenticated connections closed to make room for a newer one.
+    pub unauthenticated_evicted: u64,
+    /// Cumulative: channels with only departed peers (ghosts) dropped before their grace
+    /// period ended, to make room for a new channel at `max_channels`.
+    pub ghost_channels_evicted: u64,
     /// Cumulative: frames queued to connections.
     pub frames_out: u64,
     /// Cumulative: bytes written to connections.
@@ -283,6 +297,8 @@ pub struct Router {
     errors_by_code: HashMap<u16, u64>,
     /// Outbound buffers of connections with nothing queued (see `pool.rs`).
     outbound_pool: BufferPool,
+    /// Admission (see `admission.rs`).
+    admission: admission::Admission,
 }
 
 impl Router {
@@ -309,6 +325,7 @@ impl Router {
             // 256 warm buffers of up to 64 KiB: at most 16 MiB retained, whatever the number of
             // connections; new ones start at 4 KiB (dozens of small frames per turn).
             outbound_pool: BufferPool::new(256, 4 * 1024, 64 * 1024),
+            admission: admission::Admission::default(),
         }
     }
 
@@ -323,6 +340,7 @@ impl Router {
         let conn = self.conns.insert_with(Connection::new);
         self.arm_heartbeat(conn, now);
         self.arm_handshake_timeout(conn, now);
+        self.admit_unauthenticated(conn);
         conn
     }
 
@@ -420,6 +438,7 @@ impl Router {
             .filter(|(_, c)| c.is_read_paused())
             .count();
         stats.ghosts = self.ghost_timers();
+        stats.unauthenticated = self.admission.unauthenticated;
         stats
     }
 

@@ -65,6 +65,12 @@ impl Router {
         } else {
             frame.header.client_id
         };
+        if !self.channels.contains_key(&channel_id)
+            && self.channels.len() >= self.config.max_channels
+        {
+            // Ghosts do not block new channels: a channel kept only by departed peers makes room.
+            self.evict_ghost_channel();
+        }
         if let Some(text) = self.hello_limit_reached(channel_id, client) {
             self.counters.handshake_failures += 1;
             return self.fail_connection(conn, ErrorCode::LimitExceeded, &text);
@@ -103,8 +109,10 @@ impl Router {
         match self.conns.get_mut(conn).map(|c| c.open(channel_id, client)) {
             Some(Ok(Some(timer))) => {
                 self.wheel.remove(timer);
+                self.left_awaiting_hello();
             }
-            Some(Ok(None)) | None => {}
+            Some(Ok(None)) => self.left_awaiting_hello(),
+            None => {}
             Some(Err(e)) => {
                 log::debug!("{conn}: {e}");
                 debug_assert!(false, "{conn}: {e}");
@@ -234,6 +242,9 @@ impl Router {
             let target = TimerTarget::Ghost(channel_id, client);
             let timer = insert_timer(&mut self.wheel, deadline, target);
             channel.ghosts.push(Ghost { client, timer });
+            if channel.members.is_empty() {
+                self.note_ghost_only(channel_id);
+            }
         } else {
             self.announce(conn, channel_id, FrameType::PeerLeft, client);
         }

@@ -2,6 +2,7 @@
 
 mod harness;
 
+mod admission;
 mod auth;
 mod broadcast;
 mod flow_control;
