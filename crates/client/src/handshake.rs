@@ -28,6 +28,9 @@ pub(crate) struct Joined {
     pub(crate) limits: Limits,
     pub(crate) peers: Vec<ClientId>,
     pub(crate) peer_addr: SocketAddr,
+    /// The resume secret of the WELCOME (its request id field): what a reconnect presents to
+    /// take its client id back (PROTOCOL.md §5). Nil from a broker that gives none.
+    pub(crate) resume: RequestId,
 }
 
 impl Joined {
@@ -45,7 +48,8 @@ impl Joined {
 }
 
 /// Connects to `addrs`, runs the TLS handshake (with [`ClientOptions::tls`]), sends HELLO with
-/// `requested` (nil: assign one) for `channel`, and waits for the WELCOME, all within
+/// `requested` (nil: assign one) for `channel` presenting `resume` (the resume secret of an
+/// earlier WELCOME; nil for none) in its request id field, and waits for the WELCOME, all within
 /// `options.connect_timeout`. `on_connected` sees the stream once the TCP connection is up (its
 /// error aborts the attempt).
 ///
@@ -55,6 +59,7 @@ pub(crate) fn handshake(
     addrs: &[SocketAddr],
     channel: ChannelId,
     requested: ClientId,
+    resume: RequestId,
     options: &ClientOptions,
     on_connected: &dyn Fn(&TcpStream) -> Result<(), Error>,
 ) -> Result<Joined, Error> {
@@ -84,7 +89,7 @@ pub(crate) fn handshake(
     let hello = hello_ids.frame(
         FrameType::Hello,
         Flags::NONE,
-        RequestId::NIL,
+        resume,
         0,
         false,
         options
@@ -172,5 +177,6 @@ pub(crate) fn handshake(
         },
         peers: welcome.peers,
         peer_addr,
+        resume: header.request_id,
     })
 }

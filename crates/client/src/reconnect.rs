@@ -322,6 +322,7 @@ impl Shared {
             &self.addrs,
             self.ids.channel,
             self.ids.client,
+            self.resume,
             &self.options,
             &register,
         );

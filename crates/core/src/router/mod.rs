@@ -56,6 +56,7 @@
 //!   request/       request/reply: routing (mod.rs) and one request's state machine (state.rs)
 //!   broadcast.rs   broadcasts and their acks
 //!   heartbeat.rs   liveness: pings and the silent-connection close
+//!   scope.rs       request ids scoped per sender: routes and aliases
 //!   shutdown.rs    graceful shutdown
 //!   store.rs       generation-checked slabs (connections keyed by ConnId itself)
 //!   invariants.rs  the cross-structure checks the tests run after every step
@@ -80,6 +81,7 @@ mod lifecycle;
 mod outbound;
 mod presence;
 mod request;
+mod scope;
 mod send;
 mod shutdown;
 mod store;
@@ -274,8 +276,11 @@ pub struct Router {
     channels: HashMap<ChannelId, Channel>,
     requests: Store<Request>,
     broadcasts: Store<Broadcast>,
-    /// Every request and broadcast in flight, by its wire id.
+    /// Every request and broadcast in flight, by its route: the id its receiver and peers see
+    /// (see `scope.rs`).
     streams: HashMap<RequestId, StreamKey>,
+    /// Streams whose route is not their sender's id, by (sender, id) (see `scope.rs`).
+    aliases: HashMap<(ConnId, RequestId), StreamKey>,
     wheel: TimerWheel<TimerTarget>,
     outputs: VecDeque<Output>,
     /// Sum of every outbound queue's length, kept incrementally.
@@ -312,6 +317,7 @@ impl Router {
             requests: Store::with_capacity(1024),
             broadcasts: Store::with_capacity(64),
             streams: HashMap::with_capacity(1024),
+            aliases: HashMap::new(),
             wheel: TimerWheel::with_capacity(1024),
             outputs: VecDeque::with_capacity(256),
             outbound_bytes: 0,
