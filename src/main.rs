@@ -64,7 +64,15 @@ fn main() -> ExitCode {
         Some(addr) => log::info!("metrics on http://{addr}/metrics"),
         None => log::info!("metrics off"),
     }
-    match server.run() {
+    // SIGHUP re-reads the configuration file (flags still win) and applies what can change
+    // live: access tokens and admission limits (`Server::reload`).
+    let reload = || match &args.config {
+        None => Ok(None),
+        Some(_) => effective_config(&args)
+            .map(|config| Some(config.server_config()))
+            .map_err(|e| e.to_string()),
+    };
+    match server.run_with_reload(reload) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             log::error!("poll loop failed: {e}");

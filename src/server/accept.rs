@@ -1,6 +1,11 @@
 //! Accepting connections: admission (the connection limits, a TLS session for the TLS
 //! listener, registration), and what the loop does when `accept` fails for lack of resources.
 //!
+//! # During a graceful shutdown
+//! The listeners stay registered while the broker drains: every connection accepted then gets
+//! one ERROR GOING_AWAY (nil request id) on the fresh socket and is closed, like a refusal over a
+//! limit (PROTOCOL.md §8.1), instead of sitting unanswered in the backlog until the process exits.
+//!
 //! # Admission
 //! Beyond `max_connections` open connections, or `max_connections_per_ip` from one non-loopback
 //! address (loopback is exempt: every local client shares it; see [`is_loopback`]), an accepted
@@ -110,11 +115,6 @@ impl Server {
         let Some(starved) = &self.accept_starved else {
             return;
         };
-        if self.shutting_down {
-            // The listeners are deregistered: nothing more is accepted.
-            self.accept_starved = None;
-            return;
-        }
         if self.stats.closed > starved.closed_seen || now >= starved.retry_at {
             let listeners = [Listener::Plain, Listener::Tls];
             for from in listeners {
@@ -225,6 +225,15 @@ impl Server {
         }
         let ip = addr.ip();
         let from_ip = self.per_ip.get(&ip).copied().unwrap_or(0);
+        if self.shutting_down {
+            return self.refuse_with(
+                ErrorCode::GoingAway,
+                stream,
+                addr,
+                from,
+                "the broker is shutting down",
+            );
+        }
         if self.sockets >= self.config.max_connections {
             let max = self.config.max_connections;
             return self.refuse(
@@ -297,7 +306,21 @@ impl Server {
 
     /// Refuses an accepted connection over a connection limit: one ERROR LIMIT_EXCEEDED (nil
     /// request id), best effort, then close. The router never sees it.
-    fn refuse(&mut self, mut stream: TcpStream, addr: SocketAddr, from: Listener, text: &str) {
+    fn refuse(&mut self, stream: TcpStream, addr: SocketAddr, from: Listener, text: &str) {
+        self.refuse_with(ErrorCode::LimitExceeded, stream, addr, from, text);
+    }
+
+    /// Refuses an accepted connection with one connection-fatal ERROR `code` (nil request id),
+    /// best effort, then close: over a limit (LIMIT_EXCEEDED), or during a graceful shutdown
+    /// (GOING_AWAY). The router never sees it.
+    fn refuse_with(
+        &mut self,
+        code: ErrorCode,
+        mut stream: TcpStream,
+        addr: SocketAddr,
+        from: Listener,
+        text: &str,
+    ) {
         use std::io::{Read, Write};
         self.stats.refused += 1;
         // A debug line and a counter, not an info line: a connection flood must not flood the log.
@@ -307,7 +330,7 @@ impl Server {
             // during its handshake. Dropping the stream closes it.
             return;
         }
-        let payload = encode_error(ErrorCode::LimitExceeded as u16, text, &[]);
+        let payload = encode_error(code as u16, text, &[]);
         let header = Header {
             request_id: RequestId::NIL,
             is_final: true,

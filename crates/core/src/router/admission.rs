@@ -157,6 +157,24 @@ impl Router {
         false
     }
 
+    /// Applies the settings of `new` that are safe to change while running: `tokens` (each new
+    /// HELLO is checked against them; connected clients stay), `max_unauthenticated`,
+    /// `max_channels`, `max_peers_per_channel`, `max_in_flight_per_connection`,
+    /// `max_waiting_per_channel` and `handshake_timeout` (each checked when a connection,
+    /// HELLO or START arrives: a lowered limit undoes nothing already admitted). The rest of
+    /// `new` is ignored: sizes, timeouts and intervals are announced in WELCOMEs or shape state
+    /// in place, and change only with a restart.
+    pub fn reload(&mut self, new: &super::RouterConfig) {
+        let config = &mut self.config;
+        config.tokens = new.tokens.clone();
+        config.max_unauthenticated = new.max_unauthenticated;
+        config.max_channels = new.max_channels;
+        config.max_peers_per_channel = new.max_peers_per_channel;
+        config.max_in_flight_per_connection = new.max_in_flight_per_connection;
+        config.max_waiting_per_channel = new.max_waiting_per_channel;
+        config.handshake_timeout = new.handshake_timeout;
+    }
+
     /// The admission invariants (tests only; linear).
     pub(super) fn check_admission_invariants(&self) {
         let awaiting: Vec<ConnId> = self

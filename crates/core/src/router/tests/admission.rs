@@ -103,3 +103,17 @@ fn ghost_only_channels_make_room_for_new_channels() {
     h.advance(1_000);
     h.assert_empty();
 }
+
+#[test]
+fn a_graceful_shutdown_tells_connections_awaiting_their_hello_going_away() {
+    let mut h = Harness::new();
+    let (member, _) = h.join(channel(1), client(1));
+    let waiting = h.connect();
+    h.router.begin_shutdown(h.now, Duration::from_secs(5));
+    h.advance(0); // polls the outputs
+                  // PROTOCOL.md §8.1: every connection is told, the one without a handshake included (and
+                  // closed: it has nothing in flight).
+    h.expect_closed_with(waiting, ErrorCode::GoingAway);
+    h.expect_closed_with(member, ErrorCode::GoingAway);
+    assert!(h.router.is_shut_down());
+}
