@@ -114,9 +114,18 @@ fn frames_for_another_connections_request_are_unknown_request() {
             intruder.send_stream(kind, flags, id, seq, fin, b"intrusion");
             intruder.expect_error(ErrorCode::UnknownRequest, id);
         }
-        // Reusing the id for a START of its own while it is in flight.
-        intruder.request(id, 1_000, b"mine now");
-        intruder.expect_error(ErrorCode::DuplicateRequest, id);
+        // Reusing the id for a START of its own while it is in flight: its own request (ids are
+        // scoped per sender), not DUPLICATE_REQUEST — it learns nothing of the other. The only
+        // receiver is busy, so NO_WAIT answers at once.
+        intruder.send_stream(
+            FrameType::Start,
+            Flags::REQUEST | Flags::NO_WAIT,
+            id,
+            0,
+            true,
+            b"mine",
+        );
+        intruder.expect_error(ErrorCode::NoReceiver, id);
         intruder.barrier();
 
         // Each side may only play its own part: the sender cannot respond, the receiver cannot

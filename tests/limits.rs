@@ -73,17 +73,33 @@ fn connections_beyond_max_connections_are_refused_with_limit_exceeded() {
     assert_eq!(stats.refused, 3);
 }
 
+/// A non-loopback address of this machine (the one it would route to a documentation address
+/// from; no packet is sent), if it has one.
+fn non_loopback_address() -> Option<std::net::IpAddr> {
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    socket.connect("192.0.2.1:9").ok()?;
+    let ip = socket.local_addr().ok()?.ip();
+    (!ip.is_loopback() && !ip.is_unspecified()).then_some(ip)
+}
+
 #[test]
 fn connections_beyond_max_connections_per_ip_are_refused() {
+    // Loopback is exempt from the per-address limit (`loopback_is_exempt_from_the_per_ip_limit`):
+    // the limit needs a non-loopback address of this machine.
+    let Some(ip) = non_loopback_address() else {
+        eprintln!("no non-loopback address on this machine: the per-IP refusal is not exercised");
+        return;
+    };
     let handle = start_with(ServerConfig {
+        listen: std::net::SocketAddr::new(ip, 0),
         max_connections_per_ip: 2,
         ..config()
     });
     let addr = handle.local_addr();
     let (mut a, mut b) = bystanders(addr);
-    let mut third = RawPeer::named(addr, "third-from-loopback");
+    let mut third = RawPeer::named(addr, "third-from-the-same-address");
     let text = expect_refused(&mut third);
-    assert!(text.contains("127.0.0.1"), "{text}");
+    assert!(text.contains(&ip.to_string()), "{text}");
     a.barrier();
     b.barrier();
     let gone = b.client;
@@ -95,6 +111,25 @@ fn connections_beyond_max_connections_per_ip_are_refused() {
     a.expect_presence(FrameType::PeerJoined, again.client);
     assert_eq!(handle.stats().unwrap().refused, 1);
     drop((a, again));
+    wait_idle(&handle);
+}
+
+#[test]
+fn loopback_is_exempt_from_the_per_ip_limit() {
+    // Every local client shares 127.0.0.1: a per-address limit there would cap a one-box
+    // deployment and let one local process lock the others out (issue 10 item 7).
+    let handle = start_with(ServerConfig {
+        max_connections_per_ip: 2,
+        ..config()
+    });
+    let addr = handle.local_addr();
+    let (mut a, mut b) = bystanders(addr);
+    let mut third = RawPeer::named(addr, "third-from-loopback");
+    third.hello(a.channel, ClientId::random());
+    a.expect_presence(FrameType::PeerJoined, third.client);
+    b.expect_presence(FrameType::PeerJoined, third.client);
+    assert_eq!(handle.stats().unwrap().refused, 0);
+    drop((a, b, third));
     wait_idle(&handle);
 }
 

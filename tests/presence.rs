@@ -197,9 +197,10 @@ fn nil_hello_gets_a_broker_assigned_client_id() {
     assert_eq!(welcome.peers, vec![first.client]);
     first.expect_presence(FrameType::PeerJoined, second.client);
 
-    // The assigned id is really the client's: a HELLO naming it takes the connection over.
+    // The assigned id is really the client's: a HELLO naming it (with its resume secret) takes
+    // the connection over.
     let mut successor = RawPeer::named(addr, "successor");
-    successor.hello(channel, first.client);
+    successor.hello_resuming(channel, first.client, first.resume);
     first.expect_fatal(switchyard::protocol::ErrorCode::Replaced);
     let mut first = successor;
 

@@ -28,15 +28,16 @@ fn hundreds_of_rapid_reconnects_are_invisible_to_the_other_peers() {
     let flapper = ClientId::random();
     let mut current = RawPeer::named(addr, "flapper-0");
     current.hello(channel, flapper);
+    let secret = current.resume;
     for cycle in 1..=300 {
         let mut next = RawPeer::named(addr, "flapper-n");
         if cycle % 2 == 0 {
             // Close first, then come back.
             drop(current);
-            next.hello(channel, flapper);
+            next.hello_resuming(channel, flapper, secret);
         } else {
             // Come back first: the old connection is taken over.
-            next.hello(channel, flapper);
+            next.hello_resuming(channel, flapper, secret);
             current.expect_fatal(ErrorCode::Replaced);
         }
         current = next;
@@ -76,8 +77,11 @@ fn a_taken_over_client_fails_its_in_flight_work_and_the_successor_serves() {
     let channel = ChannelId::random();
     let sender = Client::connect(addr, channel).expect("sender");
     let receiver_id = ClientId::random();
+    // The successor is another Client (a restarted process): it proves it is the same client
+    // with the resume secret both are configured with.
     let options = ClientOptions {
         client_id: Some(receiver_id),
+        resume_secret: Some(*ClientId::random().as_bytes()),
         ..ClientOptions::default()
     };
     let old = Client::connect_with(addr, channel, options.clone()).expect("old receiver");

@@ -176,7 +176,9 @@ fn worked_example_frames_in_order() {
     assert_eq!(frames[0].header.timeout_ms, 0);
 
     // 2. broker → B: WELCOME, no peers.
-    check(&frames[1], FrameType::Welcome, none, CLIENT_B, nil);
+    // Its request id field is B's resume secret (§5).
+    let secret_b = RequestId::from_bytes([0x5b; 16]);
+    check(&frames[1], FrameType::Welcome, none, CLIENT_B, secret_b);
     assert_eq!(WelcomeBody::decode(&frames[1].payload), Ok(welcome(vec![])));
 
     // 3. B → broker: RECEIVE(1).
@@ -188,7 +190,8 @@ fn worked_example_frames_in_order() {
     assert!(frames[3].payload.is_empty());
 
     // 5. broker → A: WELCOME listing B.
-    check(&frames[4], FrameType::Welcome, none, CLIENT_A, nil);
+    let secret_a = RequestId::from_bytes([0x5a; 16]);
+    check(&frames[4], FrameType::Welcome, none, CLIENT_A, secret_a);
     assert_eq!(
         WelcomeBody::decode(&frames[4].payload),
         Ok(welcome(vec![CLIENT_B]))

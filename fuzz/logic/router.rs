@@ -46,6 +46,8 @@ fn config() -> RouterConfig {
         max_peers_per_channel: 5,
         max_in_flight_per_connection: 5,
         handshake_timeout: Duration::from_millis(1_000),
+        // Fewer than MAX_CONNS: evicting the oldest connection awaiting its hello is reached.
+        max_unauthenticated: 3,
         ..RouterConfig::default()
     }
 }

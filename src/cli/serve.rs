@@ -1,5 +1,5 @@
 //! `switchyard serve` (and `switchyard` with no subcommand): the broker. Configuration, logger,
-//! `Server::bind(..)?.run()`.
+//! `Server::bind(..)?.run_with_reload(..)` (SIGHUP re-reads `--config`).
 
 use clap::Args;
 use std::path::PathBuf;
@@ -63,7 +63,15 @@ pub(crate) fn run(args: &ServeArgs) -> Outcome {
         Some(addr) => log::info!("metrics on http://{addr}/metrics"),
         None => log::info!("metrics off"),
     }
-    match server.run() {
+    // SIGHUP re-reads the configuration file (flags still win) and applies what can change
+    // live: access tokens and admission limits (`Server::reload`).
+    let reload = || match &args.config {
+        None => Ok(None),
+        Some(_) => effective_config(args)
+            .map(|config| Some(config.server_config()))
+            .map_err(|e| e.to_string()),
+    };
+    match server.run_with_reload(reload) {
         Ok(()) => Outcome::Ok,
         Err(e) => {
             log::error!("poll loop failed: {e}");

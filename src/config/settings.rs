@@ -32,7 +32,7 @@ use super::addr::LISTEN_ADDR_FORMS;
 use super::setting::{below_key, range, settings, up_to_key, Accepted, Size};
 use super::{ConfigError, DEFAULT_METRICS_LISTEN};
 use crate::auth::{AccessToken, REDACTED};
-use crate::protocol::MAX_PAYLOAD_CEILING;
+use crate::protocol::{MAX_HELLO_PAYLOAD, MAX_PAYLOAD_CEILING};
 
 /// A duration as whole milliseconds (the defaults are whole milliseconds).
 fn ms(duration: Duration) -> u64 {
@@ -207,11 +207,19 @@ settings! {
         into: |s, c| s.max_connections = count(c.max_connections),
     }
 
-    /// Broker connections open at once from one IP address.
+    /// Broker connections open at once from one IP address (loopback is exempt).
     max_connections_per_ip: u64, "N" {
         default: |d| d.max_connections_per_ip as u64,
         accepted: up_to_key(1, "max_connections"),
         into: |s, c| s.max_connections_per_ip = count(c.max_connections_per_ip),
+    }
+
+    /// Connections awaiting their HELLO at once; one more evicts the oldest (HANDSHAKE_REQUIRED).
+    max_unauthenticated: u64, "N" {
+        default: |d| d.router.max_unauthenticated as u64,
+        // Above max_connections it is never reached (harmless), so no joint rule is needed.
+        accepted: range(1, 1_000_000),
+        into: |s, c| s.router.max_unauthenticated = count(c.max_unauthenticated),
     }
 
     /// Channels that may exist at once.
@@ -257,7 +265,7 @@ settings! {
     #[serde(skip_serializing)]
     auth_token: Option<AccessToken>, "TOKEN" {
         default: |d| d.router.tokens.broker.clone(),
-        accepted: Accepted::Rule("1 ..= max-payload bytes", |c, key| match &c.auth_token {
+        accepted: Accepted::Rule("1 ..= 4096 bytes (and at most max-payload)", |c, key| match &c.auth_token {
             Some(token) => check_token(c, key, token),
             None => Ok(()),
         }),
@@ -270,7 +278,7 @@ settings! {
         // The server's are keyed by ChannelId, and it has none by default.
         default: |_| BTreeMap::new(),
         accepted: Accepted::Rule(
-            "a non-nil channel UUID = 1 ..= max-payload bytes",
+            "a non-nil channel UUID = 1 ..= 4096 bytes (and at most max-payload)",
             check_channel_tokens,
         ),
         into: |_, _| {}, // part of auth_token's `tokens`
@@ -289,7 +297,9 @@ fn check_log_level(config: &BrokerConfig, key: &'static str) -> Result<(), Confi
     }
 }
 
-/// A token travels as a HELLO payload, so it fits in `max_payload`; and it is not the
+/// A token travels as a HELLO payload, so it fits in `max_payload` and in the payload limit
+/// before the handshake ([`MAX_HELLO_PAYLOAD`], 4 KiB: a longer HELLO is refused at its header,
+/// so a longer token could never be presented); and it is not the
 /// placeholder `--print-config` shows in its place, which a printed configuration fed back with
 /// its token lines uncommented would otherwise make the token.
 fn check_token(
@@ -300,12 +310,15 @@ fn check_token(
     if token.matches(REDACTED.as_bytes()) {
         return Err(ConfigError::RedactedToken { key });
     }
-    if token.is_empty() || token.len() as u64 > config.max_payload.0 {
+    let max = config.max_payload.0.min(u64::from(MAX_HELLO_PAYLOAD));
+    if token.is_empty() || token.len() as u64 > max {
         return Err(ConfigError::OutOfRange {
             key,
             // Never the token itself.
             value: format!("a token of {} bytes", token.len()),
-            accepted: format!("1 ..= max_payload ({}) bytes", config.max_payload.0),
+            accepted: format!(
+                "1 ..= {max} bytes (the smaller of max_payload and {MAX_HELLO_PAYLOAD})"
+            ),
         });
     }
     Ok(())

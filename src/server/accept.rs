@@ -1,13 +1,21 @@
 //! Accepting connections: admission (the connection limits, a TLS session for the TLS
 //! listener, registration), and what the loop does when `accept` fails for lack of resources.
 //!
+//! # During a graceful shutdown
+//! The listeners stay registered while the broker drains: every connection accepted then gets
+//! one ERROR GOING_AWAY (nil request id) on the fresh socket and is closed, like a refusal over a
+//! limit (PROTOCOL.md §8.1), instead of sitting unanswered in the backlog until the process exits.
+//!
 //! # Admission
-//! Beyond `max_connections` open connections, or `max_connections_per_ip` from one address, an
-//! accepted connection is refused: one ERROR LIMIT_EXCEEDED (nil request id) written straight to
+//! Beyond `max_connections` open connections, or `max_connections_per_ip` from one non-loopback
+//! address (loopback is exempt: every local client shares it; see [`is_loopback`]), an accepted
+//! connection is refused: one ERROR LIMIT_EXCEEDED (nil request id) written straight to
 //! the fresh socket (not for TLS: the peer could not read it), FIN, and close. The router never
 //! sees a refused connection. An admitted one is registered with the router first (its
 //! [`ConnId`](crate::ids::ConnId) names its slot in both connection tables), then with mio.
-//!//!
+//! Connections that have not said HELLO have their own budget in the router
+//! (`RouterConfig::max_unauthenticated`, oldest evicted first), from any address.
+//!
 //! # Descriptor (or memory) exhaustion
 //! When the process is out of file descriptors (`EMFILE`, `ENFILE`) or kernel memory
 //! (`ENOBUFS`, `ENOMEM`), `accept` fails and the connection stays in the kernel's backlog. The
@@ -52,7 +60,7 @@ use std::time::{Duration, Instant};
 use super::connection::{Encryption, IoConnection};
 use super::{tls, Listener, Server, CONN_OFFSET};
 use crate::ids::RequestId;
-use crate::protocol::{encode_error, ErrorCode, FrameType, Header};
+use crate::protocol::{encode_error, ErrorCode, FrameType, Header, MAX_HELLO_PAYLOAD};
 
 /// How one listener's accept loop ended.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -107,11 +115,6 @@ impl Server {
         let Some(starved) = &self.accept_starved else {
             return;
         };
-        if self.shutting_down {
-            // The listeners are deregistered: nothing more is accepted.
-            self.accept_starved = None;
-            return;
-        }
         if self.stats.closed > starved.closed_seen || now >= starved.retry_at {
             let listeners = [Listener::Plain, Listener::Tls];
             for from in listeners {
@@ -203,6 +206,17 @@ impl Server {
     }
 }
 
+/// Whether `ip` is a loopback address (IPv4-mapped IPv6 loopback included): exempt from
+/// `max_connections_per_ip`.
+fn is_loopback(ip: std::net::IpAddr) -> bool {
+    match ip {
+        std::net::IpAddr::V4(v4) => v4.is_loopback(),
+        std::net::IpAddr::V6(v6) => {
+            v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
+    }
+}
+
 /// Admission.
 impl Server {
     fn accept(&mut self, mut stream: TcpStream, addr: SocketAddr, from: Listener, now: Instant) {
@@ -211,6 +225,15 @@ impl Server {
         }
         let ip = addr.ip();
         let from_ip = self.per_ip.get(&ip).copied().unwrap_or(0);
+        if self.shutting_down {
+            return self.refuse_with(
+                ErrorCode::GoingAway,
+                stream,
+                addr,
+                from,
+                "the broker is shutting down",
+            );
+        }
         if self.sockets >= self.config.max_connections {
             let max = self.config.max_connections;
             return self.refuse(
@@ -220,7 +243,11 @@ impl Server {
                 &format!("the broker has {max} connections"),
             );
         }
-        if from_ip >= self.config.max_connections_per_ip {
+        // Loopback is exempt: every local client shares its address, so a per-address limit
+        // there would be a limit on the whole box (`max_connections` already is one) that one
+        // local process could fill. Unauthenticated floods are bounded by the router's own
+        // budget, oldest evicted first, wherever they come from.
+        if !is_loopback(ip) && from_ip >= self.config.max_connections_per_ip {
             let max = self.config.max_connections_per_ip;
             return self.refuse(
                 stream,
@@ -262,7 +289,8 @@ impl Server {
             stream,
             ip,
             encryption,
-            self.config.router.max_payload,
+            // Until its handshake (see `input.rs`): a HELLO is refused at the header beyond it.
+            self.config.router.max_payload.min(MAX_HELLO_PAYLOAD),
         ));
         *self.per_ip.entry(ip).or_default() += 1;
         self.sockets += 1;
@@ -278,7 +306,21 @@ impl Server {
 
     /// Refuses an accepted connection over a connection limit: one ERROR LIMIT_EXCEEDED (nil
     /// request id), best effort, then close. The router never sees it.
-    fn refuse(&mut self, mut stream: TcpStream, addr: SocketAddr, from: Listener, text: &str) {
+    fn refuse(&mut self, stream: TcpStream, addr: SocketAddr, from: Listener, text: &str) {
+        self.refuse_with(ErrorCode::LimitExceeded, stream, addr, from, text);
+    }
+
+    /// Refuses an accepted connection with one connection-fatal ERROR `code` (nil request id),
+    /// best effort, then close: over a limit (LIMIT_EXCEEDED), or during a graceful shutdown
+    /// (GOING_AWAY). The router never sees it.
+    fn refuse_with(
+        &mut self,
+        code: ErrorCode,
+        mut stream: TcpStream,
+        addr: SocketAddr,
+        from: Listener,
+        text: &str,
+    ) {
         use std::io::{Read, Write};
         self.stats.refused += 1;
         // A debug line and a counter, not an info line: a connection flood must not flood the log.
@@ -288,7 +330,7 @@ impl Server {
             // during its handshake. Dropping the stream closes it.
             return;
         }
-        let payload = encode_error(ErrorCode::LimitExceeded as u16, text, &[]);
+        let payload = encode_error(code as u16, text, &[]);
         let header = Header {
             request_id: RequestId::NIL,
             is_final: true,

@@ -12,12 +12,18 @@
 //! caused by this frame is in force before the next one is decoded. An EOF or read error closes
 //! the connection at once, not at the end of the turn: anything routed later in the same turn
 //! (a reconnect with the same client id, presence) must see the departure first.
+//!
+//! Before its handshake a connection's decoder refuses payloads beyond
+//! [`MAX_HELLO_PAYLOAD`](crate::protocol::MAX_HELLO_PAYLOAD) at the header (set at accept): an
+//! unauthenticated connection buffers at most one header and that much payload. After the frame
+//! that completed the handshake (a HELLO) the limit is raised to the configured max payload.
 
 use std::time::Instant;
 
 use super::connection::{CloseReason, Encryption, Fill};
 use super::Server;
 use crate::ids::ConnId;
+use crate::protocol::FrameType;
 
 impl Server {
     /// Decodes buffered frames and reads more, within the budget, until paused or the socket has nothing more.
@@ -35,7 +41,11 @@ impl Server {
                 match c.decoder.decode(&mut c.read_buf) {
                     Ok(Some(frame)) => {
                         self.stats.frames_in += 1;
+                        let hello = frame.header.frame_type == FrameType::Hello;
                         self.router.handle_frame(id, frame, now);
+                        if hello {
+                            self.raise_payload_limit(id);
+                        }
                         self.poll_router_outputs();
                     }
                     Ok(None) => break,
@@ -105,6 +115,17 @@ impl Server {
                 Ok(Fill::Eof) => return self.close(id, CloseReason::PeerClosed, now),
                 Err(e) => return self.close(id, CloseReason::IoError(e.kind()), now),
             }
+        }
+    }
+
+    /// After a HELLO: once the handshake is done, the decoder takes the configured max payload.
+    fn raise_payload_limit(&mut self, id: ConnId) {
+        if self.router.is_awaiting_hello(id) {
+            return;
+        }
+        let max_payload = self.config.router.max_payload;
+        if let Some(c) = self.conn_mut(id) {
+            c.decoder.set_max_payload(max_payload);
         }
     }
 

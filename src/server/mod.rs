@@ -44,7 +44,7 @@
 //!
 //! # Connection limits
 //! Beyond [`ServerConfig::max_connections`] open connections, or
-//! [`ServerConfig::max_connections_per_ip`] from one address, an accepted connection gets one
+//! [`ServerConfig::max_connections_per_ip`] from one non-loopback address, an accepted connection gets one
 //! ERROR LIMIT_EXCEEDED (nil request id), written straight to the fresh socket, and is closed
 //! at once; the router never sees it. Accepting it (rather than leaving it in the backlog) keeps
 //! the edge-triggered listener drained, so a flood of connections never makes the loop spin.
@@ -122,6 +122,8 @@ pub struct ServerConfig {
     /// request id) and closed at once, so the backlog drains and the listener never spins.
     pub max_connections: usize,
     /// Broker connections open at once from one IP address; beyond it, as `max_connections`.
+    /// Loopback addresses are exempt (every local client shares them; `max_connections` bounds
+    /// them all, and `RouterConfig::max_unauthenticated` bounds handshake-less floods).
     pub max_connections_per_ip: usize,
     /// A second listener for TLS connections; `None` (the default) listens for plain TCP only.
     /// Its connections count in the same limits as the plain listener's.
@@ -172,7 +174,7 @@ pub struct ServerStats {
     /// Open connections of the metrics endpoint (not counted in `sockets`).
     pub metrics_connections: usize,
     /// Cumulative: connections refused at accept by `max_connections` or
-    /// `max_connections_per_ip` (not counted in `accepted`).
+    /// `max_connections_per_ip`, or for a graceful shutdown (not counted in `accepted`).
     pub refused: u64,
     /// Open connections of the TLS listener (counted in `sockets` too).
     pub tls_sockets: usize,
@@ -477,8 +479,9 @@ impl Server {
         self.serve_metrics(now);
     }
 
-    /// Begins a graceful shutdown (PROTOCOL.md §8.1): stops accepting connections and lets the
-    /// router shut down gracefully, for at most [`ServerConfig::drain_deadline`] (the setting
+    /// Begins a graceful shutdown (PROTOCOL.md §8.1): answers every new connection ERROR
+    /// GOING_AWAY and closes it, and lets the router shut down gracefully (GOING_AWAY to every
+    /// connection, those without a handshake included), for at most [`ServerConfig::drain_deadline`] (the setting
     /// keeps its name: it is the graceful shutdown's deadline). Idempotent. The server is done
     /// when [`Server::is_finished`].
     pub fn begin_shutdown(&mut self, now: Instant) {
@@ -486,14 +489,11 @@ impl Server {
             return;
         }
         self.now = self.now.max(now);
-        if let Some(registry) = &self.registry {
-            let _ = registry.deregister(&mut self.listener);
-            if let Some(tls) = &mut self.tls {
-                let _ = registry.deregister(&mut tls.listener);
-            }
-        }
+        // The listeners stay registered: a connection made during the drain is accepted and
+        // answered ERROR GOING_AWAY, then closed (`accept.rs`), instead of waiting unanswered
+        // in the backlog until the process exits and resets it.
         log::info!(
-            "shutting down: no new connections; draining for at most {:?}",
+            "shutting down: new connections get GOING_AWAY; draining for at most {:?}",
             self.config.drain_deadline
         );
         self.router.begin_shutdown(now, self.config.drain_deadline);

@@ -18,17 +18,34 @@ use super::{Server, ServerConfig, ServerStats};
 
 impl Server {
     /// Runs the server's own poll loop. SIGINT or SIGTERM begins a graceful shutdown; a second
-    /// one closes every connection at once. Returns when the shutdown is complete.
+    /// one closes every connection at once. SIGHUP is logged and ignored (nothing to reload:
+    /// see [`Server::run_with_reload`]). Returns when the shutdown is complete.
     ///
     /// # Errors
     /// Failure to create or wait on the poll, or to install the signal handlers.
-    pub fn run(mut self) -> io::Result<()> {
-        use signal_hook::consts::{SIGINT, SIGTERM};
+    pub fn run(self) -> io::Result<()> {
+        self.run_with_reload(|| Ok(None))
+    }
+
+    /// As [`Server::run`], and on SIGHUP calls `reload`: `Ok(Some(config))` applies what can
+    /// change live ([`Server::reload`]: access tokens and admission limits), `Ok(None)` means
+    /// there is nothing to reload, `Err(text)` keeps the configuration in force (a warning
+    /// with the text). SIGHUP never stops the broker.
+    ///
+    /// # Errors
+    /// As [`Server::run`].
+    pub fn run_with_reload(
+        mut self,
+        mut reload: impl FnMut() -> Result<Option<ServerConfig>, String>,
+    ) -> io::Result<()> {
+        use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
         let mut poll = Poll::new()?;
         self.register(poll.registry(), Token(0))?;
-        let mut signals = signal_hook_mio::v1_0::Signals::new([SIGINT, SIGTERM])?;
+        let mut signals = signal_hook_mio::v1_0::Signals::new([SIGINT, SIGTERM, SIGHUP])?;
         poll.registry()
             .register(&mut signals, SIGNAL_TOKEN, Interest::READABLE)?;
+        // From here on a signal is handled, never the default action (SIGHUP would kill).
+        log::info!("signals: SIGINT/SIGTERM drain gracefully, SIGHUP reloads");
         let mut events = Events::with_capacity(1024);
         loop {
             let foreign = self.turn(&mut poll, &mut events)?;
@@ -36,7 +53,23 @@ impl Server {
                 for signal in signals.pending() {
                     #[allow(clippy::disallowed_methods)] // the server reads the clock
                     let now = Instant::now();
-                    if self.shutting_down {
+                    if signal == SIGHUP {
+                        match reload() {
+                            Ok(Some(config)) => {
+                                self.reload(&config);
+                                log::info!(
+                                    "SIGHUP: reloaded access tokens and admission limits; \
+                                     other settings need a restart"
+                                );
+                            }
+                            Ok(None) => log::info!(
+                                "SIGHUP: nothing to reload (no configuration file); ignored"
+                            ),
+                            Err(e) => log::warn!(
+                                "SIGHUP: configuration not reloaded, the one in force stays: {e}"
+                            ),
+                        }
+                    } else if self.shutting_down {
                         log::warn!("signal {signal} again: closing every connection now");
                         self.close_all();
                     } else {
@@ -51,6 +84,29 @@ impl Server {
                 return Ok(());
             }
         }
+    }
+
+    /// Applies the settings of `new` that are safe to change while running, and only those:
+    /// the access tokens (checked at each new HELLO: connected clients stay), and the admission
+    /// limits `max_connections`, `max_connections_per_ip`, `max_unauthenticated`,
+    /// `max_channels`, `max_peers_per_channel`, `max_in_flight_per_connection`,
+    /// `max_waiting_per_channel` and `handshake_timeout` (checked at each new connection,
+    /// HELLO or START: nothing in place is undone). Everything else (addresses, TLS, frame and
+    /// buffer sizes, timeouts announced in WELCOMEs, heartbeats, the grace period) needs a
+    /// restart; the run loop reloads on SIGHUP ([`Server::run_with_reload`]).
+    pub fn reload(&mut self, new: &ServerConfig) {
+        self.config.max_connections = new.max_connections;
+        self.config.max_connections_per_ip = new.max_connections_per_ip;
+        self.router.reload(&new.router);
+        let live = &mut self.config.router;
+        let new = &new.router;
+        live.tokens = new.tokens.clone();
+        live.max_unauthenticated = new.max_unauthenticated;
+        live.max_channels = new.max_channels;
+        live.max_peers_per_channel = new.max_peers_per_channel;
+        live.max_in_flight_per_connection = new.max_in_flight_per_connection;
+        live.max_waiting_per_channel = new.max_waiting_per_channel;
+        live.handshake_timeout = new.handshake_timeout;
     }
 
     /// Runs the server on its own thread; the handle reads its stats and stops it.

@@ -231,7 +231,17 @@ def test_unauthorized(token_broker: Broker, channel: uuid.UUID) -> None:
 def test_takeover_replaces(broker: Broker, channel: uuid.UUID) -> None:
     async def body() -> None:
         first = await switchyard.connect(broker.url, channel=channel)
-        second = await switchyard.connect(broker.url, channel=channel, client_id=first.client_id)
+        # Without the id's resume secret: refused, and the first client is undisturbed.
+        with pytest.raises(switchyard.ClientIdInUse):
+            await switchyard.connect(broker.url, channel=channel, client_id=first.client_id)
+        assert await first.ping() >= 0
+        assert len(first.resume_secret) == 16
+        second = await switchyard.connect(
+            broker.url,
+            channel=channel,
+            client_id=first.client_id,
+            resume_secret=first.resume_secret,
+        )
         with pytest.raises(switchyard.Replaced):
             for _ in range(100):  # the REPLACED arrives asynchronously; ping until it has
                 await first.ping(timeout=1)

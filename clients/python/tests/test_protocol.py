@@ -241,3 +241,22 @@ def test_session_broadcast_assembly_and_ack() -> None:
     )
     assert events == [s.BroadcastReceived(rid, B, b"abc")]
     assert session.ack_frame(rid) is not None and session.ack_frame(rid) is None
+
+
+def test_session_resume_secret_travels_in_the_request_id_field() -> None:
+    """PROTOCOL.md §5: the WELCOME's request id field is the resume secret; a HELLO presents it
+    in its own request id field (the payloads are unchanged)."""
+    secret = uuid.uuid4()
+    session = s.Session(CH, A)
+    d = p.Decoder()
+    d.feed(session.hello_frame(b"token", secret))
+    hello = d.next_frame()
+    assert hello is not None and hello.request_id == secret and hello.payload == b"token"
+    welcome = _broker_frame(
+        frame_type=p.WELCOME,
+        client_id=A,
+        request_id=secret,
+        payload=p.encode_welcome(p.Limits(max_payload=4), []),
+    )
+    (event,) = session.receive_data(welcome)
+    assert isinstance(event, s.Welcome) and event.resume == secret

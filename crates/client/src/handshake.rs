@@ -30,6 +30,9 @@ pub(crate) struct Joined {
     pub(crate) limits: Limits,
     pub(crate) peers: Vec<ClientId>,
     pub(crate) peer_addr: SocketAddr,
+    /// The resume secret of the WELCOME (its request id field): what a reconnect presents to
+    /// take its client id back (PROTOCOL.md §5.2). Nil from a broker that gives none.
+    pub(crate) resume: RequestId,
 }
 
 impl Joined {
@@ -47,7 +50,8 @@ impl Joined {
 }
 
 /// Connects to `addrs`, runs the TLS handshake (with [`ClientOptions::tls`]), sends HELLO with
-/// `requested` (nil: assign one) for `channel`, and waits for the WELCOME, all within
+/// `requested` (nil: assign one) for `channel` presenting `resume` (the resume secret of an
+/// earlier WELCOME; nil for none) in its request id field, and waits for the WELCOME, all within
 /// `options.connect_timeout`. `on_connected` sees the stream once the TCP connection is up (its
 /// error aborts the attempt).
 ///
@@ -57,6 +61,7 @@ pub(crate) fn handshake(
     addrs: &[SocketAddr],
     channel: ChannelId,
     requested: ClientId,
+    resume: RequestId,
     options: &ClientOptions,
     on_connected: &dyn Fn(&TcpStream) -> Result<(), Error>,
 ) -> Result<Joined, Error> {
@@ -79,7 +84,7 @@ pub(crate) fn handshake(
     };
     #[cfg(not(feature = "tls"))]
     let tls: Option<SharedTls> = None;
-    let (hello_ids, hello) = hello(channel, requested, options);
+    let (hello_ids, hello) = hello(channel, requested, resume, options);
     transport::write_frame_on(&mut stream, tls.as_ref(), &hello).map_err(Error::Io)?;
 
     // The client trusts the broker's frames up to the protocol's hard ceiling; the WELCOME's
@@ -112,16 +117,18 @@ pub(crate) fn handshake(
         limits: welcomed.limits,
         peers: welcomed.peers,
         peer_addr,
+        resume: welcomed.resume,
     })
 }
 
 // ----- the sans-IO part, shared with the async client -------------------------------------
 
-/// The HELLO for `channel` asking for `requested` (nil: assign one), with the options' token,
-/// and the ids it carries (the handshake answers PINGs with them).
+/// The HELLO for `channel` asking for `requested` (nil: assign one), presenting `resume` (nil:
+/// none), with the options' token, and the ids it carries (the handshake answers PINGs with them).
 pub(crate) fn hello(
     channel: ChannelId,
     requested: ClientId,
+    resume: RequestId,
     options: &ClientOptions,
 ) -> (Ids, Frame) {
     let ids = Ids {
@@ -132,14 +139,7 @@ pub(crate) fn hello(
         .token
         .as_ref()
         .map_or_else(Bytes::new, |token| Bytes::copy_from_slice(token));
-    let frame = ids.frame(
-        FrameType::Hello,
-        Flags::NONE,
-        RequestId::NIL,
-        0,
-        false,
-        token,
-    );
+    let frame = ids.frame(FrameType::Hello, Flags::NONE, resume, 0, false, token);
     (ids, frame)
 }
 
@@ -149,6 +149,8 @@ pub(crate) struct Welcomed {
     pub(crate) client: ClientId,
     pub(crate) limits: Limits,
     pub(crate) peers: Vec<ClientId>,
+    /// The resume secret (the WELCOME's request id field).
+    pub(crate) resume: RequestId,
 }
 
 /// What a frame received during the handshake asks of the client.
@@ -223,6 +225,7 @@ pub(crate) fn answer(frame: Frame, hello: &Ids) -> Result<Answer, Error> {
             heartbeat: Duration::from_millis(welcome.heartbeat_ms.into()),
         },
         peers: welcome.peers,
+        resume: header.request_id,
     }))
 }
 

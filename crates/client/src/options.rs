@@ -42,6 +42,13 @@ pub struct ClientOptions {
     /// payload. A missing or wrong token fails the connect with ERROR UNAUTHORIZED, which is
     /// not retried. Default `None`.
     pub token: Option<Vec<u8>>,
+    /// The resume secret to present from the first HELLO on (PROTOCOL.md §5): with the same
+    /// [`client_id`](ClientOptions::client_id), another `Client` — a restarted process — that
+    /// presents it may take the id over while it is still present. `None` (the default): the
+    /// secret the broker gives in the first WELCOME, known to this `Client` only, so only its own
+    /// reconnects may take its id back; another connection naming the id while it is present
+    /// fails with ERROR CLIENT_ID_IN_USE (not retried). Keep it as secret as a token.
+    pub resume_secret: Option<[u8; 16]>,
     /// Connect with TLS (to the broker's TLS listener), trusting the certificates and verifying
     /// the name [`ClientTls`] holds; every reconnect uses it too. `None` (the default) speaks
     /// plain TCP. A certificate the client does not trust fails the connect with
@@ -61,7 +68,11 @@ impl fmt::Debug for ClientOptions {
             .field("broadcast_queue", &self.broadcast_queue)
             .field("presence_queue", &self.presence_queue)
             .field("reconnect", &self.reconnect)
-            .field("token", &self.token.as_ref().map(|_| "<redacted>"));
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field(
+                "resume_secret",
+                &self.resume_secret.as_ref().map(|_| "<redacted>"),
+            );
         #[cfg(feature = "tls")]
         debug.field("tls", &self.tls);
         debug.finish()
@@ -79,6 +90,7 @@ impl Default for ClientOptions {
             presence_queue: 1024,
             reconnect: Some(ReconnectPolicy::default()),
             token: None,
+            resume_secret: None,
             #[cfg(feature = "tls")]
             tls: None,
         }

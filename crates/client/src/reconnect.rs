@@ -335,6 +335,7 @@ impl Shared {
             &self.addrs,
             self.ids.channel,
             self.ids.client,
+            self.resume,
             &self.options,
             &register,
         );

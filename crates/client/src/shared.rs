@@ -40,6 +40,10 @@ pub(crate) struct Locked {
 pub(crate) struct Shared {
     /// The client id (stable across reconnects: the one the first WELCOME gave) and channel.
     pub(crate) ids: Ids,
+    /// The resume secret of the first WELCOME, presented by every reconnect (the broker keeps
+    /// a client's secret for life: the one it gave, or the one a reconnect presents when the id
+    /// had expired meanwhile).
+    pub(crate) resume: switchyard_proto::RequestId,
     pub(crate) grace: Duration,
     /// Where to reconnect (resolved once, at connect).
     pub(crate) addrs: Vec<SocketAddr>,

@@ -123,11 +123,19 @@ async fn going_away_drains_then_waits_for_the_next_broker() {
 async fn a_replaced_client_closes_for_good() {
     let broker = broker();
     let channel = ChannelId::random();
-    let first = AsyncClient::connect_with(broker.local_addr(), channel, fast_reconnect())
+    // Taking over a present id needs its resume secret (PROTOCOL.md §5.2): a restarted
+    // process is configured with the same one.
+    let secret = Some(*switchyard_client::RequestId::random().as_bytes());
+    let first_options = ClientOptions {
+        resume_secret: secret,
+        ..fast_reconnect()
+    };
+    let first = AsyncClient::connect_with(broker.local_addr(), channel, first_options)
         .await
         .expect("first");
     let options = ClientOptions {
         client_id: Some(first.client_id()),
+        resume_secret: secret,
         ..fast_reconnect()
     };
     let _second = AsyncClient::connect_with(broker.local_addr(), channel, options)

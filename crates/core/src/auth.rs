@@ -114,6 +114,44 @@ impl<'de> serde::Deserialize<'de> for AccessToken {
     }
 }
 
+/// The proof that a HELLO comes from the client that holds a client id on a channel: 16 random
+/// bytes the broker gives in every WELCOME (its header's request id field) and the client
+/// presents in its HELLO (the same field) to take over or resume that id (PROTOCOL.md §5).
+///
+/// One secret per (channel, client id), kept while the id is present (connected, or departed in
+/// its grace period) and the same in every WELCOME. Never printed: `Debug` shows [`REDACTED`];
+/// compared in constant time.
+#[derive(Clone, Copy)]
+pub struct ResumeSecret([u8; 16]);
+
+impl ResumeSecret {
+    /// A fresh random secret (122 random bits from the OS, as a version-4 UUID).
+    pub fn random() -> ResumeSecret {
+        ResumeSecret(*crate::ids::RequestId::random().as_bytes())
+    }
+
+    /// The secret a HELLO presents (its request id field's bytes); `None` for the nil id.
+    pub fn presented(bytes: [u8; 16]) -> Option<ResumeSecret> {
+        (bytes != [0; 16]).then_some(ResumeSecret(bytes))
+    }
+
+    /// Its 16 bytes, as they travel in the WELCOME's request id field.
+    pub fn to_bytes(self) -> [u8; 16] {
+        self.0
+    }
+
+    /// Whether `presented` is this secret, in constant time.
+    pub fn matches(&self, presented: &ResumeSecret) -> bool {
+        constant_time_eq(&self.0, &presented.0)
+    }
+}
+
+impl fmt::Debug for ResumeSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(REDACTED)
+    }
+}
+
 /// The tokens the router checks HELLOs against. `Default`: none (no authentication).
 #[derive(Clone, Debug, Default)]
 pub struct Tokens {
@@ -159,6 +197,16 @@ mod tests {
         // The same bytes repeated (the modulo pairing) is still a length mismatch.
         assert!(!token.matches(b"s3crets3cret"));
         assert!(!AccessToken::new(Vec::new()).matches(b""));
+    }
+
+    #[test]
+    fn resume_secrets_match_only_themselves_and_never_print() {
+        let secret = ResumeSecret::random();
+        let same = ResumeSecret::presented(secret.to_bytes()).unwrap();
+        assert!(secret.matches(&same));
+        assert!(!secret.matches(&ResumeSecret::random()));
+        assert!(ResumeSecret::presented([0; 16]).is_none());
+        assert_eq!(format!("{secret:?}"), REDACTED);
     }
 
     #[test]

@@ -102,6 +102,13 @@ impl Decoder {
         self.max_payload
     }
 
+    /// Changes the payload limit for the frames whose header is not decoded yet (a frame whose
+    /// header was already accepted keeps the limit it was checked against). The broker lowers
+    /// it before a connection's handshake and raises it after (PROTOCOL.md §9.1).
+    pub fn set_max_payload(&mut self, max_payload: u32) {
+        self.max_payload = max_payload;
+    }
+
     /// True when no partial frame is pending (the last decoded frame ended exactly at the end of
     /// the consumed input).
     pub fn is_between_frames(&self) -> bool {

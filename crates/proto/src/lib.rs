@@ -54,6 +54,15 @@ pub const DEFAULT_MAX_PAYLOAD: u32 = 1 << 20;
 /// whatever the configuration says.
 pub const MAX_PAYLOAD_CEILING: u32 = 16 << 20;
 
+/// Largest payload of any frame a connection may send before its handshake completed (its HELLO,
+/// a PING): 4 KiB. The HELLO payload is the access token, and no configured token may be longer
+/// (the broker refuses such a configuration), so a longer HELLO can only be an attack: it is
+/// refused at its header with PAYLOAD_TOO_LARGE, before one payload byte is buffered. So an
+/// unauthenticated connection never costs the broker more than a header and this much payload
+/// (PROTOCOL.md §9.1). A page: room for any real token (random secrets, signed tokens of a few
+/// hundred bytes), small enough that 1 000 stalled half-HELLOs hold 4 MiB, not 1 GiB.
+pub const MAX_HELLO_PAYLOAD: u32 = 4 * 1024;
+
 /// What every frame's 8-bit type field may hold.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 #[repr(u8)]

@@ -253,6 +253,46 @@ impl BrokerProcess {
         gauges::scrape(addr).unwrap_or_else(|e| panic!("scraping {addr}: {e}"))
     }
 
+    /// Sends `signal` (a `libc::SIG*` number) to the broker.
+    pub fn signal(&self, signal: i32) {
+        if self.child.is_some() {
+            // SAFETY: kill has no memory preconditions; the pid is our own, unreaped child.
+            unsafe { libc::kill(self.pid, signal) };
+        }
+    }
+
+    /// True while the broker process has not exited.
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|child| matches!(child.try_wait(), Ok(None)))
+    }
+
+    /// Waits for the broker to exit by itself (after a signal) and returns its exit status;
+    /// panics (with its log) after `within`.
+    #[track_caller]
+    pub fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("the broker was not reaped yet");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let pid = self.pid;
+        std::thread::spawn(move || {
+            let _ = tx.send(child.wait());
+        });
+        match rx.recv_timeout(within) {
+            Ok(Ok(status)) => status,
+            Ok(Err(e)) => panic!("waiting for the broker: {e}"),
+            Err(_) => {
+                // SAFETY: as in `kill`; the waiting thread reaps it.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+                let lines = self.log.lines.lock().unwrap();
+                panic!(
+                    "the broker did not exit within {within:?}; its log:\n{}",
+                    lines.join("\n")
+                )
+            }
+        }
+    }
+
     /// SIGKILL, then reap. Idempotent.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

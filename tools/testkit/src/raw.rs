@@ -26,6 +26,9 @@ pub struct RawPeer {
     pub channel: ChannelId,
     /// The client id from the welcome (nil before).
     pub client: ClientId,
+    /// The resume secret from the welcome (nil before): what a successor presents to take
+    /// this peer's client id over ([`RawPeer::hello_resuming`]).
+    pub resume: RequestId,
     next_ping: u32,
     /// The read timeout in force: how long any one read may wait.
     deadline: Duration,
@@ -44,6 +47,7 @@ impl RawPeer {
             name,
             channel: ChannelId::NIL,
             client: ClientId::NIL,
+            resume: RequestId::NIL,
             next_ping: 1,
             deadline: DEADLINE,
         }
@@ -259,12 +263,33 @@ impl RawPeer {
     /// Sends HELLO without waiting for the answer.
     #[track_caller]
     pub fn send_hello(&mut self, channel: ChannelId, client: ClientId) {
+        self.send_hello_resuming(channel, client, RequestId::NIL);
+    }
+
+    /// Sends HELLO presenting `secret` (a resume secret; nil for none) without waiting for the
+    /// answer.
+    #[track_caller]
+    pub fn send_hello_resuming(&mut self, channel: ChannelId, client: ClientId, secret: RequestId) {
         let header = Header {
             client_id: client,
             channel_id: channel,
+            request_id: secret,
             ..Header::new(FrameType::Hello)
         };
         self.send(header, &[]);
+    }
+
+    /// Handshake presenting `secret` (the resume secret of the id's earlier WELCOME): takes the
+    /// id over, or resumes it in its grace period. As [`RawPeer::hello`] otherwise.
+    #[track_caller]
+    pub fn hello_resuming(
+        &mut self,
+        channel: ChannelId,
+        client: ClientId,
+        secret: RequestId,
+    ) -> WelcomeBody {
+        self.send_hello_resuming(channel, client, secret);
+        self.welcome(channel, client)
     }
 
     /// Handshake: HELLO, then the WELCOME (checked and decoded). Remembers the channel and the
@@ -272,6 +297,12 @@ impl RawPeer {
     #[track_caller]
     pub fn hello(&mut self, channel: ChannelId, client: ClientId) -> WelcomeBody {
         self.send_hello(channel, client);
+        self.welcome(channel, client)
+    }
+
+    /// The WELCOME answering a HELLO for `client` on `channel` (checked and decoded).
+    #[track_caller]
+    fn welcome(&mut self, channel: ChannelId, client: ClientId) -> WelcomeBody {
         let frame = self.recv_kind(FrameType::Welcome, false);
         let h = &frame.header;
         assert_eq!(h.channel_id, channel, "{}: welcome channel", self.name);
@@ -285,9 +316,14 @@ impl RawPeer {
             assert_eq!(h.client_id, client, "{}: welcome client id", self.name);
         }
         assert_eq!(h.flags, Flags::NONE, "{}: welcome flags", self.name);
-        assert!(h.request_id.is_nil(), "{}: welcome request id", self.name);
+        assert!(
+            !h.request_id.is_nil(),
+            "{}: welcome without a resume secret",
+            self.name
+        );
         self.channel = channel;
         self.client = h.client_id;
+        self.resume = h.request_id;
         WelcomeBody::decode(&frame.payload)
             .unwrap_or_else(|err| panic!("{}: malformed welcome payload: {err}", self.name))
     }

@@ -133,6 +133,9 @@ class Options:
     reconnect: Optional[ReconnectPolicy] = field(default_factory=ReconnectPolicy)
     broadcast_queue: int = 1024
     presence_queue: int = 1024
+    #: 16 bytes presented from the first HELLO on (PROTOCOL.md §5); ``None``: the secret of the
+    #: first WELCOME. See :func:`connect`.
+    resume_secret: Optional[bytes] = None
 
 
 def _timeout_ms(timeout: Optional[float]) -> int:
@@ -508,6 +511,11 @@ class Client:
         self._channel = channel
         self._options = options
         self._client_id = options.client_id
+        #: Presented by every HELLO (PROTOCOL.md §5): the configured secret, else the first
+        #: WELCOME's (the broker keeps it for the id's life, or adopts it when the id is free).
+        self._resume = (
+            uuid.UUID(bytes=options.resume_secret) if options.resume_secret is not None else p.NIL
+        )
         self._link: Optional[_Link] = None
         self._limits = p.Limits()
         self._closed: Optional[SwitchyardError] = None
@@ -530,6 +538,13 @@ class Client:
         """This client's id (stable across reconnects)."""
         assert self._client_id is not None
         return self._client_id
+
+    @property
+    def resume_secret(self) -> bytes:
+        """The 16-byte secret that proves this client's id (PROTOCOL.md §5): give it as
+        ``resume_secret`` to :func:`connect` with the same ``client_id`` to take the id over from
+        another process. Keep it as secret as a token."""
+        return self._resume.bytes
 
     @property
     def channel_id(self) -> uuid.UUID:
@@ -583,7 +598,7 @@ class Client:
             raise ConnectFailed(f"TLS handshake with {host}:{self._address.port} failed: {exc}")
         except OSError as exc:
             raise ConnectFailed(f"could not connect to {host}:{self._address.port}: {exc}")
-        link.write(session.hello_frame(opts.token))
+        link.write(session.hello_frame(opts.token, self._resume))
         try:
             welcome = await asyncio.wait_for(asyncio.shield(link.welcome), opts.connect_timeout)
         except asyncio.TimeoutError:
@@ -602,6 +617,8 @@ class Client:
             link.fail(Closed("connect abandoned"))
             raise
         self._client_id = welcome.client_id
+        if self._resume == p.NIL:
+            self._resume = welcome.resume
         self._limits = welcome.limits
         self._peers = [peer for peer in welcome.peers]
         link.start_heartbeat(welcome.limits.heartbeat_ms, opts.heartbeat_misses)
@@ -1005,6 +1022,7 @@ async def connect(
     reconnect: Optional[ReconnectPolicy] = ReconnectPolicy(),
     broadcast_queue: int = 1024,
     presence_queue: int = 1024,
+    resume_secret: Optional[bytes] = None,
 ) -> Client:
     """Connects to the broker at ``url`` (``tcp://host:port``, ``host:port``, ``host``,
     ``tls://host:port``; default port 7878) and joins ``channel`` (a UUID, or a name: see
@@ -1014,7 +1032,15 @@ async def connect(
     passing one also turns TLS on for ``tcp://``). ``token`` is the access token. The first
     connection is not retried: it raises :class:`ConnectFailed`, :class:`Unauthorized`,
     :class:`NotASwitchyardBroker`, :class:`Timeout`, :class:`LimitExceeded`, ...
+
+    ``client_id`` names the id to join with. While that id is present on the channel (connected,
+    or in its grace period after a disconnect), only a HELLO with its resume secret may take it
+    over: pass ``resume_secret`` (16 bytes, e.g. another client's :attr:`Client.resume_secret`,
+    or a secret of your own that every process of this client uses), else the connect fails
+    with :class:`ClientIdInUse`. Reconnects present the secret by themselves.
     """
+    if resume_secret is not None and len(resume_secret) != 16:
+        raise ValueError("resume_secret is 16 bytes")
     address = p.parse_url(url)
     if ssl is not None and not address.tls:
         address = p.Address(address.host, address.port, True)
@@ -1030,6 +1056,7 @@ async def connect(
         reconnect=reconnect,
         broadcast_queue=broadcast_queue,
         presence_queue=presence_queue,
+        resume_secret=resume_secret,
     )
     client = Client(address, p.channel_id(channel), options)
     link = await client._open_link()

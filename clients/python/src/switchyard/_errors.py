@@ -4,7 +4,7 @@ Scope of each exception, at a glance (as in the Rust client's ``error.rs``):
 
 - connection-wide, the client is closed and every later call fails too: :class:`ConnectFailed`,
   :class:`Closed`, :class:`ProtocolError` (and :class:`NotASwitchyardBroker`),
-  :class:`Unauthorized`, :class:`Replaced`, :class:`TooLarge`, and any :class:`BrokerError`
+  :class:`Unauthorized`, :class:`Replaced`, :class:`ClientIdInUse`, :class:`TooLarge`, and any :class:`BrokerError`
   whose :attr:`~SwitchyardError.code` is below ``0x0100``;
 - the link, not the client (it is reconnecting on its own, retry later):
   :class:`ConnectionLost` (the operation was in flight: *not* retried, at-most-once) and
@@ -28,6 +28,7 @@ __all__ = [
     "BrokerError",
     "Unauthorized",
     "Replaced",
+    "ClientIdInUse",
     "GoingAway",
     "NoReceiver",
     "Timeout",
@@ -164,6 +165,13 @@ class Replaced(_Fatal):
     default_message = "another connection with the same client id replaced this one"
 
 
+class ClientIdInUse(_Fatal):
+    """The client id is present on the channel and the HELLO did not carry its resume secret
+    (PROTOCOL.md §5). Not retried."""
+
+    default_message = "the client id is in use and the resume secret was not presented"
+
+
 class GoingAway(SwitchyardError):
     """The broker is shutting down (GOING_AWAY / SHUTTING_DOWN): it takes nothing new."""
 
@@ -248,6 +256,7 @@ _BY_CODE = {
     ErrorCode.LIMIT_EXCEEDED: LimitExceeded,
     ErrorCode.UNAUTHORIZED: Unauthorized,
     ErrorCode.REPLACED: Replaced,
+    ErrorCode.CLIENT_ID_IN_USE: ClientIdInUse,
     ErrorCode.PAYLOAD_TOO_LARGE: TooLarge,
 }
 

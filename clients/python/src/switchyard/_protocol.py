@@ -206,7 +206,8 @@ def _peer_list(data: bytes, what: str) -> List[uuid.UUID]:
 
 
 def decode_welcome(payload: bytes) -> Tuple[Limits, List[uuid.UUID]]:
-    """The limits and the peers of a WELCOME payload."""
+    """The limits and the peers of a WELCOME payload. (Its header's request id field is the
+    resume secret, PROTOCOL.md §5: the payload layout is unchanged.)"""
     if len(payload) < 20:
         raise ProtocolError(f"WELCOME payload of {len(payload)} bytes (at least 20)")
     max_payload, default_ms, max_ms, heartbeat_ms, count = struct.unpack_from(">IIIII", payload)

@@ -63,6 +63,9 @@ class Welcome:
     client_id: uuid.UUID
     limits: p.Limits
     peers: List[uuid.UUID]
+    #: The resume secret (the WELCOME's request id field, PROTOCOL.md §5): what a later HELLO
+    #: for the same id presents to take it over or resume it. Nil from a broker that gives none.
+    resume: uuid.UUID = p.NIL
 
 
 @dataclass(frozen=True)
@@ -263,9 +266,10 @@ class Session:
             )
         )
 
-    def hello_frame(self, token: bytes = b"") -> bytes:
-        """The HELLO (the token is its payload)."""
-        return self._frame(p.HELLO, payload=token)
+    def hello_frame(self, token: bytes = b"", resume: uuid.UUID = p.NIL) -> bytes:
+        """The HELLO (the token is its payload; ``resume``, the resume secret of an earlier
+        WELCOME for our id or nil, is in its request id field: PROTOCOL.md §5)."""
+        return self._frame(p.HELLO, request_id=resume, payload=token)
 
     def receive_frame(self, window: int) -> bytes:
         """RECEIVE(window): how many requests we hold at once (set, not added)."""
@@ -467,7 +471,7 @@ class Session:
             self.limits = limits
             self.client_id = frame.client_id
             self.welcomed = True
-            events.append(Welcome(frame.client_id, limits, peers))
+            events.append(Welcome(frame.client_id, limits, peers, frame.request_id))
         else:
             raise NotASwitchyardBroker(f"{frame.name} before the WELCOME")
 

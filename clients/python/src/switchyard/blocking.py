@@ -183,6 +183,11 @@ class Client:
         self.close()
 
     @property
+    def resume_secret(self) -> bytes:
+        """See :attr:`switchyard.Client.resume_secret`."""
+        return self._inner.resume_secret
+
+    @property
     def client_id(self) -> uuid.UUID:
         """This client's id."""
         return self._inner.client_id

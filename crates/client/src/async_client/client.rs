@@ -115,7 +115,10 @@ impl AsyncClient {
             .map_err(Error::ConnectionRefused)?
             .collect();
         let requested = options.client_id.unwrap_or(ClientId::NIL);
-        let mut joined = wire::join(&addrs, channel, requested, &options).await?;
+        let resume = options
+            .resume_secret
+            .map_or(RequestId::NIL, RequestId::from_bytes);
+        let mut joined = wire::join(&addrs, channel, requested, resume, &options).await?;
         let ids = Ids {
             client: joined.welcomed.client,
             channel,
@@ -133,6 +136,7 @@ impl AsyncClient {
         let peer_addr = joined.peer_addr;
         let shared = Arc::new(Shared {
             ids,
+            resume: joined.welcomed.resume,
             options,
             addrs,
             locked: Mutex::new(Locked {

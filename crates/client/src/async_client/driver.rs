@@ -304,6 +304,7 @@ async fn attempt_join(shared: &Shared) -> Result<Option<Connection>, Error> {
         &shared.addrs,
         shared.ids.channel,
         shared.ids.client,
+        shared.resume,
         &shared.options,
     )
     .await?;

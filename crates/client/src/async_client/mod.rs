@@ -43,7 +43,7 @@ use switchyard_proto::Frame;
 use tokio::sync::{mpsc, watch, Notify, Semaphore};
 
 use crate::session::{Ids, Session, Wakeups};
-use crate::{Error, Limits};
+use crate::{Error, Limits, RequestId};
 
 mod body;
 mod broadcast;
@@ -154,6 +154,8 @@ pub(crate) struct Locked {
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub(crate) ids: Ids,
+    /// The resume secret of the first WELCOME, presented by every reconnect (PROTOCOL.md §5.2).
+    pub(crate) resume: RequestId,
     pub(crate) options: crate::ClientOptions,
     /// Where to reconnect (resolved once, at connect).
     pub(crate) addrs: Vec<SocketAddr>,

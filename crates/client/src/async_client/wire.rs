@@ -22,7 +22,7 @@ use tokio::net::TcpStream;
 
 use crate::handshake::{self, Answer, Welcomed};
 use crate::transport::SharedTls;
-use crate::{ChannelId, ClientId, ClientOptions, Error, ProtocolViolation};
+use crate::{ChannelId, ClientId, ClientOptions, Error, ProtocolViolation, RequestId};
 
 /// Bytes asked of the socket per read (as the blocking transport).
 const READ_CHUNK: usize = 64 * 1024;
@@ -37,7 +37,8 @@ pub(crate) struct Joined {
 }
 
 /// Connects to `addrs`, runs the TLS handshake (with [`ClientOptions::tls`]), sends HELLO with
-/// `requested` (nil: assign one) for `channel` and waits for the WELCOME, all within
+/// `requested` (nil: assign one) for `channel` presenting `resume` (nil: none; PROTOCOL.md
+/// §5.2) and waits for the WELCOME, all within
 /// `options.connect_timeout`.
 ///
 /// # Errors
@@ -46,9 +47,10 @@ pub(crate) async fn join(
     addrs: &[SocketAddr],
     channel: ChannelId,
     requested: ClientId,
+    resume: RequestId,
     options: &ClientOptions,
 ) -> Result<Joined, Error> {
-    let attempt = join_unbounded(addrs, channel, requested, options);
+    let attempt = join_unbounded(addrs, channel, requested, resume, options);
     match tokio::time::timeout(options.connect_timeout, attempt).await {
         Ok(joined) => joined,
         Err(_) => Err(Error::ConnectTimeout),
@@ -59,6 +61,7 @@ async fn join_unbounded(
     addrs: &[SocketAddr],
     channel: ChannelId,
     requested: ClientId,
+    resume: RequestId,
     options: &ClientOptions,
 ) -> Result<Joined, Error> {
     let stream = connect(addrs).await?;
@@ -83,7 +86,7 @@ async fn join_unbounded(
         write.tls = Some(tls.clone());
         tls_handshake(&mut read, &mut write, &tls).await?;
     }
-    let (hello_ids, hello) = handshake::hello(channel, requested, options);
+    let (hello_ids, hello) = handshake::hello(channel, requested, resume, options);
     write.push(&hello).map_err(Error::Io)?;
     write.flush().await.map_err(Error::Io)?;
     let welcomed = loop {

@@ -69,7 +69,16 @@ impl Client {
             .map_err(Error::ConnectionRefused)?
             .collect();
         let requested = options.client_id.unwrap_or(ClientId::NIL);
-        let joined = handshake(&addrs, channel, requested, &options, &|_| Ok(()))?;
+        let joined = handshake(
+            &addrs,
+            channel,
+            requested,
+            options
+                .resume_secret
+                .map_or(RequestId::NIL, RequestId::from_bytes),
+            &options,
+            &|_| Ok(()),
+        )?;
         let link = Arc::new(joined.link()?);
         let ids = Ids {
             client: joined.client,
@@ -84,6 +93,7 @@ impl Client {
         let session = Session::new(ids, joined.max_payload, joined.peers.clone(), capacities);
         let shared = Arc::new(Shared {
             ids,
+            resume: joined.resume,
             grace: options.deadline_grace,
             addrs,
             options,

@@ -44,7 +44,10 @@ pub(super) struct BroadcastPeer {
 }
 
 pub(super) struct Broadcast {
+    /// The sender's id for it: frames to and from the sender carry it.
     pub(super) id: RequestId,
+    /// The id its peers see and acknowledge with (see `scope.rs`).
+    pub(super) route: RequestId,
     pub(super) sender: ConnId,
     pub(super) sender_client: ClientId,
     pub(super) channel: ChannelId,
@@ -71,16 +74,8 @@ impl Router {
                 None => return,
             }
         } else {
-            let key = match self.streams.get(&id) {
-                Some(&StreamKey::Broadcast(key))
-                    if self
-                        .broadcasts
-                        .get(key)
-                        .is_some_and(|b| b.sender == from.conn) =>
-                {
-                    key
-                }
-                _ => return self.reject_unknown_request(from.conn, id, "broadcast frame"),
+            let Some(StreamKey::Broadcast(key)) = self.sender_stream(from.conn, id) else {
+                return self.reject_unknown_request(from.conn, id, "broadcast frame");
             };
             let Some(broadcast) = self.broadcasts.get_mut(key) else {
                 return;
@@ -118,15 +113,15 @@ impl Router {
             );
             return None;
         }
-        if self.streams.contains_key(&id) {
+        let Ok(route) = self.claim_route(from.conn, id) else {
             self.send_error(
                 from.conn,
                 ErrorCode::DuplicateRequest,
                 id,
-                "a stream with this id is already in flight",
+                "a request or broadcast of yours with this id is already in flight",
             );
             return None;
-        }
+        };
         if frame.header.sequence != 0 {
             self.send_error(
                 from.conn,
@@ -165,6 +160,7 @@ impl Router {
         let wheel = &mut self.wheel;
         let key = self.broadcasts.insert_with(|key| Broadcast {
             id,
+            route,
             sender: from.conn,
             sender_client: from.client,
             channel: from.channel,
@@ -173,7 +169,7 @@ impl Router {
             next_seq: 0,
             finished: false,
         });
-        self.streams.insert(id, StreamKey::Broadcast(key));
+        self.register_stream(from.conn, id, route, StreamKey::Broadcast(key));
         if let Some(c) = self.conns.get_mut(from.conn) {
             c.start_sending();
         }
@@ -206,9 +202,11 @@ impl Router {
         let header = Header {
             client_id: broadcast.sender_client,
             flags: Flags::REQUEST | Flags::BROADCAST,
+            request_id: broadcast.route,
             ..frame.header
         };
-        let (id, sender_client) = (broadcast.id, broadcast.sender_client);
+        // Peers know the broadcast by its route.
+        let (id, sender_client) = (broadcast.route, broadcast.sender_client);
         let high = self.config.high_watermark;
         let mut index = 0;
         loop {
@@ -276,15 +274,8 @@ impl Router {
 
     /// CANCEL with BROADCAST from the sender.
     pub(super) fn recv_broadcast_cancel(&mut self, from: Peer, id: RequestId) {
-        match self.streams.get(&id) {
-            Some(&StreamKey::Broadcast(key))
-                if self
-                    .broadcasts
-                    .get(key)
-                    .is_some_and(|b| b.sender == from.conn) =>
-            {
-                self.cancel_broadcast(key)
-            }
+        match self.sender_stream(from.conn, id) {
+            Some(StreamKey::Broadcast(key)) => self.cancel_broadcast(key),
             _ => self.reject_unknown_request(from.conn, id, "cancel"),
         }
     }
@@ -299,7 +290,8 @@ impl Router {
         let Some(broadcast) = self.broadcasts.get(key) else {
             return;
         };
-        let (id, sender_client) = (broadcast.id, broadcast.sender_client);
+        // Peers know the broadcast by its route.
+        let (id, sender_client) = (broadcast.route, broadcast.sender_client);
         let owing: Vec<ConnId> = broadcast
             .peers
             .iter()
@@ -424,7 +416,7 @@ impl Router {
             return;
         };
         self.wheel.remove(broadcast.timer);
-        self.streams.remove(&broadcast.id);
+        self.unregister_stream(broadcast.sender, broadcast.id, broadcast.route);
         self.forget_sent(broadcast.sender);
         self.forget_stream(broadcast.sender, StreamKey::Broadcast(key));
         for peer in &broadcast.peers {

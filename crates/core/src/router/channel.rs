@@ -21,18 +21,23 @@ use std::time::Instant;
 
 use super::store::Key;
 use super::{Peer, Router};
+use crate::auth::ResumeSecret;
 use crate::ids::{ChannelId, ClientId, ConnId};
 use crate::protocol::{decode_u32, ErrorCode, Flags};
 
 pub(super) struct Member {
     pub(super) conn: ConnId,
     pub(super) client: ClientId,
+    /// What a HELLO taking over this client id must present (see `presence.rs`).
+    pub(super) secret: ResumeSecret,
 }
 
 /// A member that left less than the grace period ago (see `presence.rs`).
 pub(super) struct Ghost {
     pub(super) client: ClientId,
     pub(super) timer: crate::wheel::TimerKey,
+    /// What a HELLO resuming this client id must present (see `presence.rs`).
+    pub(super) secret: ResumeSecret,
 }
 
 #[derive(Default)]

@@ -32,11 +32,15 @@ impl Router {
         // The heartbeat's whole per-frame cost: one store (see `heartbeat.rs`).
         c.liveness_mut().heard(tick);
         let header = &frame.header;
+        // A HELLO's request id field is a resume secret: never logged.
+        let shown = match header.frame_type {
+            FrameType::Hello => crate::ids::RequestId::NIL,
+            _ => header.request_id,
+        };
         log::trace!(
-            "{conn}: recv {:?} {:?} {}",
+            "{conn}: recv {:?} {:?} {shown}",
             header.frame_type,
-            header.flags,
-            header.request_id
+            header.flags
         );
         if c.is_closing() {
             return;

@@ -22,7 +22,8 @@ impl Router {
     pub fn handle_decode_error(&mut self, conn: ConnId, error: DecodeError, now: Instant) {
         self.now = self.now.max(now);
         log::debug!("{conn}: malformed input: {error}");
-        self.fail_connection(conn, error.code(), &error.to_string());
+        let text = self.decode_error_text(conn, error);
+        self.fail_connection(conn, error.code(), &text);
     }
 
     /// `conn` closed. Frees everything it owned and tells whoever waited on it. Idempotent:
@@ -41,6 +42,9 @@ impl Router {
         }
         self.release_connection(conn);
         if let Some(mut c) = self.conns.remove(conn) {
+            if c.is_awaiting_hello() {
+                self.left_awaiting_hello();
+            }
             if let Some(timer) = c.liveness_mut().take_timer() {
                 self.wheel.remove(timer);
             }
@@ -70,6 +74,7 @@ impl Router {
         if c.is_closing() {
             return;
         }
+        let awaiting_hello = c.is_awaiting_hello();
         if let Some((code, text)) = error {
             // One info line per connection event: a refused handshake is one; a misbehaving
             // established peer is a debug line (its close gets the server's info line).
@@ -82,6 +87,9 @@ impl Router {
                 log::debug!("{}: closing on {code:?}: {text}", c.describe());
             }
             self.send_error(conn, code, RequestId::NIL, text);
+        }
+        if awaiting_hello {
+            self.left_awaiting_hello();
         }
         self.release_connection(conn);
         match self.conns.get_mut(conn).map(|c| c.close()) {

@@ -45,6 +45,7 @@
 //! # Module map
 //! ```text
 //!   mod.rs         Router, its configuration, outputs and stats; the timers' dispatch
+//!   admission.rs   what a connection may cost before its handshake
 //!   dispatch.rs    input: a decoded frame checked against its connection's state and routed
 //!   connection.rs  one connection's lifecycle (AwaitingHello → Open → Closing), credit, pauses
 //!   lifecycle.rs   closing a connection and forgetting it (close_connection, handle_disconnect)
@@ -55,6 +56,7 @@
 //!   request/       request/reply: routing (mod.rs) and one request's state machine (state.rs)
 //!   broadcast.rs   broadcasts and their acks
 //!   heartbeat.rs   liveness: pings and the silent-connection close
+//!   scope.rs       request ids scoped per sender: routes and aliases
 //!   shutdown.rs    graceful shutdown
 //!   store.rs       generation-checked slabs (connections keyed by ConnId itself)
 //!   invariants.rs  the cross-structure checks the tests run after every step
@@ -68,6 +70,7 @@
 //! - A receiver never holds more requests than its window.
 //! - When every connection has been disconnected, every count in [`RouterStats`] is zero.
 
+mod admission;
 mod broadcast;
 mod channel;
 mod connection;
@@ -78,6 +81,7 @@ mod lifecycle;
 mod outbound;
 mod presence;
 mod request;
+mod scope;
 mod send;
 mod shutdown;
 mod store;
@@ -140,6 +144,9 @@ pub struct RouterConfig {
     /// A connection that has not completed its handshake this long after its accept is closed
     /// with `HandshakeRequired` (slowloris); zero disables the limit.
     pub handshake_timeout: Duration,
+    /// Connections awaiting their hello (unauthenticated) at once; when one more is accepted,
+    /// the oldest of them gets `HandshakeRequired` and is closed (see `admission.rs`). At least 1.
+    pub max_unauthenticated: usize,
     /// Access tokens a HELLO must carry (its payload) to join a channel; empty: none needed.
     /// A missing or wrong token gets `Unauthorized` and is closed before anything is learnt
     /// about the channel.
@@ -167,6 +174,10 @@ impl Default for RouterConfig {
             max_in_flight_per_connection: 10_000,
             // The heartbeat's default interval: an honest client sends HELLO right after connect.
             handshake_timeout: Duration::from_secs(10),
+            // An honest client is unauthenticated for one round trip: 256 handshakes in flight
+            // at once is far above any real connect storm of one broker, and 256 stalled
+            // connections cost ~1 MiB at most (4 KiB each, see `MAX_HELLO_PAYLOAD`).
+            max_unauthenticated: 256,
             tokens: Tokens::default(),
         }
     }
@@ -219,6 +230,13 @@ pub struct RouterStats {
     pub takeovers: u64,
     /// Cumulative: handshakes refused.
     pub handshake_failures: u64,
+    /// Connections awaiting their hello (unauthenticated).
+    pub unauthenticated: usize,
+    /// Cumulative: unauthenticated connections closed to make room for a newer one.
+    pub unauthenticated_evicted: u64,
+    /// Cumulative: channels with only departed peers (ghosts) dropped before their grace
+    /// period ended, to make room for a new channel at `max_channels`.
+    pub ghost_channels_evicted: u64,
     /// Cumulative: frames queued to connections.
     pub frames_out: u64,
     /// Cumulative: bytes written to connections.
@@ -258,8 +276,11 @@ pub struct Router {
     channels: HashMap<ChannelId, Channel>,
     requests: Store<Request>,
     broadcasts: Store<Broadcast>,
-    /// Every request and broadcast in flight, by its wire id.
+    /// Every request and broadcast in flight, by its route: the id its receiver and peers see
+    /// (see `scope.rs`).
     streams: HashMap<RequestId, StreamKey>,
+    /// Streams whose route is not their sender's id, by (sender, id) (see `scope.rs`).
+    aliases: HashMap<(ConnId, RequestId), StreamKey>,
     wheel: TimerWheel<TimerTarget>,
     outputs: VecDeque<Output>,
     /// Sum of every outbound queue's length, kept incrementally.
@@ -281,6 +302,8 @@ pub struct Router {
     errors_by_code: HashMap<u16, u64>,
     /// Outbound buffers of connections with nothing queued (see `pool.rs`).
     outbound_pool: BufferPool,
+    /// Admission (see `admission.rs`).
+    admission: admission::Admission,
 }
 
 impl Router {
@@ -294,6 +317,7 @@ impl Router {
             requests: Store::with_capacity(1024),
             broadcasts: Store::with_capacity(64),
             streams: HashMap::with_capacity(1024),
+            aliases: HashMap::new(),
             wheel: TimerWheel::with_capacity(1024),
             outputs: VecDeque::with_capacity(256),
             outbound_bytes: 0,
@@ -307,6 +331,7 @@ impl Router {
             // 256 warm buffers of up to 64 KiB: at most 16 MiB retained, whatever the number of
             // connections; new ones start at 4 KiB (dozens of small frames per turn).
             outbound_pool: BufferPool::new(256, 4 * 1024, 64 * 1024),
+            admission: admission::Admission::default(),
         }
     }
 
@@ -321,6 +346,7 @@ impl Router {
         let conn = self.conns.insert_with(Connection::new);
         self.arm_heartbeat(conn, now);
         self.arm_handshake_timeout(conn, now);
+        self.admit_unauthenticated(conn);
         conn
     }
 
@@ -418,6 +444,7 @@ impl Router {
             .filter(|(_, c)| c.is_read_paused())
             .count();
         stats.ghosts = self.ghost_timers();
+        stats.unauthenticated = self.admission.unauthenticated;
         stats
     }
 

@@ -3,6 +3,8 @@
 //!
 //! ```text
 //!  HELLO(client X) ─┬─ X is a ghost (left < grace ago) ──▶ member again, silently: no PEER_JOINED
+//!  (X present — a member or a ghost — and the HELLO's request id field is not X's resume
+//!   secret: ERROR CLIENT_ID_IN_USE, close; the member and its channel are undisturbed)
 //!                   ├─ X is a member (another connection) ▶ takeover: the old connection gets
 //!                   │     ERROR REPLACED and is closed (its requests end as for any departure);
 //!                   │     the new one takes its place silently: neither PEER_LEFT nor PEER_JOINED
@@ -20,6 +22,12 @@
 //! `handshake_timeout` after its accept gets ERROR HANDSHAKE_REQUIRED and is closed: one timer per
 //! connection awaiting its hello, removed at the handshake or the close.
 //!
+//! Resume secrets: each present client id has one (16 random bytes, or the secret the client
+//! presented when its id was free), kept across takeovers and ghost returns and sent in the
+//! request id field of every WELCOME. A HELLO naming a present id must carry it in its own
+//! request id field, or it is refused with CLIENT_ID_IN_USE before anything changes — a member
+//! that learnt another's id from a WELCOME or PEERS list cannot evict or impersonate it.
+//!
 //! So a peer that reconnects within the grace period — however often, whatever the interleaving
 //! of the old connection's close and the new one's hello — is seen by the others as never having
 //! left. A ghost is visible in WELCOME and PEERS lists (it is still present for the others) but
@@ -31,7 +39,8 @@ use std::time::Instant;
 
 use super::channel::{duration_ms, Ghost, Member};
 use super::{insert_timer, Router, TimerTarget};
-use crate::ids::{ChannelId, ClientId, ConnId};
+use crate::auth::ResumeSecret;
+use crate::ids::{ChannelId, ClientId, ConnId, RequestId};
 use crate::protocol::{encode_peers, ErrorCode, Frame, FrameType, Header, WelcomeBody};
 
 impl Router {
@@ -65,6 +74,31 @@ impl Router {
         } else {
             frame.header.client_id
         };
+        // Before anything changes: a present id is taken over only with its resume secret.
+        let presented = ResumeSecret::presented(*frame.header.request_id.as_bytes());
+        let secret = match self.present_secret(channel_id, client) {
+            Some(held) if presented.is_some_and(|p| held.matches(&p)) => held,
+            Some(_) => {
+                self.counters.handshake_failures += 1;
+                return self.fail_connection(
+                    conn,
+                    ErrorCode::ClientIdInUse,
+                    &format!(
+                        "client {client} is present on channel {channel_id}: taking it over \
+                         needs the resume secret of its welcome"
+                    ),
+                );
+            }
+            // A free id: the client's own secret if it presents one (so a client keeps one
+            // secret for life), else a fresh one.
+            None => presented.unwrap_or_else(ResumeSecret::random),
+        };
+        if !self.channels.contains_key(&channel_id)
+            && self.channels.len() >= self.config.max_channels
+        {
+            // Ghosts do not block new channels: a channel kept only by departed peers makes room.
+            self.evict_ghost_channel();
+        }
         if let Some(text) = self.hello_limit_reached(channel_id, client) {
             self.counters.handshake_failures += 1;
             return self.fail_connection(conn, ErrorCode::LimitExceeded, &text);
@@ -99,12 +133,18 @@ impl Router {
         // Entered again: a takeover of the channel's only member has just emptied and dropped it.
         let channel = self.channels.entry(channel_id).or_default();
         let peers = channel.visible_peers_except(conn);
-        channel.members.push(Member { conn, client });
+        channel.members.push(Member {
+            conn,
+            client,
+            secret,
+        });
         match self.conns.get_mut(conn).map(|c| c.open(channel_id, client)) {
             Some(Ok(Some(timer))) => {
                 self.wheel.remove(timer);
+                self.left_awaiting_hello();
             }
-            Some(Ok(None)) | None => {}
+            Some(Ok(None)) => self.left_awaiting_hello(),
+            None => {}
             Some(Err(e)) => {
                 log::debug!("{conn}: {e}");
                 debug_assert!(false, "{conn}: {e}");
@@ -123,12 +163,23 @@ impl Router {
         let header = Header {
             client_id: client,
             channel_id,
+            request_id: RequestId::from_bytes(secret.to_bytes()),
             ..Header::new(FrameType::Welcome)
         };
         self.send(conn, &header, &welcome.encode(), None);
         if !returning_ghost && previous.is_none() {
             self.announce(conn, channel_id, FrameType::PeerJoined, client);
         }
+    }
+
+    /// The resume secret of `client` on `channel_id` while it is present (a member or a ghost).
+    fn present_secret(&self, channel_id: ChannelId, client: ClientId) -> Option<ResumeSecret> {
+        let channel = self.channels.get(&channel_id)?;
+        let member = channel.members.iter().find(|m| m.client == client);
+        let ghost = || channel.ghosts.iter().find(|g| g.client == client);
+        member
+            .map(|m| m.secret)
+            .or_else(|| ghost().map(|g| g.secret))
     }
 
     /// When a HELLO of `client` for `channel_id` would go over `max_channels` or
@@ -226,14 +277,24 @@ impl Router {
         let Some(channel) = self.channels.get_mut(&channel_id) else {
             return;
         };
-        channel.members.retain(|m| m.conn != conn);
+        let secret = match channel.members.iter().position(|m| m.conn == conn) {
+            Some(pos) => channel.members.remove(pos).secret,
+            None => ResumeSecret::random(),
+        };
         channel.ready.retain(|c| *c != conn);
         if replaced {
             // Its successor is already (or about to be) a member under the same id.
         } else if !grace.is_zero() && !self.shutting_down {
             let target = TimerTarget::Ghost(channel_id, client);
             let timer = insert_timer(&mut self.wheel, deadline, target);
-            channel.ghosts.push(Ghost { client, timer });
+            channel.ghosts.push(Ghost {
+                client,
+                timer,
+                secret,
+            });
+            if channel.members.is_empty() {
+                self.note_ghost_only(channel_id);
+            }
         } else {
             self.announce(conn, channel_id, FrameType::PeerLeft, client);
         }

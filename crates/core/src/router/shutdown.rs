@@ -4,7 +4,8 @@
 //! "empty", and outputs are "polled".)
 //!
 //! ```text
-//!  begin_shutdown ─▶ every open connection gets ERROR GOING_AWAY (nil request id);
+//!  begin_shutdown ─▶ every connection gets ERROR GOING_AWAY (nil request id) — one awaiting its
+//!                 hello too, which is then closed (it has nothing in flight);
 //!                 new handshakes get GOING_AWAY and are closed; new requests and broadcasts get
 //!                 SHUTTING_DOWN; requests and broadcasts in flight go on; waiting requests may
 //!                 still be assigned; presence has no grace period any more
@@ -53,7 +54,11 @@ impl Router {
         }
         let open: Vec<ConnId> = self.conns.iter().map(|(id, _)| id).collect();
         for conn in open {
-            if self.conns.get(conn).is_some_and(|c| c.is_open()) {
+            if self
+                .conns
+                .get(conn)
+                .is_some_and(|c| c.is_open() || c.is_awaiting_hello())
+            {
                 self.send_error(
                     conn,
                     ErrorCode::GoingAway,

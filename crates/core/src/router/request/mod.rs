@@ -43,7 +43,7 @@ impl Router {
         if frame.header.frame_type == FrameType::Start {
             return self.recv_request_start(from, frame, now);
         }
-        let Some(&StreamKey::Request(key)) = self.streams.get(&id) else {
+        let Some(StreamKey::Request(key)) = self.sender_stream(from.conn, id) else {
             return self.reject_unknown_request(from.conn, id, "request frame");
         };
         let Some(request) = self.requests.get_mut(key) else {
@@ -68,14 +68,14 @@ impl Router {
                 "the broker is shutting down and takes no new requests",
             );
         }
-        if self.streams.contains_key(&id) {
+        let Ok(route) = self.claim_route(from.conn, id) else {
             return self.send_error(
                 from.conn,
                 ErrorCode::DuplicateRequest,
                 id,
-                "a request with this id is already in flight",
+                "a request or broadcast of yours with this id is already in flight",
             );
-        }
+        };
         if !in_order(&frame.header, 0) {
             return self.send_error(
                 from.conn,
@@ -114,14 +114,14 @@ impl Router {
         let wheel = &mut self.wheel;
         let key = self.requests.insert_with(|key| {
             Request::new(
-                id,
+                (id, route),
                 from,
                 super::insert_timer(wheel, deadline_tick, TimerTarget::Request(key)),
                 now + timeout,
                 frame.header.is_final,
             )
         });
-        self.streams.insert(id, StreamKey::Request(key));
+        self.register_stream(from.conn, id, route, StreamKey::Request(key));
         if let Some(c) = self.conns.get_mut(from.conn) {
             c.add_stream(StreamKey::Request(key));
             c.start_sending();
@@ -155,6 +155,7 @@ impl Router {
             Some(receiver) => {
                 let (sender, sender_client, deadline) =
                     (request.sender, request.sender_client, request.deadline);
+                let frame = routed(frame, request.route);
                 forward_request(self, receiver, sender, sender_client, deadline, frame, now);
             }
             None => self.hold_frame(key, frame),
@@ -237,10 +238,15 @@ impl Router {
                 return;
             }
         };
-        let (sender, sender_client, deadline) =
-            (request.sender, request.sender_client, request.deadline);
+        let (sender, sender_client, deadline, route) = (
+            request.sender,
+            request.sender_client,
+            request.deadline,
+            request.route,
+        );
         self.take_request(key, receiver);
         for frame in held {
+            let frame = routed(frame, route);
             forward_request(self, receiver, sender, sender_client, deadline, frame, now);
         }
         self.release_held(sender, held_bytes);
@@ -275,10 +281,11 @@ impl Router {
             debug_assert!(false, "{}: {e}", from.conn);
             return;
         }
-        let sender = request.sender;
+        let (sender, sender_id) = (request.sender, request.id);
         let is_final = frame.header.is_final;
         let header = Header {
             client_id: receiver_client,
+            request_id: sender_id,
             timeout_ms: 0,
             ..frame.header
         };
@@ -290,24 +297,17 @@ impl Router {
 
     /// CANCEL with REQUEST from the request's sender.
     pub(super) fn recv_request_cancel(&mut self, from: Peer, id: RequestId, now: Instant) {
-        let key = match self.streams.get(&id) {
-            Some(&StreamKey::Request(key))
-                if self
-                    .requests
-                    .get(key)
-                    .is_some_and(|r| r.sender == from.conn) =>
-            {
-                key
-            }
-            _ => return self.reject_unknown_request(from.conn, id, "cancel"),
+        let Some(StreamKey::Request(key)) = self.sender_stream(from.conn, id) else {
+            return self.reject_unknown_request(from.conn, id, "cancel");
         };
-        if let Some(receiver) = self.requests.get(key).and_then(Request::receiver) {
+        let request = self.requests.get(key);
+        if let Some((receiver, route)) = request.and_then(|r| Some((r.receiver()?, r.route))) {
             self.send_control(
                 receiver,
                 FrameType::Cancel,
                 CANCEL_TO_RECEIVER,
                 from.client,
-                id,
+                route,
             );
         }
         self.finish_request(key, now);
@@ -323,8 +323,14 @@ impl Router {
             }
             _ => return self.reject_unknown_request(from.conn, id, "cancel"),
         };
-        if let Some(sender) = self.requests.get(key).map(|r| r.sender) {
-            self.send_control(sender, FrameType::Cancel, CANCEL_TO_SENDER, from.client, id);
+        if let Some((sender, sender_id)) = self.requests.get(key).map(|r| (r.sender, r.id)) {
+            self.send_control(
+                sender,
+                FrameType::Cancel,
+                CANCEL_TO_SENDER,
+                from.client,
+                sender_id,
+            );
         }
         self.finish_request(key, now);
     }
@@ -335,16 +341,19 @@ impl Router {
             return;
         };
         let (id, sender, sender_client) = (request.id, request.sender, request.sender_client);
+        let route = request.route;
         let (receiver, receiver_client) = (request.receiver(), request.receiver_client());
+        // The offender's own name for the request.
+        let offender_id = if offender == sender { id } else { route };
         self.send_error(
             offender,
             ErrorCode::StreamOrder,
-            id,
+            offender_id,
             "frame out of order; request aborted",
         );
         if offender == sender {
             if let Some(receiver) = receiver.filter(|r| *r != offender) {
-                self.cancel_receiver(receiver, sender_client, id);
+                self.cancel_receiver(receiver, sender_client, route);
             }
         } else {
             self.cancel_sender(sender, receiver_client, id);
@@ -359,6 +368,7 @@ impl Router {
         };
         self.counters.timeouts += 1;
         let (id, sender, sender_client) = (request.id, request.sender, request.sender_client);
+        let route = request.route;
         match request.receiver() {
             None => self.send_error(
                 sender,
@@ -373,7 +383,7 @@ impl Router {
                     id,
                     "the response did not complete in time",
                 );
-                self.cancel_receiver(receiver, sender_client, id);
+                self.cancel_receiver(receiver, sender_client, route);
             }
         }
         self.finish_request(key, now);
@@ -387,7 +397,7 @@ impl Router {
         };
         let (id, sender, sender_client) = (request.id, request.sender, request.sender_client);
         if let Some(receiver) = request.receiver() {
-            self.cancel_receiver(receiver, sender_client, id);
+            self.cancel_receiver(receiver, sender_client, request.route);
         }
         self.send_error(
             sender,
@@ -404,10 +414,10 @@ impl Router {
             return;
         };
         let (id, sender, sender_client) = (request.id, request.sender, request.sender_client);
-        let receiver = request.receiver();
+        let (receiver, route) = (request.receiver(), request.route);
         if departed == sender {
             if let Some(receiver) = receiver.filter(|r| *r != departed) {
-                self.cancel_receiver(receiver, sender_client, id);
+                self.cancel_receiver(receiver, sender_client, route);
             }
         } else {
             self.send_error(sender, ErrorCode::PeerGone, id, "the receiver disconnected");
@@ -444,7 +454,7 @@ impl Router {
             return;
         };
         self.wheel.remove(request.timer);
-        self.streams.remove(&request.id);
+        self.unregister_stream(request.sender, request.id, request.route);
         self.forget_sent(request.sender);
         self.forget_stream(request.sender, StreamKey::Request(key));
         match request.receiver() {
@@ -466,6 +476,12 @@ impl Router {
             }
         }
     }
+}
+
+/// The frame with its request id replaced by the request's route (what the receiver sees).
+fn routed(mut frame: Frame, route: RequestId) -> Frame {
+    frame.header.request_id = route;
+    frame
 }
 
 /// Forwards one request-direction frame to its receiver, rewriting the client id to the

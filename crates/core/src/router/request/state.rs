@@ -33,7 +33,10 @@ enum RequestState {
 }
 
 pub(in crate::router) struct Request {
+    /// The sender's id for it: frames to and from the sender carry it.
     pub(in crate::router) id: RequestId,
+    /// The id its receiver sees and answers with (see `scope.rs`).
+    pub(in crate::router) route: RequestId,
     pub(in crate::router) channel: ChannelId,
     pub(in crate::router) sender: ConnId,
     pub(in crate::router) sender_client: ClientId,
@@ -50,7 +53,7 @@ impl Request {
     /// A request whose START `from` sent: `Queued`, holding nothing yet. `finished`: the START
     /// was FINAL.
     pub(super) fn new(
-        id: RequestId,
+        (id, route): (RequestId, RequestId),
         from: Peer,
         timer: TimerKey,
         deadline: Instant,
@@ -58,6 +61,7 @@ impl Request {
     ) -> Request {
         Request {
             id,
+            route,
             channel: from.channel,
             sender: from.conn,
             sender_client: from.client,

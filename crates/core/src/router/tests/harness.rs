@@ -24,6 +24,8 @@ pub(super) struct Harness {
     /// Connections whose transmits are not written (a client that stopped reading).
     pub(super) stalled: HashSet<ConnId>,
     channels: HashMap<ConnId, ChannelId>,
+    /// The resume secret of every WELCOME seen, by channel and client id.
+    pub(super) secrets: HashMap<(ChannelId, ClientId), RequestId>,
 }
 
 /// The default configuration with heartbeats, the handshake timeout and the presence grace
@@ -71,6 +73,7 @@ impl Harness {
             resumed: Vec::new(),
             stalled: HashSet::new(),
             channels: HashMap::new(),
+            secrets: HashMap::new(),
         }
     }
 
@@ -134,8 +137,20 @@ impl Harness {
         self.channels.get(&conn).copied().unwrap_or(ChannelId::NIL)
     }
 
-    /// Feeds one frame with the given header (payload length filled in).
-    pub(super) fn send(&mut self, conn: ConnId, header: Header, payload: &[u8]) {
+    /// Feeds one frame with the given header (payload length filled in). A HELLO with a nil
+    /// request id presents the resume secret of the last WELCOME for its channel and client id,
+    /// as a well-behaved client does (use [`Harness::send_as_is`] to present none).
+    pub(super) fn send(&mut self, conn: ConnId, mut header: Header, payload: &[u8]) {
+        if header.frame_type == FrameType::Hello && header.request_id.is_nil() {
+            if let Some(secret) = self.secrets.get(&(header.channel_id, header.client_id)) {
+                header.request_id = *secret;
+            }
+        }
+        self.send_as_is(conn, header, payload);
+    }
+
+    /// Feeds one frame exactly as given (payload length filled in).
+    pub(super) fn send_as_is(&mut self, conn: ConnId, header: Header, payload: &[u8]) {
         let frame = Frame::new(header, Bytes::copy_from_slice(payload));
         self.router.handle_frame(conn, frame, self.now);
         self.poll_outputs();
@@ -230,6 +245,11 @@ impl Harness {
             .decode(&mut buf)
             .expect("the router emits valid frames")
         {
+            if frame.header.frame_type == FrameType::Welcome {
+                let h = &frame.header;
+                self.secrets
+                    .insert((h.channel_id, h.client_id), h.request_id);
+            }
             if let Some(inbox) = self.inbox.get_mut(&conn) {
                 inbox.push(frame);
             }

@@ -311,9 +311,11 @@ fn foreign_unknown_and_unassigned_request_ids_are_refused_without_harm() {
     h.expect_error(rs[1], ErrorCode::UnknownRequest, req(1));
     h.expect_nothing(s);
     h.expect_nothing(rs[0]);
-    // A duplicate start.
-    h.request(rs[1], req(1), 1_000, b"dup");
-    h.expect_error(rs[1], ErrorCode::DuplicateRequest, req(1));
+    // A duplicate start: the same sender reusing its own id in flight (another connection's
+    // reuse is its own request: `scope.rs`).
+    h.request(s, req(1), 1_000, b"dup");
+    h.expect_error(s, ErrorCode::DuplicateRequest, req(1));
+    h.expect_nothing(rs[0]);
     // The real request still completes.
     h.respond(rs[0], req(1), b"ok");
     assert_eq!(&h.expect_one(s).payload[..], b"ok");
