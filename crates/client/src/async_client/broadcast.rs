@@ -150,6 +150,7 @@ impl AsyncClient {
     /// match client.next_presence(None).await? {
     ///     PresenceEvent::Joined(peer) => println!("{peer} joined"),
     ///     PresenceEvent::Left(peer) => println!("{peer} left"),
+    ///     other => println!("{other:?}"),
     /// }
     /// # Ok(()) }
     /// ```
