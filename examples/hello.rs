@@ -6,7 +6,7 @@ use switchyard::client::{Client, Error};
 use switchyard::ids::ChannelId;
 
 fn main() -> Result<(), Error> {
-    let channel = ChannelId::random(); // services agree on a channel id out of band
+    let channel = ChannelId::from_name("greetings").expect("a valid name"); // or a UUID
     let receiver = Client::connect("127.0.0.1:7878", channel)?;
     receiver.set_receive_window(4)?; // ready to hold up to 4 requests at once
     let serving = std::thread::spawn(move || -> Result<(), Error> {
