@@ -31,6 +31,9 @@
 //! - `in_flight <= window` whenever the window was not lowered under it (a lowered window only
 //!   stops new assignments), and both are zero once it leaves `Open`.
 //! - `in_ready_queue` is true iff its id is in its channel's ready FIFO (possibly stale there).
+//! - `congested` is set when its outbound queue goes over the high watermark and cleared only
+//!   when a write takes it to the low watermark or below: a congested receiver has no free slot
+//!   (it is not "ready"), whatever its window says.
 
 use super::heartbeat::Liveness;
 use super::outbound::OutboundQueue;
@@ -103,6 +106,12 @@ pub(super) struct Connection {
     /// Requests and broadcasts it started that are still in flight (bounded by
     /// `max_in_flight_per_connection`).
     sent_in_flight: usize,
+    /// Its outbound queue went over the high watermark and has not been written down to the
+    /// low one since: it takes no new request (see `send.rs`).
+    congested: bool,
+    /// Upper bound on the queue pieces that belong to requests that ended since the last purge
+    /// of its queue (see `send.rs`, `purge_dead_frames`).
+    dead_pieces: usize,
     /// The peer's address, for log lines only (given by the I/O layer).
     peer_addr: Option<std::net::SocketAddr>,
 }
@@ -122,6 +131,8 @@ impl Connection {
             pause: ReadPause::default(),
             liveness: Liveness::default(),
             sent_in_flight: 0,
+            congested: false,
+            dead_pieces: 0,
             peer_addr: None,
         }
     }
@@ -390,9 +401,29 @@ impl Connection {
         self.in_flight
     }
 
-    /// True when it can take one more request.
+    /// True when it can take one more request: open, below its window, and not congested.
     pub(super) fn has_free_slot(&self) -> bool {
-        self.is_open() && self.in_flight < self.window
+        self.is_open() && self.in_flight < self.window && !self.congested
+    }
+
+    pub(super) fn is_congested(&self) -> bool {
+        self.congested
+    }
+
+    /// Sets or clears the congestion mark; returns the previous value.
+    pub(super) fn set_congested(&mut self, congested: bool) -> bool {
+        std::mem::replace(&mut self.congested, congested)
+    }
+
+    /// Notes `pieces` more queue pieces of requests that ended; returns the new total.
+    pub(super) fn add_dead_pieces(&mut self, pieces: usize) -> usize {
+        self.dead_pieces += pieces;
+        self.dead_pieces
+    }
+
+    /// Its queue was purged: no known dead piece is left.
+    pub(super) fn reset_dead_pieces(&mut self) {
+        self.dead_pieces = 0;
     }
 
     /// It holds one more request.

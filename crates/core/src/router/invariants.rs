@@ -72,6 +72,13 @@ impl Router {
         let mut outbound = 0;
         for (_, c) in self.conns.iter() {
             outbound += c.outbound().len();
+            c.outbound().check_invariants();
+            // Set on every push over the high watermark, cleared only at or below the low one.
+            assert!(
+                c.outbound().len() <= self.config.high_watermark || c.is_congested(),
+                "{}: over the high watermark but not congested",
+                c.id()
+            );
             // A request a client sends to itself is listed twice (sender and receiver).
             let held: hashbrown::HashSet<&StreamKey> = c
                 .streams()

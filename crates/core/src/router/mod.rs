@@ -225,6 +225,9 @@ pub struct RouterStats {
     pub bytes_out: u64,
     /// Cumulative: error frames sent.
     pub errors_sent: u64,
+    /// Cumulative: bytes of ended requests dropped from their receivers' queues before they
+    /// started on the wire.
+    pub dead_bytes_dropped: u64,
 }
 
 /// A request or a broadcast, as named by a request id.
@@ -281,6 +284,8 @@ pub struct Router {
     errors_by_code: HashMap<u16, u64>,
     /// Outbound buffers of connections with nothing queued (see `pool.rs`).
     outbound_pool: BufferPool,
+    /// Scratch set of one queue purge (see `outbound.rs`); kept for its capacity.
+    purge_scratch: hashbrown::HashSet<Key>,
 }
 
 impl Router {
@@ -307,6 +312,7 @@ impl Router {
             // 256 warm buffers of up to 64 KiB: at most 16 MiB retained, whatever the number of
             // connections; new ones start at 4 KiB (dozens of small frames per turn).
             outbound_pool: BufferPool::new(256, 4 * 1024, 64 * 1024),
+            purge_scratch: hashbrown::HashSet::new(),
         }
     }
 

@@ -30,7 +30,7 @@ use state::in_order;
 pub(super) use state::Request;
 
 use super::channel::{CANCEL_TO_RECEIVER, CANCEL_TO_SENDER};
-use super::outbound::COPY_THRESHOLD;
+use super::outbound::{FrameRole, FrameTag, OutboundQueue, COPY_THRESHOLD};
 use super::store::Key;
 use super::{PauseCause, Peer, Router, StreamKey, TimerTarget};
 use crate::ids::{ClientId, ConnId, RequestId};
@@ -152,11 +152,7 @@ impl Router {
             return;
         };
         match request.receiver() {
-            Some(receiver) => {
-                let (sender, sender_client, deadline) =
-                    (request.sender, request.sender_client, request.deadline);
-                forward_request(self, receiver, sender, sender_client, deadline, frame, now);
-            }
+            Some(receiver) => forward_request(self, key, receiver, frame, now),
             None => self.hold_frame(key, frame),
         }
     }
@@ -237,11 +233,10 @@ impl Router {
                 return;
             }
         };
-        let (sender, sender_client, deadline) =
-            (request.sender, request.sender_client, request.deadline);
+        let sender = request.sender;
         self.take_request(key, receiver);
         for frame in held {
-            forward_request(self, receiver, sender, sender_client, deadline, frame, now);
+            forward_request(self, key, receiver, frame, now);
         }
         self.release_held(sender, held_bytes);
     }
@@ -302,13 +297,7 @@ impl Router {
             _ => return self.reject_unknown_request(from.conn, id, "cancel"),
         };
         if let Some(receiver) = self.requests.get(key).and_then(Request::receiver) {
-            self.send_control(
-                receiver,
-                FrameType::Cancel,
-                CANCEL_TO_RECEIVER,
-                from.client,
-                id,
-            );
+            self.cancel_receiver(key, receiver, from.client, id);
         }
         self.finish_request(key, now);
     }
@@ -344,7 +333,7 @@ impl Router {
         );
         if offender == sender {
             if let Some(receiver) = receiver.filter(|r| *r != offender) {
-                self.cancel_receiver(receiver, sender_client, id);
+                self.cancel_receiver(key, receiver, sender_client, id);
             }
         } else {
             self.cancel_sender(sender, receiver_client, id);
@@ -373,7 +362,7 @@ impl Router {
                     id,
                     "the response did not complete in time",
                 );
-                self.cancel_receiver(receiver, sender_client, id);
+                self.cancel_receiver(key, receiver, sender_client, id);
             }
         }
         self.finish_request(key, now);
@@ -387,7 +376,7 @@ impl Router {
         };
         let (id, sender, sender_client) = (request.id, request.sender, request.sender_client);
         if let Some(receiver) = request.receiver() {
-            self.cancel_receiver(receiver, sender_client, id);
+            self.cancel_receiver(key, receiver, sender_client, id);
         }
         self.send_error(
             sender,
@@ -407,7 +396,7 @@ impl Router {
         let receiver = request.receiver();
         if departed == sender {
             if let Some(receiver) = receiver.filter(|r| *r != departed) {
-                self.cancel_receiver(receiver, sender_client, id);
+                self.cancel_receiver(key, receiver, sender_client, id);
             }
         } else {
             self.send_error(sender, ErrorCode::PeerGone, id, "the receiver disconnected");
@@ -415,15 +404,31 @@ impl Router {
         self.finish_request(key, now);
     }
 
-    /// CANCEL to a request's receiver, naming the request's sender.
-    fn cancel_receiver(&mut self, receiver: ConnId, sender_client: ClientId, id: RequestId) {
-        self.send_control(
-            receiver,
-            FrameType::Cancel,
-            CANCEL_TO_RECEIVER,
-            sender_client,
-            id,
-        );
+    /// CANCEL to a request's receiver, naming the request's sender; tagged with the request,
+    /// so that it goes with the START if that is dropped unsent (see `outbound.rs`).
+    fn cancel_receiver(
+        &mut self,
+        key: Key,
+        receiver: ConnId,
+        sender_client: ClientId,
+        id: RequestId,
+    ) {
+        let Some(channel) = self.conns.get(receiver).map(|c| c.channel()) else {
+            return;
+        };
+        let header = Header {
+            flags: CANCEL_TO_RECEIVER,
+            client_id: sender_client,
+            channel_id: channel,
+            request_id: id,
+            is_final: true,
+            ..Header::new(FrameType::Cancel)
+        };
+        let tag = FrameTag {
+            stream: key,
+            role: FrameRole::Closing,
+        };
+        self.send_tagged(receiver, &header, &Bytes::new(), None, Some(tag));
     }
 
     /// CANCEL to a request's sender, naming the request's receiver.
@@ -457,6 +462,9 @@ impl Router {
                 if let Some(c) = self.conns.get_mut(receiver) {
                     c.end_request();
                 }
+                if let Some(last_piece) = request.last_piece {
+                    self.note_dead_frames(receiver, last_piece, request.forwarded_pieces);
+                }
                 // Whichever side flow control paused for this request's sake may go on: it has
                 // no more frames for the other (if it has others, they pause it again).
                 self.release_waiter(request.sender, receiver);
@@ -468,28 +476,35 @@ impl Router {
     }
 }
 
-/// Forwards one request-direction frame to its receiver, rewriting the client id to the
-/// sender's and, on the START, the timeout to what remains of it.
-fn forward_request(
-    router: &mut Router,
-    receiver: ConnId,
-    sender: ConnId,
-    sender_client: ClientId,
-    deadline: Instant,
-    frame: Frame,
-    now: Instant,
-) {
+/// Forwards one request-direction frame of request `key` to its receiver, rewriting the client
+/// id to the sender's and, on the START, the timeout to what remains of it. Tagged with the
+/// request (see `outbound.rs`).
+fn forward_request(router: &mut Router, key: Key, receiver: ConnId, frame: Frame, now: Instant) {
+    let Some(request) = router.requests.get_mut(key) else {
+        return;
+    };
+    request.forwarded_pieces += OutboundQueue::pieces_of(frame.payload.len());
+    let (sender, sender_client, deadline) =
+        (request.sender, request.sender_client, request.deadline);
     let mut header = Header {
         client_id: sender_client,
         flags: Flags::REQUEST,
         timeout_ms: 0,
         ..frame.header
     };
-    if header.frame_type == FrameType::Start {
+    let role = if header.frame_type == FrameType::Start {
         let remaining = deadline.saturating_duration_since(now);
         header.timeout_ms = ceil_ms(remaining).max(1);
+        FrameRole::Opening
+    } else {
+        FrameRole::Body
+    };
+    let tag = FrameTag { stream: key, role };
+    router.send_tagged(receiver, &header, &frame.payload, Some(sender), Some(tag));
+    let last_piece = router.conns.get(receiver).map(|c| c.outbound().last_seq());
+    if let Some(request) = router.requests.get_mut(key) {
+        request.last_piece = last_piece;
     }
-    router.send(receiver, &header, &frame.payload, Some(sender));
 }
 
 fn ceil_ms(duration: Duration) -> u32 {

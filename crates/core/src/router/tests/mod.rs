@@ -12,3 +12,4 @@ mod limits;
 mod presence;
 mod random;
 mod request_reply;
+mod stuck_receiver;
