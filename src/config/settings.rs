@@ -236,6 +236,13 @@ settings! {
         },
     }
 
+    /// Requests and broadcasts in flight in the whole broker.
+    max_requests_in_flight: u64, "N" {
+        default: |d| d.router.max_requests_in_flight as u64,
+        accepted: range(1, 100_000_000),
+        into: |s, c| s.router.max_requests_in_flight = count(c.max_requests_in_flight),
+    }
+
     /// A connection without a completed handshake this long after accept is closed, ms; 0 = off.
     handshake_timeout_ms: u64, "MS" {
         default: |d| ms(d.router.handshake_timeout),

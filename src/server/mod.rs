@@ -205,6 +205,7 @@ impl ServerStats {
             && r.assignments == 0
             && r.broadcasts == 0
             && r.armed_timers == 0
+            && r.pending_cleanup == 0
             && self.buffered_bytes() == 0
     }
 }

@@ -35,6 +35,8 @@
 //!   when a write takes it to the low watermark or below: a congested receiver has no free slot
 //!   (it is not "ready"), whatever its window says.
 
+use hashbrown::HashSet;
+
 use super::heartbeat::Liveness;
 use super::outbound::OutboundQueue;
 use super::{PauseCause, StateError, StreamKey};
@@ -93,9 +95,9 @@ pub(super) struct Connection {
     /// True while it is in its channel's FIFO of ready receivers.
     in_ready_queue: bool,
     /// Every request and broadcast it takes part in (as sender, receiver or broadcast peer).
-    /// Small in practice (bounded by the window and the requests it has outstanding); linear
-    /// removal is cheaper than a map at these sizes.
-    streams: Vec<StreamKey>,
+    /// A set, not a list: a receiver may hold many thousands (its window), and each ending
+    /// request removes itself — with a linear search that made mass cleanup quadratic.
+    streams: HashSet<StreamKey>,
     /// Connections paused because this one's outbound queue went over the high watermark.
     waiters: Vec<ConnId>,
     /// Bytes of its requests' frames held while they wait for a receiver.
@@ -125,7 +127,7 @@ impl Connection {
             window: 0,
             in_flight: 0,
             in_ready_queue: false,
-            streams: Vec::new(),
+            streams: HashSet::new(),
             waiters: Vec::new(),
             held_bytes: 0,
             pause: ReadPause::default(),
@@ -455,22 +457,21 @@ impl Connection {
 
     // ----- streams -----
 
-    pub(super) fn streams(&self) -> &[StreamKey] {
+    pub(super) fn streams(&self) -> &HashSet<StreamKey> {
         &self.streams
     }
 
     pub(super) fn add_stream(&mut self, stream: StreamKey) {
-        self.streams.push(stream);
+        self.streams.insert(stream);
     }
 
+    /// O(1): see `streams`.
     pub(super) fn forget_stream(&mut self, stream: StreamKey) {
-        if let Some(pos) = self.streams.iter().position(|s| *s == stream) {
-            self.streams.swap_remove(pos);
-        }
+        self.streams.remove(&stream);
     }
 
     /// Everything it took part in, taken out, and its credit withdrawn: what a departure ends.
-    pub(super) fn release(&mut self) -> Vec<StreamKey> {
+    pub(super) fn release(&mut self) -> HashSet<StreamKey> {
         self.window = 0;
         std::mem::take(&mut self.streams)
     }

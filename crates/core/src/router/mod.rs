@@ -137,6 +137,9 @@ pub struct RouterConfig {
     /// Requests and broadcasts one connection may have in flight as their sender; one more START
     /// gets `LimitExceeded` for that request id, and the connection stays open.
     pub max_in_flight_per_connection: usize,
+    /// Requests and broadcasts in flight in the whole broker; one more START gets
+    /// `LimitExceeded` for that request id, and the connection stays open.
+    pub max_requests_in_flight: usize,
     /// A connection that has not completed its handshake this long after its accept is closed
     /// with `HandshakeRequired` (slowloris); zero disables the limit.
     pub handshake_timeout: Duration,
@@ -165,6 +168,11 @@ impl Default for RouterConfig {
             max_channels: 100_000,
             max_peers_per_channel: 10_000,
             max_in_flight_per_connection: 10_000,
+            // About 300 bytes of state each (the request, its id in the stream map, its timer,
+            // two stream-set entries): 100 000 cost ~30 MB whatever the clients do, where the
+            // product of the per-connection limits (10 000 connections × 10 000) allowed ~28 GB.
+            // Ten clients at their own limit, or 100 000 one-at-a-time clients, still fit.
+            max_requests_in_flight: 100_000,
             // The heartbeat's default interval: an honest client sends HELLO right after connect.
             handshake_timeout: Duration::from_secs(10),
             tokens: Tokens::default(),
@@ -225,6 +233,9 @@ pub struct RouterStats {
     pub bytes_out: u64,
     /// Cumulative: error frames sent.
     pub errors_sent: u64,
+    /// Requests and broadcasts of departed connections not yet ended (the amortised cleanup,
+    /// a few hundred per loop turn).
+    pub pending_cleanup: usize,
     /// Cumulative: bytes of ended requests dropped from their receivers' queues before they
     /// started on the wire.
     pub dead_bytes_dropped: u64,
@@ -286,6 +297,12 @@ pub struct Router {
     outbound_pool: BufferPool,
     /// Scratch set of one queue purge (see `outbound.rs`); kept for its capacity.
     purge_scratch: hashbrown::HashSet<Key>,
+    /// Streams of departed connections still to end, with the departed connection (see
+    /// `lifecycle.rs`, "Amortised cleanup").
+    cleanup: VecDeque<(StreamKey, ConnId)>,
+    /// Cleanup steps left at `cleanup_instant`.
+    cleanup_budget: usize,
+    cleanup_instant: Instant,
 }
 
 impl Router {
@@ -313,6 +330,9 @@ impl Router {
             // connections; new ones start at 4 KiB (dozens of small frames per turn).
             outbound_pool: BufferPool::new(256, 4 * 1024, 64 * 1024),
             purge_scratch: hashbrown::HashSet::new(),
+            cleanup: VecDeque::new(),
+            cleanup_budget: lifecycle::CLEANUP_PER_TURN,
+            cleanup_instant: now,
         }
     }
 
@@ -335,16 +355,22 @@ impl Router {
         self.outputs.pop_front()
     }
 
-    /// When [`Router::handle_timeout`] must next be called, if any timer is armed.
+    /// When [`Router::handle_timeout`] must next be called, if any timer is armed; the latest
+    /// input's time (at once) while the cleanup of departed connections has work left.
     pub fn poll_timeout(&self) -> Option<Instant> {
+        if !self.cleanup.is_empty() {
+            return Some(self.now);
+        }
         self.wheel
             .next_deadline()
             .map(|tick| self.epoch + Duration::from_millis(tick))
     }
 
-    /// Fires every timer due at `now`. Calling it early, or twice, does nothing harmful.
+    /// Fires every timer due at `now` and continues the cleanup of departed connections.
+    /// Calling it early, or twice, does nothing harmful.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.now = self.now.max(now);
+        self.run_cleanup();
         let tick = self.tick(now);
         while let Some(target) = self.wheel.poll_expired(tick) {
             match target {
@@ -424,6 +450,7 @@ impl Router {
             .filter(|(_, c)| c.is_read_paused())
             .count();
         stats.ghosts = self.ghost_timers();
+        stats.pending_cleanup = self.cleanup.len();
         stats
     }
 

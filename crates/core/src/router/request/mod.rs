@@ -139,8 +139,15 @@ impl Router {
     }
 
     /// When `conn` already has `max_in_flight_per_connection` requests and broadcasts of its own
-    /// in flight, the text of the `LimitExceeded` refusing one more.
+    /// in flight, or the broker `max_requests_in_flight`, the text of the `LimitExceeded`
+    /// refusing one more.
     pub(super) fn sent_limit_reached(&self, conn: ConnId) -> Option<String> {
+        let total = self.config.max_requests_in_flight;
+        if self.streams.len() >= total {
+            return Some(format!(
+                "the broker already has {total} requests and broadcasts in flight"
+            ));
+        }
         let max = self.config.max_in_flight_per_connection;
         let sent = self.conns.get(conn)?.sent_in_flight();
         (sent >= max).then(|| format!("{max} requests and broadcasts of yours are in flight"))

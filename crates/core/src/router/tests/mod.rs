@@ -9,6 +9,7 @@ mod fuzz_scenarios;
 mod handshake;
 mod heartbeat;
 mod limits;
+mod mass_cleanup;
 mod presence;
 mod random;
 mod request_reply;
