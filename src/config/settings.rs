@@ -104,6 +104,13 @@ settings! {
         into: |s, c| s.router.max_held_bytes = c.max_held_bytes.to_usize(),
     }
 
+    /// Bytes the broker may hold for its clients in all (queues, held frames, read buffers).
+    max_buffered_bytes: Size, "SIZE" {
+        default: |d| Size::from(d.router.max_buffered_bytes),
+        accepted: range(Size::mib(1).0, Size::gib(1024).0),
+        into: |s, c| s.router.max_buffered_bytes = c.max_buffered_bytes.to_usize(),
+    }
+
     /// Requests that may wait for a receiver on one channel.
     max_waiting_per_channel: u64, "N" {
         default: |d| d.router.max_waiting_per_channel as u64,

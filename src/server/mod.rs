@@ -251,6 +251,10 @@ pub struct Server {
     metrics: Option<metrics::MetricsEndpoint>,
     /// `accept` failed for lack of resources and the backlog waits for a retry (`accept.rs`).
     accept_starved: Option<accept::Starvation>,
+    /// Sum of the read buffers' capacities, as counted in the memory budget (`input.rs`).
+    read_capacity: usize,
+    /// Connections not read until the broker is back under its memory budget (`input.rs`).
+    budget_blocked: Vec<ConnId>,
 }
 
 /// The TLS listener and the rustls configuration its connections share.
@@ -332,6 +336,8 @@ impl Server {
             stats: ServerStats::default(),
             metrics,
             accept_starved: None,
+            read_capacity: 0,
+            budget_blocked: Vec::new(),
         })
     }
 
@@ -454,6 +460,7 @@ impl Server {
         self.now = self.now.max(now);
         self.router.handle_timeout(now);
         self.poll_router_outputs();
+        self.unblock_budget();
         // Connections re-queued by their budget or a resume: one pass over those queued now, so a
         // firehose re-queued during the pass waits for the next turn.
         for _ in 0..self.to_read.len() {
@@ -560,6 +567,8 @@ impl Server {
         if let Some(registry) = &self.registry {
             let _ = registry.deregister(&mut c.stream);
         }
+        self.read_capacity -= c.counted_capacity;
+        self.router.set_read_buffered(self.read_capacity);
         let who = self.router.describe(id);
         self.router.handle_disconnect(id, now);
         self.poll_router_outputs();

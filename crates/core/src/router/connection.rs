@@ -82,6 +82,8 @@ struct ReadPause {
     by_consumer: bool,
     /// Its requests waiting for a receiver hold more than `max_held_bytes`.
     by_held: bool,
+    /// The broker is over its memory budget and this connection's input added to it.
+    by_budget: bool,
 }
 
 pub(super) struct Connection {
@@ -313,7 +315,12 @@ impl Connection {
     // ----- flow control -----
 
     pub(super) fn is_read_paused(&self) -> bool {
-        self.pause.by_consumer || self.pause.by_held || self.is_closing()
+        self.pause.by_consumer || self.pause.by_held || self.pause.by_budget || self.is_closing()
+    }
+
+    /// True while the broker's memory budget pauses it.
+    pub(super) fn is_paused_by_budget(&self) -> bool {
+        self.pause.by_budget
     }
 
     /// Adds a cause of pause. Returns true when this cause was not already in force.
@@ -321,6 +328,7 @@ impl Connection {
         let flag = match cause {
             PauseCause::Consumer => &mut self.pause.by_consumer,
             PauseCause::Held => &mut self.pause.by_held,
+            PauseCause::Budget => &mut self.pause.by_budget,
         };
         !std::mem::replace(flag, true)
     }
@@ -331,6 +339,7 @@ impl Connection {
         match cause {
             PauseCause::Consumer => self.pause.by_consumer = false,
             PauseCause::Held => self.pause.by_held = false,
+            PauseCause::Budget => self.pause.by_budget = false,
         }
         was_paused && !self.is_read_paused()
     }

@@ -120,5 +120,23 @@ impl Router {
             assert_eq!(sent, c.sent_in_flight(), "{}: sent in-flight count", c.id());
         }
         assert_eq!(outbound, self.outbound_bytes, "outbound bytes");
+        // The budget's waiters are exactly the connections it pauses, each once.
+        let waiters: HashSet<_> = self.budget_waiters.iter().copied().collect();
+        assert_eq!(
+            waiters.len(),
+            self.budget_waiters.len(),
+            "budget waiters listed once"
+        );
+        for (conn, c) in self.conns.iter() {
+            assert_eq!(
+                c.is_paused_by_budget(),
+                waiters.contains(&conn),
+                "{conn}: budget pause"
+            );
+        }
+        assert!(
+            waiters.iter().all(|w| self.conns.contains(*w)),
+            "budget waiter gone"
+        );
     }
 }

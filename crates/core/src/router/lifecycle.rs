@@ -73,6 +73,8 @@ impl Router {
             for waiter in c.take_waiters() {
                 self.unpause(waiter, PauseCause::Consumer);
             }
+            self.budget_waiters.retain(|w| *w != conn);
+            self.relieve_budget();
         }
     }
 

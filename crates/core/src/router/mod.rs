@@ -140,6 +140,12 @@ pub struct RouterConfig {
     /// Requests and broadcasts in flight in the whole broker; one more START gets
     /// `LimitExceeded` for that request id, and the connection stays open.
     pub max_requests_in_flight: usize,
+    /// Bytes the broker may hold for its clients, broker-wide: outbound queues, frames of
+    /// waiting requests, and read buffers (reported by the I/O layer with
+    /// [`Router::set_read_buffered`]). Over it, a connection whose input adds bytes is paused,
+    /// new requests and broadcasts get `LimitExceeded`, and a broadcast drops the peers it
+    /// would copy a frame to; paused connections resume at seven eighths of it (see `send.rs`).
+    pub max_buffered_bytes: usize,
     /// A connection that has not completed its handshake this long after its accept is closed
     /// with `HandshakeRequired` (slowloris); zero disables the limit.
     pub handshake_timeout: Duration,
@@ -173,6 +179,11 @@ impl Default for RouterConfig {
             // product of the per-connection limits (10 000 connections × 10 000) allowed ~28 GB.
             // Ten clients at their own limit, or 100 000 one-at-a-time clients, still fit.
             max_requests_in_flight: 100_000,
+            // 512 MiB: what a broker may hold before it says no, whatever 10 000 connections do
+            // (each could otherwise hold its watermark, its held allowance and a read buffer:
+            // ~9 MiB each, ~90 GB). 128 receivers at their high watermark at once still fit;
+            // a box with less memory to spare sets it lower (RELIABILITY.md, worst-case memory).
+            max_buffered_bytes: 512 << 20,
             // The heartbeat's default interval: an honest client sends HELLO right after connect.
             handshake_timeout: Duration::from_secs(10),
             tokens: Tokens::default(),
@@ -233,6 +244,8 @@ pub struct RouterStats {
     pub bytes_out: u64,
     /// Cumulative: error frames sent.
     pub errors_sent: u64,
+    /// Connections paused because the broker is over its memory budget (`max_buffered_bytes`).
+    pub budget_paused: usize,
     /// Requests and broadcasts of departed connections not yet ended (the amortised cleanup,
     /// a few hundred per loop turn).
     pub pending_cleanup: usize,
@@ -303,6 +316,10 @@ pub struct Router {
     /// Cleanup steps left at `cleanup_instant`.
     cleanup_budget: usize,
     cleanup_instant: Instant,
+    /// Bytes held in the I/O layer's read buffers (its last report).
+    read_buffered: usize,
+    /// Connections paused because the broker was over `max_buffered_bytes`.
+    budget_waiters: Vec<ConnId>,
 }
 
 impl Router {
@@ -333,6 +350,8 @@ impl Router {
             cleanup: VecDeque::new(),
             cleanup_budget: lifecycle::CLEANUP_PER_TURN,
             cleanup_instant: now,
+            read_buffered: 0,
+            budget_waiters: Vec::new(),
         }
     }
 
@@ -444,6 +463,7 @@ impl Router {
         stats.broadcasts = self.broadcasts.len();
         stats.armed_timers = self.wheel.len();
         stats.buffered_bytes = self.outbound_bytes + self.held_bytes;
+        stats.budget_paused = self.budget_waiters.len();
         stats.paused_connections = self
             .conns
             .iter()
@@ -513,6 +533,8 @@ enum PauseCause {
     Consumer,
     /// Its requests waiting for a receiver hold more than `max_held_bytes`.
     Held,
+    /// The broker holds more than `max_buffered_bytes` and its input added to it.
+    Budget,
 }
 
 /// Arms a timer at `tick`, or at the next tick when `tick` is not in the wheel's future (a

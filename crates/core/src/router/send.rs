@@ -26,6 +26,19 @@
 //! watermark, plus one frame per producer feeding it when it crossed, plus the held frames of
 //! the last request assigned to it (at most `max_held_bytes`).
 //!
+//! # The broker-wide budget
+//! `max_buffered_bytes` bounds the sum of every queue, every held frame and the I/O layer's
+//! read buffers ([`Router::set_read_buffered`]):
+//! ```text
+//!   send / hold_frame ── total > max ──▶ pause(the connection whose input it is, Budget)
+//!   START (request, broadcast) ── total > max ──▶ LIMIT_EXCEEDED for its id
+//!   broadcast frame ── total > max ──▶ the peer is dropped from it (CANCEL), as over its watermark
+//!   bytes leave (written, released, purged, dropped) ── total <= 7/8 max ──▶ unpause every Budget waiter
+//! ```
+//! So past the budget the broker holds at most one more frame per connection whose input was
+//! under way (each is paused after it), and the I/O layer reads only into memory it already
+//! holds (see the server's `input.rs`).
+//!
 //! The frames of a request that ended are dropped from its receiver's queue where they have not
 //! started on the wire (`outbound.rs`, `purge`). The purge is one pass over the queue, run when
 //! the pieces of ended requests may make up half of it: amortised O(1) per queued piece.
@@ -74,6 +87,10 @@ impl Router {
         }
         self.outbound_bytes -= written;
         self.counters.bytes_out += written as u64;
+        self.relieve_budget();
+        let Some(c) = self.conns.get_mut(conn) else {
+            return;
+        };
         let at_or_below_low = c.outbound().len() <= self.config.low_watermark;
         // Written down to the low watermark: a congested receiver is ready again.
         let uncongested = if at_or_below_low && written > 0 && c.set_congested(false) {
@@ -135,7 +152,58 @@ impl Router {
             self.outbound_bytes -= dropped;
             self.counters.dead_bytes_dropped += dropped as u64;
             self.resume_waiters_if_low(conn);
+            self.relieve_budget();
         }
+    }
+
+    /// Bytes held for clients, broker-wide: what `max_buffered_bytes` bounds.
+    pub fn budget_used(&self) -> usize {
+        self.outbound_bytes + self.held_bytes + self.read_buffered
+    }
+
+    /// True while the broker holds more than `max_buffered_bytes` (see the module docs).
+    pub fn is_over_budget(&self) -> bool {
+        self.budget_used() > self.config.max_buffered_bytes
+    }
+
+    /// The I/O layer's report of the bytes its read buffers hold (their capacity): part of the
+    /// budget. Call it whenever that figure changes; cheap.
+    pub fn set_read_buffered(&mut self, bytes: usize) {
+        let fell = bytes < self.read_buffered;
+        self.read_buffered = bytes;
+        if fell {
+            self.relieve_budget();
+        }
+    }
+
+    /// Over the budget, pauses the connection whose input added to it.
+    pub(super) fn charge_budget(&mut self, adder: Option<ConnId>) {
+        if !self.is_over_budget() {
+            return;
+        }
+        if let Some(conn) = adder {
+            if self.pause(conn, PauseCause::Budget) {
+                self.budget_waiters.push(conn);
+            }
+        }
+    }
+
+    /// Resumes every connection paused by the budget once the broker is back to seven eighths
+    /// of it (hysteresis: not one resume per byte written).
+    pub(super) fn relieve_budget(&mut self) {
+        if self.budget_waiters.is_empty() {
+            return;
+        }
+        let max = self.config.max_buffered_bytes;
+        if self.budget_used() > max - max / 8 {
+            return;
+        }
+        let mut waiters = std::mem::take(&mut self.budget_waiters);
+        for conn in waiters.drain(..) {
+            self.unpause(conn, PauseCause::Budget);
+        }
+        // Keep the capacity (none was pushed meanwhile: unpausing pauses nobody).
+        self.budget_waiters = waiters;
     }
 
     /// Queues one frame to `to`. `producer` is the connection whose input caused it, paused when
@@ -179,6 +247,8 @@ impl Router {
         if over_high && !c.set_congested(true) {
             log::debug!("{to}: over the high watermark: takes no new request");
         }
+        let adder = producer.or(self.input);
+        self.charge_budget(adder);
         if was_empty {
             self.outputs.push_back(Output::Transmit(to));
         }

@@ -142,6 +142,12 @@ impl Router {
     /// in flight, or the broker `max_requests_in_flight`, the text of the `LimitExceeded`
     /// refusing one more.
     pub(super) fn sent_limit_reached(&self, conn: ConnId) -> Option<String> {
+        if self.is_over_budget() {
+            return Some(format!(
+                "the broker holds more than its budget of {} bytes; try again later",
+                self.config.max_buffered_bytes
+            ));
+        }
         let total = self.config.max_requests_in_flight;
         if self.streams.len() >= total {
             return Some(format!(
@@ -191,11 +197,13 @@ impl Router {
         if over {
             self.pause(sender, PauseCause::Held);
         }
+        self.charge_budget(Some(sender));
     }
 
     /// Gives `bytes` of held frames back to the sender's allowance.
     fn release_held(&mut self, sender: ConnId, bytes: usize) {
         self.held_bytes -= bytes;
+        self.relieve_budget();
         let Some(c) = self.conns.get_mut(sender) else {
             return;
         };

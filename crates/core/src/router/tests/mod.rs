@@ -4,6 +4,7 @@ mod harness;
 
 mod auth;
 mod broadcast;
+mod budget;
 mod flow_control;
 mod fuzz_scenarios;
 mod handshake;
