@@ -83,6 +83,9 @@ pub(crate) struct IoConnection {
     pub(crate) counted_capacity: usize,
     /// Waiting in the server's list of connections not read for the memory budget's sake.
     pub(crate) budget_blocked: bool,
+    /// A readiness event said the peer closed its side (FIN) or the socket failed (RST, error):
+    /// remembered, since an edge-triggered event is not repeated (see `input.rs`).
+    pub(crate) departure: Option<CloseReason>,
 }
 
 impl IoConnection {
@@ -104,6 +107,7 @@ impl IoConnection {
             queued_for_flush: false,
             counted_capacity: 0,
             budget_blocked: false,
+            departure: None,
         }
     }
 

@@ -21,6 +21,16 @@
 //!
 //! [`Router::set_read_buffered`]: crate::router::Router::set_read_buffered
 //!
+//! # Departures while not read
+//! Readiness is edge-triggered: the event that says the peer closed (FIN) or reset (RST) comes
+//! once, possibly together with the data before it. So the server remembers it on the
+//! connection (`departure`), and whenever it stops reading a connection — a router pause, the
+//! memory budget — with a departure remembered, it closes the connection at once: its unread
+//! input will never be read, and what the broker holds for it (held request frames, its queue)
+//! is freed now rather than at its requests' timeouts. An RST or socket error is always a
+//! departure; a FIN on a connection the broker is not reading is treated as one too (the broker
+//! cannot read what comes before it, so the requests in it can never complete).
+//!
 //! After every frame fed to the router its outputs are polled at once, so a close or a pause
 //! caused by this frame is in force before the next one is decoded. An EOF or read error closes
 //! the connection at once, not at the end of the turn: anything routed later in the same turn
@@ -46,6 +56,7 @@ impl Server {
             // Frames already buffered first: they may be all that is left after a pause.
             loop {
                 if self.router.is_read_paused(id) {
+                    self.close_if_departed_unread(id, now);
                     return;
                 }
                 let over_budget = self.router.is_over_budget();
@@ -53,7 +64,7 @@ impl Server {
                     return;
                 };
                 if over_budget && decoding_would_grow(c) {
-                    return self.block_for_budget(id);
+                    return self.block_for_budget(id, now);
                 }
                 let decoded = c.decoder.decode(&mut c.read_buf);
                 self.recount_read(id);
@@ -92,7 +103,7 @@ impl Server {
                 c.read_buf.capacity() - c.read_buf.len()
             };
             if room == 0 {
-                return self.block_for_budget(id);
+                return self.block_for_budget(id, now);
             }
             let room = room.min(self.scratch.len());
             let filled = c.fill(&mut self.scratch[..room], &mut self.read_pool);
@@ -169,12 +180,27 @@ impl Server {
 
     /// `id` needs memory the budget does not allow: read it again once the broker is back
     /// under (see [`Server::unblock_budget`]).
-    fn block_for_budget(&mut self, id: ConnId) {
+    fn block_for_budget(&mut self, id: ConnId, now: Instant) {
         if let Some(c) = self.conn_mut(id) {
             if !std::mem::replace(&mut c.budget_blocked, true) {
                 self.budget_blocked.push(id);
             }
         }
+        self.close_if_departed_unread(id, now);
+    }
+
+    /// Closes `id` if its peer departed (FIN, RST) while the broker does not read it (a router
+    /// pause, the memory budget); true when it did. See "Departures while not read".
+    pub(super) fn close_if_departed_unread(&mut self, id: ConnId, now: Instant) -> bool {
+        let paused = self.router.is_read_paused(id);
+        let Some(c) = self.conn_mut(id) else {
+            return false;
+        };
+        let Some(reason) = c.departure.filter(|_| paused || c.budget_blocked) else {
+            return false;
+        };
+        self.close(id, reason, now);
+        true
     }
 
     /// Once per turn: when the broker is back to seven eighths of its budget, every connection

@@ -436,15 +436,20 @@ impl Server {
             // A stale event for a connection closed earlier in this batch.
             return;
         };
-        if (event.is_read_closed() || event.is_error()) && self.router.is_read_paused(id) {
-            // A connection paused by flow control is not read, so its EOF would never be seen
-            // by a read: close it now (its unread frames have no one left to answer anyway).
+        if event.is_read_closed() || event.is_error() {
             let reason = if event.is_error() {
                 CloseReason::IoError(io::ErrorKind::ConnectionReset)
             } else {
                 CloseReason::PeerClosed
             };
-            return self.close(id, reason, now);
+            if let Some(c) = self.conn_mut(id) {
+                c.departure.get_or_insert(reason);
+            }
+            // A connection that is not read (flow control, the memory budget) would never see
+            // its EOF by a read: close it now (see `input.rs`, "Departures while not read").
+            if self.close_if_departed_unread(id, now) {
+                return;
+            }
         }
         if event.is_readable() || event.is_read_closed() || event.is_error() {
             self.drive_input(id, now);
