@@ -113,6 +113,9 @@ pub(super) struct Connection {
     /// Its outbound queue went over the high watermark and has not been written down to the
     /// low one since: it takes no new request (see `send.rs`).
     congested: bool,
+    /// Presence frames were dropped for it: it gets a PRESENCE_OVERFLOW marker once it has
+    /// caught up, and no presence frame until then (see `overflow.rs`).
+    owes_presence_marker: bool,
     /// Upper bound on the queue pieces that belong to requests that ended since the last purge
     /// of its queue (see `send.rs`, `purge_dead_frames`).
     dead_pieces: usize,
@@ -136,6 +139,7 @@ impl Connection {
             liveness: Liveness::default(),
             sent_in_flight: 0,
             congested: false,
+            owes_presence_marker: false,
             dead_pieces: 0,
             peer_addr: None,
         }
@@ -424,6 +428,14 @@ impl Connection {
     /// Sets or clears the congestion mark; returns the previous value.
     pub(super) fn set_congested(&mut self, congested: bool) -> bool {
         std::mem::replace(&mut self.congested, congested)
+    }
+
+    pub(super) fn owes_presence_marker(&self) -> bool {
+        self.owes_presence_marker
+    }
+
+    pub(super) fn set_owes_presence_marker(&mut self, owes: bool) {
+        self.owes_presence_marker = owes;
     }
 
     /// Notes `pieces` more queue pieces of requests that ended; returns the new total.

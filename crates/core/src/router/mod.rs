@@ -51,6 +51,7 @@
 //!   send.rs        everything queued to a connection; flow control; the byte seam's core side
 //!   outbound.rs    one connection's outbound queue and the Transmit it lends
 //!   presence.rs    handshake, channel membership, takeovers, ghosts
+//!   overflow.rs    presence under the watermark: dropped events, the PRESENCE_OVERFLOW marker
 //!   channel.rs     receive windows, the ready and waiting FIFOs
 //!   request/       request/reply: routing (mod.rs) and one request's state machine (state.rs)
 //!   broadcast.rs   broadcasts and their acks
@@ -76,6 +77,7 @@ mod heartbeat;
 mod invariants;
 mod lifecycle;
 mod outbound;
+mod overflow;
 mod presence;
 mod request;
 mod send;
@@ -246,6 +248,9 @@ pub struct RouterStats {
     pub errors_sent: u64,
     /// Connections paused because the broker is over its memory budget (`max_buffered_bytes`).
     pub budget_paused: usize,
+    /// Cumulative: presence frames not queued to a peer over its watermark (it gets one
+    /// PRESENCE_OVERFLOW marker instead once it catches up).
+    pub presence_dropped: u64,
     /// Requests and broadcasts of departed connections not yet ended (the amortised cleanup,
     /// a few hundred per loop turn).
     pub pending_cleanup: usize,
@@ -320,6 +325,8 @@ pub struct Router {
     read_buffered: usize,
     /// Connections paused because the broker was over `max_buffered_bytes`.
     budget_waiters: Vec<ConnId>,
+    /// Connections that owe a PRESENCE_OVERFLOW marker (see `overflow.rs`).
+    presence_overflowed: Vec<ConnId>,
 }
 
 impl Router {
@@ -352,6 +359,7 @@ impl Router {
             cleanup_instant: now,
             read_buffered: 0,
             budget_waiters: Vec::new(),
+            presence_overflowed: Vec::new(),
         }
     }
 
@@ -390,6 +398,7 @@ impl Router {
     pub fn handle_timeout(&mut self, now: Instant) {
         self.now = self.now.max(now);
         self.run_cleanup();
+        self.send_presence_markers();
         let tick = self.tick(now);
         while let Some(target) = self.wheel.poll_expired(tick) {
             match target {

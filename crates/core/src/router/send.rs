@@ -99,6 +99,9 @@ impl Router {
             None
         };
         self.resume_waiters_if_low(conn);
+        if at_or_below_low && written > 0 {
+            self.send_presence_marker_if_drained(conn);
+        }
         if let Some((channel, _)) = uncongested {
             log::debug!("{conn}: drained below the low watermark: ready again");
             self.mark_ready(conn, channel);

@@ -12,6 +12,7 @@ mod heartbeat;
 mod limits;
 mod mass_cleanup;
 mod presence;
+mod presence_overflow;
 mod random;
 mod request_reply;
 mod stuck_receiver;
