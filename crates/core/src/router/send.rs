@@ -40,7 +40,8 @@
 //! holds (see the server's `input.rs`).
 //!
 //! The frames of a request that ended are dropped from its receiver's queue where they have not
-//! started on the wire (`outbound.rs`, `purge`). The purge is one pass over the queue, run when
+//! started on the wire (`outbound.rs`, `purge`), when that queue is backed up (over the low
+//! watermark: a receiver that keeps up gets them written, followed by the CANCEL, as before). The purge is one pass over the queue, run when
 //! the pieces of ended requests may make up half of it: amortised O(1) per queued piece.
 
 use bytes::Bytes;
@@ -140,7 +141,10 @@ impl Router {
         if !c.outbound().still_holds(last_piece) {
             return;
         }
-        if c.add_dead_pieces(pieces) * 2 < c.outbound().data_pieces() {
+        // Below the low watermark the queue is about to be written anyway: dropping would save
+        // little and make a cancel racing its START invisible to a receiver that keeps up.
+        let backed_up = c.outbound().len() > self.config.low_watermark;
+        if c.add_dead_pieces(pieces) * 2 < c.outbound().data_pieces() || !backed_up {
             return;
         }
         c.reset_dead_pieces();

@@ -85,8 +85,9 @@ fn frames_of_an_ended_request_leave_the_queue_unless_started_on_the_wire() {
     h.request(s, req(1), 100, &[1; 500]);
     // The socket took 10 bytes of request 1's START: it must go out whole.
     assert_eq!(write_at_most(&mut h.router, r, 10), 10);
-    h.request(s, req(2), 100, &[2; 500]);
-    h.request(s, req(3), 100, &[3; 500]);
+    // Backed up (over the low watermark): what ends is dropped where unsent.
+    h.request(s, req(2), 100, &[2; LOW]);
+    h.request(s, req(3), 100, &[3; LOW]);
     h.advance(200);
     let errors = h.take(s);
     assert_eq!(errors.len(), 3, "{errors:?}");
