@@ -111,3 +111,93 @@ fn senders_leaving_together_do_not_stall_a_bystander() {
     echoer.join().unwrap();
     wait_idle(&handle);
 }
+
+/// The figures of RELIABILITY.md §1.6 (a release build, by hand): the issue's second case, 20
+/// senders × 4 990 requests, just under the default broker-wide cap of 100 000 (`MASS_CLEANUP_PER_SENDER`
+/// overrides), disconnecting together; prints the
+/// bystander's slowest round trip while the cleanup runs and how long it took.
+/// `cargo test --release --test mass_cleanup -- --ignored --nocapture`
+#[test]
+#[ignore = "a measurement, not a check: run by hand on a release build"]
+fn mass_cleanup_stall_figures() {
+    let per_sender: usize = std::env::var("MASS_CLEANUP_PER_SENDER")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(4_990);
+    let handle = start();
+    let addr = handle.local_addr();
+    let channel = ChannelId::random();
+    let mut receiver = RawPeer::named(addr, "receiver");
+    receiver.hello(channel, ClientId::random());
+    receiver.receive((SENDERS * per_sender) as u32);
+    receiver.barrier();
+    let mut drain = receiver.try_clone_stream();
+    let drainer = std::thread::spawn(move || {
+        let _ = std::io::copy(&mut drain, &mut std::io::sink());
+    });
+    let mut senders: Vec<RawPeer> = (0..SENDERS)
+        .map(|_| {
+            let mut s = RawPeer::named(addr, "sender");
+            s.hello(channel, ClientId::random());
+            s
+        })
+        .collect();
+    for s in &mut senders {
+        for _ in 0..per_sender {
+            s.request(RequestId::random(), 3_600_000, b"x");
+        }
+    }
+    let total = SENDERS * per_sender;
+    wait_for(&handle, "every request assigned", move |s| {
+        s.router.assignments == total
+    });
+    let bystander_channel = ChannelId::random();
+    let mut echo = RawPeer::named(addr, "bystander receiver");
+    echo.hello(bystander_channel, ClientId::random());
+    echo.receive(1);
+    let echo_stream = echo.try_clone_stream();
+    let echoer = std::thread::spawn(move || {
+        while let Ok(frame) = echo.try_recv() {
+            let h = frame.header;
+            if h.frame_type == FrameType::Start && h.flags.contains(Flags::REQUEST) {
+                echo.respond(h.request_id, &frame.payload);
+            }
+        }
+    });
+    let mut bystander = RawPeer::named(addr, "bystander sender");
+    bystander.hello(bystander_channel, ClientId::random());
+    let mut round_trip = || {
+        let start = now();
+        let id = RequestId::random();
+        bystander.request(id, 60_000, b"ping");
+        let answer = bystander.recv_kind(FrameType::Start, true);
+        assert_eq!(answer.header.request_id, id);
+        now() - start
+    };
+    let mut before = Duration::ZERO;
+    for _ in 0..100 {
+        before = before.max(round_trip());
+    }
+    let left = now();
+    for s in senders.drain(..) {
+        switchyard_testkit::sockets::reset_on_close(s.stream());
+        drop(s);
+    }
+    let (mut slowest, mut trips) = (Duration::ZERO, 0);
+    loop {
+        slowest = slowest.max(round_trip());
+        trips += 1;
+        if handle.stats().expect("stats").router.assignments == 0 {
+            break;
+        }
+    }
+    let cleanup = now() - left;
+    eprintln!(
+        "{total} requests: cleanup {cleanup:?}; bystander slowest round trip {slowest:?} over \
+         {trips} during it (slowest of 100 before: {before:?})"
+    );
+    receiver.stream().shutdown(std::net::Shutdown::Both).ok();
+    echo_stream.shutdown(std::net::Shutdown::Both).ok();
+    drainer.join().unwrap();
+    echoer.join().unwrap();
+}
