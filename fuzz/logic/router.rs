@@ -241,6 +241,24 @@ impl World {
         self.next_seq.get(&key).copied().unwrap_or(1)
     }
 
+    /// A new connection, awaiting its hello.
+    fn connect(&mut self) {
+        let id = self.router.handle_connect(self.now);
+        self.conns.push(Conn {
+            id,
+            channel: None,
+            asked: None,
+            client: None,
+            sink: BytesMut::new(),
+            decoder: Decoder::new(MAX_PAYLOAD_CEILING),
+            stalled: false,
+            closed: false,
+            incoming: Vec::new(),
+            broadcasts: Vec::new(),
+            outgoing: Vec::new(),
+        });
+    }
+
     fn disconnect(&mut self, index: usize) {
         let conn = self.conns.swap_remove(index);
         self.router.handle_disconnect(conn.id, self.now);
@@ -388,20 +406,7 @@ fn step(world: &mut World, input: &mut Input<'_>) {
     if op.is_multiple_of(16) || world.conns.is_empty() {
         // Connect.
         if world.conns.len() < MAX_CONNS {
-            let id = world.router.handle_connect(world.now);
-            world.conns.push(Conn {
-                id,
-                channel: None,
-                asked: None,
-                client: None,
-                sink: BytesMut::new(),
-                decoder: Decoder::new(MAX_PAYLOAD_CEILING),
-                stalled: false,
-                closed: false,
-                incoming: Vec::new(),
-                broadcasts: Vec::new(),
-                outgoing: Vec::new(),
-            });
+            world.connect();
         }
         return;
     }
@@ -609,20 +614,7 @@ fn step(world: &mut World, input: &mut Input<'_>) {
                 world.churned += 1;
                 let mut id = [0x5C; 16];
                 id[..4].copy_from_slice(&world.churned.to_be_bytes());
-                let conn = world.router.handle_connect(world.now);
-                world.conns.push(Conn {
-                    id: conn,
-                    channel: None,
-                    asked: Some(channel(1)),
-                    client: Some(ClientId::from_bytes(id)),
-                    sink: BytesMut::new(),
-                    decoder: Decoder::new(MAX_PAYLOAD_CEILING),
-                    stalled: false,
-                    closed: false,
-                    incoming: Vec::new(),
-                    broadcasts: Vec::new(),
-                    outgoing: Vec::new(),
-                });
+                world.connect();
                 let header = Header {
                     channel_id: channel(1),
                     client_id: ClientId::from_bytes(id),

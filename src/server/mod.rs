@@ -41,6 +41,10 @@
 //!   every connection with bytes queued is flushed once at the end of the turn with vectored
 //!   writes, up to a byte budget.
 //! - A connection the router closes gets its queued error frame written first, best effort.
+//! - Read buffers count in the router's memory budget (`max_buffered_bytes`) by capacity; over
+//!   it a connection is read only into memory it already holds (`input.rs`). A FIN or RST seen
+//!   on a connection that is not read closes it at once (`input.rs`, "Departures while not
+//!   read").
 //!
 //! # Connection limits
 //! Beyond [`ServerConfig::max_connections`] open connections, or

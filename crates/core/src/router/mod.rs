@@ -66,8 +66,18 @@
 //!   Responding (held by exactly one receiver) — and its frames reach that receiver only.
 //! - Every live request and broadcast has exactly one armed timer; when it ends, the timer is
 //!   removed, its id is forgotten and every connection's list of streams forgets it.
-//! - A receiver never holds more requests than its window.
-//! - When every connection has been disconnected, every count in [`RouterStats`] is zero.
+//! - A receiver never holds more requests than its window, and takes none while congested (its
+//!   queue went over the high watermark and has not been written down to the low one).
+//! - Every queued frame of a request to its receiver is tagged with the request; a backed-up
+//!   queue holds those of ended requests only until the next purge (`send.rs`, `outbound.rs`).
+//! - A request or broadcast naming a departed connection is in the cleanup queue, ended a
+//!   budget per turn (`lifecycle.rs`); [`Router::poll_timeout`] is "now" while it is not empty.
+//! - Queues, held frames and the I/O layer's read buffers add up to at most
+//!   `max_buffered_bytes`, plus one frame per connection whose input was under way when it was
+//!   crossed; connections paused by the budget are exactly `budget_waiters` (`send.rs`).
+//! - A peer owing a PRESENCE_OVERFLOW marker gets no presence frame (`overflow.rs`).
+//! - When every connection has been disconnected and the cleanup has run, every count in
+//!   [`RouterStats`] is zero.
 
 mod broadcast;
 mod channel;
