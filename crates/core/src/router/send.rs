@@ -100,7 +100,7 @@ impl Router {
             None
         };
         self.resume_waiters_if_low(conn);
-        if at_or_below_low && written > 0 {
+        if at_or_below_low && written > 0 && !self.presence_overflowed.is_empty() {
             self.send_presence_marker_if_drained(conn);
         }
         if let Some((channel, _)) = uncongested {
