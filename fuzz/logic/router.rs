@@ -7,7 +7,11 @@
 //! receive windows, send request, response and broadcast streams with arbitrary sequence numbers,
 //! final bits and flags, cancel, ack, ask for peers, ping, name unknown request ids, send raw
 //! frames of any type, hit decode errors, stall their socket, disconnect, and let time pass
-//! (0..2000 ms per step). After every step:
+//! (0..2000 ms per step). Issue 10's cases: receivers open huge windows (1 000 000) and stall
+//! while requests with short timeouts pile up (congestion, purges of dead frames), a churner
+//! leaves and rejoins with a fresh client id (presence under the watermark, the overflow
+//! marker), everyone disconnects at one instant (the amortised cleanup), and a small memory
+//! budget and broker-wide in-flight cap are reached. After every step:
 //! - every output is drained; transmitted bytes are written into a per-connection sink and
 //!   decoded back with the crate's [`Decoder`]: the router only ever emits valid frames;
 //! - [`Router::check_invariants`] holds;
@@ -45,6 +49,8 @@ fn config() -> RouterConfig {
         max_channels: 2,
         max_peers_per_channel: 5,
         max_in_flight_per_connection: 5,
+        max_requests_in_flight: 12,
+        max_buffered_bytes: 6_000,
         handshake_timeout: Duration::from_millis(1_000),
         // Fewer than MAX_CONNS: evicting the oldest connection awaiting its hello is reached.
         max_unauthenticated: 3,
@@ -121,6 +127,8 @@ struct World {
     conns: Vec<Conn>,
     /// Next sequence number of each stream a connection sends: (conn, id, is response).
     next_seq: HashMap<(ConnId, RequestId, bool), u32>,
+    /// Client ids handed to churners so far (each rejoins as a new peer).
+    churned: u32,
 }
 
 impl World {
@@ -235,6 +243,24 @@ impl World {
         self.next_seq.get(&key).copied().unwrap_or(1)
     }
 
+    /// A new connection, awaiting its hello.
+    fn connect(&mut self) {
+        let id = self.router.handle_connect(self.now);
+        self.conns.push(Conn {
+            id,
+            channel: None,
+            asked: None,
+            client: None,
+            sink: BytesMut::new(),
+            decoder: Decoder::new(MAX_PAYLOAD_CEILING),
+            stalled: false,
+            closed: false,
+            incoming: Vec::new(),
+            broadcasts: Vec::new(),
+            outgoing: Vec::new(),
+        });
+    }
+
     fn disconnect(&mut self, index: usize) {
         let conn = self.conns.swap_remove(index);
         self.router.handle_disconnect(conn.id, self.now);
@@ -335,6 +361,7 @@ pub fn run(data: &[u8]) {
         now,
         conns: Vec::new(),
         next_seq: HashMap::new(),
+        churned: 0,
     };
     let mut input = Input { data };
     while !input.data.is_empty() {
@@ -367,8 +394,10 @@ pub fn run(data: &[u8]) {
             s.buffered_bytes,
             s.ghosts,
             s.paused_connections,
+            s.pending_cleanup,
+            s.budget_paused,
         ),
-        (0, 0, 0, 0, 0, 0, 0, 0, 0),
+        (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0),
         "state left behind: {s:?}"
     );
     assert_eq!(world.router.poll_timeout(), None);
@@ -379,20 +408,7 @@ fn step(world: &mut World, input: &mut Input<'_>) {
     if op.is_multiple_of(16) || world.conns.is_empty() {
         // Connect.
         if world.conns.len() < MAX_CONNS {
-            let id = world.router.handle_connect(world.now);
-            world.conns.push(Conn {
-                id,
-                channel: None,
-                asked: None,
-                client: None,
-                sink: BytesMut::new(),
-                decoder: Decoder::new(MAX_PAYLOAD_CEILING),
-                stalled: false,
-                closed: false,
-                incoming: Vec::new(),
-                broadcasts: Vec::new(),
-                outgoing: Vec::new(),
-            });
+            world.connect();
         }
         return;
     }
@@ -459,7 +475,11 @@ fn step(world: &mut World, input: &mut Input<'_>) {
                 channel_id,
                 ..Header::new(FrameType::Receive)
             };
-            let window = u32::from(input.byte() % 6);
+            // Mostly small windows; now and then a huge one (a receiver that takes everything).
+            let window = match input.byte() {
+                0xF0.. => 1_000_000,
+                b => u32::from(b % 6),
+            };
             let body = if arg & 0xF0 == 0xF0 {
                 Bytes::from(vec![arg; usize::from(arg & 7)])
             } else {
@@ -582,7 +602,30 @@ fn step(world: &mut World, input: &mut Input<'_>) {
             };
             world.router.handle_decode_error(id, error, world.now);
         }
-        13 => world.disconnect(index),
+        13 => match arg % 8 {
+            // Everyone leaves at one instant: the cleanup is spread over turns.
+            5 => {
+                while !world.conns.is_empty() {
+                    world.disconnect(world.conns.len() - 1);
+                }
+            }
+            // A churner: leaves, and a new connection joins channel 1 as a new peer.
+            6 => {
+                world.disconnect(index);
+                world.drain();
+                world.churned += 1;
+                let mut id = [0x5C; 16];
+                id[..4].copy_from_slice(&world.churned.to_be_bytes());
+                world.connect();
+                let header = Header {
+                    channel_id: channel(1),
+                    client_id: ClientId::from_bytes(id),
+                    ..Header::new(FrameType::Hello)
+                };
+                world.feed(world.conns.len() - 1, header, Bytes::new());
+            }
+            _ => world.disconnect(index),
+        },
         14 => {
             // Time passes (0..2000 ms, mostly under 100); now and then a timeout call with no time passing.
             let ms = match arg & 0x06 {
@@ -594,7 +637,9 @@ fn step(world: &mut World, input: &mut Input<'_>) {
             }
             world.router.handle_timeout(world.now);
             if let Some(deadline) = world.router.poll_timeout() {
-                assert!(deadline > world.now, "a due timer did not fire");
+                // Due now only while the amortised cleanup has work left (one budget per turn).
+                let cleanup = world.router.stats().pending_cleanup > 0;
+                assert!(deadline > world.now || cleanup, "a due timer did not fire");
             }
         }
         _ => {

@@ -106,6 +106,13 @@ settings! {
         into: |s, c| s.router.max_held_bytes = c.max_held_bytes.to_usize(),
     }
 
+    /// Bytes the broker may hold for its clients in all (queues, held frames, read buffers).
+    max_buffered_bytes: Size, "SIZE" {
+        default: |d| Size::from(d.router.max_buffered_bytes),
+        accepted: range(Size::mib(1).0, Size::gib(1024).0),
+        into: |s, c| s.router.max_buffered_bytes = c.max_buffered_bytes.to_usize(),
+    }
+
     /// Requests that may wait for a receiver on one channel.
     max_waiting_per_channel: u64, "N" {
         default: |d| d.router.max_waiting_per_channel as u64,
@@ -244,6 +251,13 @@ settings! {
         into: |s, c| {
             s.router.max_in_flight_per_connection = count(c.max_in_flight_per_connection)
         },
+    }
+
+    /// Requests and broadcasts in flight in the whole broker.
+    max_requests_in_flight: u64, "N" {
+        default: |d| d.router.max_requests_in_flight as u64,
+        accepted: range(1, 100_000_000),
+        into: |s, c| s.router.max_requests_in_flight = count(c.max_requests_in_flight),
     }
 
     /// A connection without a completed handshake this long after accept is closed, ms; 0 = off.

@@ -79,6 +79,13 @@ pub(crate) struct IoConnection {
     pub(crate) queued_for_read: bool,
     /// Queued in the server's to-flush list.
     pub(crate) queued_for_flush: bool,
+    /// The read buffer's capacity as last counted in the broker's memory budget (`input.rs`).
+    pub(crate) counted_capacity: usize,
+    /// Waiting in the server's list of connections not read for the memory budget's sake.
+    pub(crate) budget_blocked: bool,
+    /// A readiness event said the peer closed its side (FIN) or the socket failed (RST, error):
+    /// remembered, since an edge-triggered event is not repeated (see `input.rs`).
+    pub(crate) departure: Option<CloseReason>,
 }
 
 impl IoConnection {
@@ -98,6 +105,9 @@ impl IoConnection {
             decoder: Decoder::new(max_payload),
             queued_for_read: false,
             queued_for_flush: false,
+            counted_capacity: 0,
+            budget_blocked: false,
+            departure: None,
         }
     }
 

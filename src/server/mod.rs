@@ -41,6 +41,10 @@
 //!   every connection with bytes queued is flushed once at the end of the turn with vectored
 //!   writes, up to a byte budget.
 //! - A connection the router closes gets its queued error frame written first, best effort.
+//! - Read buffers count in the router's memory budget (`max_buffered_bytes`) by capacity; over
+//!   it a connection is read only into memory it already holds (`input.rs`). A FIN or RST seen
+//!   on a connection that is not read closes it at once (`input.rs`, "Departures while not
+//!   read").
 //!
 //! # Connection limits
 //! Beyond [`ServerConfig::max_connections`] open connections, or
@@ -207,6 +211,7 @@ impl ServerStats {
             && r.assignments == 0
             && r.broadcasts == 0
             && r.armed_timers == 0
+            && r.pending_cleanup == 0
             && self.buffered_bytes() == 0
     }
 }
@@ -252,6 +257,10 @@ pub struct Server {
     metrics: Option<metrics::MetricsEndpoint>,
     /// `accept` failed for lack of resources and the backlog waits for a retry (`accept.rs`).
     accept_starved: Option<accept::Starvation>,
+    /// Sum of the read buffers' capacities, as counted in the memory budget (`input.rs`).
+    read_capacity: usize,
+    /// Connections not read until the broker is back under its memory budget (`input.rs`).
+    budget_blocked: Vec<ConnId>,
 }
 
 /// The TLS listener and the rustls configuration its connections share.
@@ -333,6 +342,8 @@ impl Server {
             stats: ServerStats::default(),
             metrics,
             accept_starved: None,
+            read_capacity: 0,
+            budget_blocked: Vec::new(),
         })
     }
 
@@ -431,15 +442,20 @@ impl Server {
             // A stale event for a connection closed earlier in this batch.
             return;
         };
-        if (event.is_read_closed() || event.is_error()) && self.router.is_read_paused(id) {
-            // A connection paused by flow control is not read, so its EOF would never be seen
-            // by a read: close it now (its unread frames have no one left to answer anyway).
+        if event.is_read_closed() || event.is_error() {
             let reason = if event.is_error() {
                 CloseReason::IoError(io::ErrorKind::ConnectionReset)
             } else {
                 CloseReason::PeerClosed
             };
-            return self.close(id, reason, now);
+            if let Some(c) = self.conn_mut(id) {
+                c.departure.get_or_insert(reason);
+            }
+            // A connection that is not read (flow control, the memory budget) would never see
+            // its EOF by a read: close it now (see `input.rs`, "Departures while not read").
+            if self.close_if_departed_unread(id, now) {
+                return;
+            }
         }
         if event.is_readable() || event.is_read_closed() || event.is_error() {
             self.drive_input(id, now);
@@ -455,6 +471,7 @@ impl Server {
         self.now = self.now.max(now);
         self.router.handle_timeout(now);
         self.poll_router_outputs();
+        self.unblock_budget();
         // Connections re-queued by their budget or a resume: one pass over those queued now, so a
         // firehose re-queued during the pass waits for the next turn.
         for _ in 0..self.to_read.len() {
@@ -559,6 +576,8 @@ impl Server {
         if let Some(registry) = &self.registry {
             let _ = registry.deregister(&mut c.stream);
         }
+        self.read_capacity -= c.counted_capacity;
+        self.router.set_read_buffered(self.read_capacity);
         let who = self.router.describe(id);
         self.router.handle_disconnect(id, now);
         self.poll_router_outputs();

@@ -265,6 +265,11 @@ pub enum ErrorCode {
     /// The broker is draining before it shuts down: it takes no new request, or it ended this
     /// one at the drain deadline.
     ShuttingDown = 0x010A,
+
+    /// A notice, not an error (request id nil, the connection stays open): presence events
+    /// (PEER_JOINED, PEER_LEFT) were dropped while this connection's queue was over the high
+    /// watermark (or the broker over its memory budget). Re-sync the peer list with PEERS.
+    PresenceOverflow = 0x0200,
 }
 
 impl ErrorCode {
@@ -305,6 +310,7 @@ impl TryFrom<u16> for ErrorCode {
             0x0108 => StreamOrder,
             0x0109 => LimitExceeded,
             0x010A => ShuttingDown,
+            0x0200 => PresenceOverflow,
             other => return Err(other),
         })
     }

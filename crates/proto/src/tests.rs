@@ -325,6 +325,7 @@ fn error_code_roundtrip() {
         (0x0108, ErrorCode::StreamOrder),
         (0x0109, ErrorCode::LimitExceeded),
         (0x010A, ErrorCode::ShuttingDown),
+        (0x0200, ErrorCode::PresenceOverflow),
     ];
     for (value, code) in all {
         assert_eq!(code as u16, value);

@@ -249,6 +249,7 @@ fn code_name(code: ErrorCode) -> &'static str {
         ErrorCode::StreamOrder => "STREAM_ORDER",
         ErrorCode::LimitExceeded => "LIMIT_EXCEEDED",
         ErrorCode::ShuttingDown => "SHUTTING_DOWN",
+        ErrorCode::PresenceOverflow => "PRESENCE_OVERFLOW",
     }
 }
 

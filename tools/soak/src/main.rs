@@ -150,6 +150,7 @@ pub fn code_name(code: ErrorCode) -> &'static str {
         StreamOrder => "STREAM_ORDER",
         LimitExceeded => "LIMIT_EXCEEDED",
         ShuttingDown => "SHUTTING_DOWN",
+        PresenceOverflow => "PRESENCE_OVERFLOW",
     }
 }
 

@@ -19,6 +19,11 @@ pub enum PresenceEvent {
     Joined(ClientId),
     /// A peer left the channel.
     Left(ClientId),
+    /// The broker dropped presence events while this client was behind (PRESENCE_OVERFLOW):
+    /// the events so far may miss some. The client has asked for the peer list again; when it
+    /// arrives, `Joined`/`Left` events follow for the difference, so the events still add up
+    /// to [`Client::peers`].
+    Resync,
 }
 
 /// A broadcast received in full and acknowledged.

@@ -81,6 +81,19 @@ impl Session {
                         error,
                     })
                 })?;
+                // Events for the difference: after a PRESENCE_OVERFLOW they are what was missed.
+                let (old, new): (std::collections::HashSet<_>, std::collections::HashSet<_>) =
+                    (self.peers.iter().collect(), peers.iter().collect());
+                let mut events = Vec::new();
+                for gone in self.peers.iter().filter(|peer| !new.contains(peer)) {
+                    events.push(PresenceEvent::Left(*gone));
+                }
+                for joined in peers.iter().filter(|peer| !old.contains(peer)) {
+                    events.push(PresenceEvent::Joined(*joined));
+                }
+                for event in events {
+                    self.push_presence(event);
+                }
                 self.peers.clone_from(&peers);
                 match self.peer_lists.pop_front() {
                     // The caller may have given up; the list still refreshed `peers`.
@@ -356,6 +369,21 @@ impl Session {
             // until the broker closes the connection.
             debug!("the broker is going away: {}", body.message);
             self.handle_going_away();
+            return Ok(());
+        }
+        if body.known_code() == Some(ErrorCode::PresenceOverflow) && header.request_id.is_nil() {
+            // A notice: presence events were dropped while we were behind. Re-sync the list.
+            debug!("presence events were dropped: asking for the peer list again");
+            self.push_presence(PresenceEvent::Resync);
+            let peers = self.ids.frame(
+                FrameType::Peers,
+                Flags::NONE,
+                RequestId::NIL,
+                0,
+                false,
+                Bytes::new(),
+            );
+            self.output.push_back(peers);
             return Ok(());
         }
         // LIMIT_EXCEEDED with a nil request id is a connection limit (PROTOCOL.md §4): the

@@ -233,3 +233,39 @@ fn bounded_queues() {
     }
     assert_eq!(std::iter::from_fn(|| s.pop_broadcast()).count(), 2);
 }
+
+#[test]
+fn presence_overflow_resyncs_the_peer_list_and_reports_the_difference() {
+    let mut s = session();
+    let (kept, gone, missed) = (ClientId::random(), ClientId::random(), ClientId::random());
+    for peer in [kept, gone] {
+        let mut f = frame(
+            &s,
+            FrameType::PeerJoined,
+            Flags::NONE,
+            RequestId::NIL,
+            0,
+            false,
+        );
+        f.header.client_id = peer;
+        s.handle_frame(f).unwrap();
+        s.pop_presence();
+    }
+    // The broker dropped events while we were behind: a notice, not fatal.
+    let mut f = frame(&s, FrameType::Error, Flags::NONE, RequestId::NIL, 0, true);
+    f.payload = encode_error(0x0200, "re-sync", &[]);
+    s.handle_frame(f).expect("not fatal");
+    assert_eq!(s.pop_presence(), Some(PresenceEvent::Resync));
+    let query = s.poll_output().expect("a PEERS query");
+    assert_eq!(query.header.frame_type, FrameType::Peers);
+    // The answer: the difference comes as events, and `peers` is the list.
+    let mut f = frame(&s, FrameType::Peers, Flags::NONE, RequestId::NIL, 0, true);
+    f.payload = switchyard_proto::encode_peers(&[kept, missed]);
+    s.handle_frame(f).unwrap();
+    let events: Vec<_> = std::iter::from_fn(|| s.pop_presence()).collect();
+    assert_eq!(
+        events,
+        [PresenceEvent::Left(gone), PresenceEvent::Joined(missed)]
+    );
+    assert_eq!(s.peers(), [kept, missed]);
+}

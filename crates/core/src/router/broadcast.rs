@@ -210,6 +210,7 @@ impl Router {
         let high = self.config.high_watermark;
         let mut index = 0;
         loop {
+            let over_budget = self.is_over_budget();
             let Some(broadcast) = self.broadcasts.get_mut(key) else {
                 return;
             };
@@ -222,7 +223,8 @@ impl Router {
             }
             let conn = peer.conn;
             let queued = self.conns.get(conn).map_or(0, |c| c.outbound().len());
-            if queued > high {
+            // Over the broker's budget a frame is copied to nobody more (see `send.rs`).
+            if queued > high || over_budget {
                 peer.state = PeerState::Failed;
                 log::debug!("{conn}: dropped from broadcast {id}: {queued} bytes queued");
                 self.send_control(

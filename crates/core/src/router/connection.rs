@@ -31,6 +31,11 @@
 //! - `in_flight <= window` whenever the window was not lowered under it (a lowered window only
 //!   stops new assignments), and both are zero once it leaves `Open`.
 //! - `in_ready_queue` is true iff its id is in its channel's ready FIFO (possibly stale there).
+//! - `congested` is set when its outbound queue goes over the high watermark and cleared only
+//!   when a write takes it to the low watermark or below: a congested receiver has no free slot
+//!   (it is not "ready"), whatever its window says.
+
+use hashbrown::HashSet;
 
 use super::heartbeat::Liveness;
 use super::outbound::OutboundQueue;
@@ -77,6 +82,8 @@ struct ReadPause {
     by_consumer: bool,
     /// Its requests waiting for a receiver hold more than `max_held_bytes`.
     by_held: bool,
+    /// The broker is over its memory budget and this connection's input added to it.
+    by_budget: bool,
 }
 
 pub(super) struct Connection {
@@ -90,9 +97,9 @@ pub(super) struct Connection {
     /// True while it is in its channel's FIFO of ready receivers.
     in_ready_queue: bool,
     /// Every request and broadcast it takes part in (as sender, receiver or broadcast peer).
-    /// Small in practice (bounded by the window and the requests it has outstanding); linear
-    /// removal is cheaper than a map at these sizes.
-    streams: Vec<StreamKey>,
+    /// A set, not a list: a receiver may hold many thousands (its window), and each ending
+    /// request removes itself — with a linear search that made mass cleanup quadratic.
+    streams: HashSet<StreamKey>,
     /// Connections paused because this one's outbound queue went over the high watermark.
     waiters: Vec<ConnId>,
     /// Bytes of its requests' frames held while they wait for a receiver.
@@ -103,6 +110,15 @@ pub(super) struct Connection {
     /// Requests and broadcasts it started that are still in flight (bounded by
     /// `max_in_flight_per_connection`).
     sent_in_flight: usize,
+    /// Its outbound queue went over the high watermark and has not been written down to the
+    /// low one since: it takes no new request (see `send.rs`).
+    congested: bool,
+    /// Presence frames were dropped for it: it gets a PRESENCE_OVERFLOW marker once it has
+    /// caught up, and no presence frame until then (see `overflow.rs`).
+    owes_presence_marker: bool,
+    /// Upper bound on the queue pieces that belong to requests that ended since the last purge
+    /// of its queue (see `send.rs`, `purge_dead_frames`).
+    dead_pieces: usize,
     /// The peer's address, for log lines only (given by the I/O layer).
     peer_addr: Option<std::net::SocketAddr>,
 }
@@ -116,12 +132,15 @@ impl Connection {
             window: 0,
             in_flight: 0,
             in_ready_queue: false,
-            streams: Vec::new(),
+            streams: HashSet::new(),
             waiters: Vec::new(),
             held_bytes: 0,
             pause: ReadPause::default(),
             liveness: Liveness::default(),
             sent_in_flight: 0,
+            congested: false,
+            owes_presence_marker: false,
+            dead_pieces: 0,
             peer_addr: None,
         }
     }
@@ -300,7 +319,12 @@ impl Connection {
     // ----- flow control -----
 
     pub(super) fn is_read_paused(&self) -> bool {
-        self.pause.by_consumer || self.pause.by_held || self.is_closing()
+        self.pause.by_consumer || self.pause.by_held || self.pause.by_budget || self.is_closing()
+    }
+
+    /// True while the broker's memory budget pauses it.
+    pub(super) fn is_paused_by_budget(&self) -> bool {
+        self.pause.by_budget
     }
 
     /// Adds a cause of pause. Returns true when this cause was not already in force.
@@ -308,6 +332,7 @@ impl Connection {
         let flag = match cause {
             PauseCause::Consumer => &mut self.pause.by_consumer,
             PauseCause::Held => &mut self.pause.by_held,
+            PauseCause::Budget => &mut self.pause.by_budget,
         };
         !std::mem::replace(flag, true)
     }
@@ -318,6 +343,7 @@ impl Connection {
         match cause {
             PauseCause::Consumer => self.pause.by_consumer = false,
             PauseCause::Held => self.pause.by_held = false,
+            PauseCause::Budget => self.pause.by_budget = false,
         }
         was_paused && !self.is_read_paused()
     }
@@ -390,9 +416,37 @@ impl Connection {
         self.in_flight
     }
 
-    /// True when it can take one more request.
+    /// True when it can take one more request: open, below its window, and not congested.
     pub(super) fn has_free_slot(&self) -> bool {
-        self.is_open() && self.in_flight < self.window
+        self.is_open() && self.in_flight < self.window && !self.congested
+    }
+
+    pub(super) fn is_congested(&self) -> bool {
+        self.congested
+    }
+
+    /// Sets or clears the congestion mark; returns the previous value.
+    pub(super) fn set_congested(&mut self, congested: bool) -> bool {
+        std::mem::replace(&mut self.congested, congested)
+    }
+
+    pub(super) fn owes_presence_marker(&self) -> bool {
+        self.owes_presence_marker
+    }
+
+    pub(super) fn set_owes_presence_marker(&mut self, owes: bool) {
+        self.owes_presence_marker = owes;
+    }
+
+    /// Notes `pieces` more queue pieces of requests that ended; returns the new total.
+    pub(super) fn add_dead_pieces(&mut self, pieces: usize) -> usize {
+        self.dead_pieces += pieces;
+        self.dead_pieces
+    }
+
+    /// Its queue was purged: no known dead piece is left.
+    pub(super) fn reset_dead_pieces(&mut self) {
+        self.dead_pieces = 0;
     }
 
     /// It holds one more request.
@@ -424,22 +478,21 @@ impl Connection {
 
     // ----- streams -----
 
-    pub(super) fn streams(&self) -> &[StreamKey] {
+    pub(super) fn streams(&self) -> &HashSet<StreamKey> {
         &self.streams
     }
 
     pub(super) fn add_stream(&mut self, stream: StreamKey) {
-        self.streams.push(stream);
+        self.streams.insert(stream);
     }
 
+    /// O(1): see `streams`.
     pub(super) fn forget_stream(&mut self, stream: StreamKey) {
-        if let Some(pos) = self.streams.iter().position(|s| *s == stream) {
-            self.streams.swap_remove(pos);
-        }
+        self.streams.remove(&stream);
     }
 
     /// Everything it took part in, taken out, and its credit withdrawn: what a departure ends.
-    pub(super) fn release(&mut self) -> Vec<StreamKey> {
+    pub(super) fn release(&mut self) -> HashSet<StreamKey> {
         self.window = 0;
         std::mem::take(&mut self.streams)
     }

@@ -18,6 +18,13 @@
 //! its own unread answers, would otherwise collect presence frames and pings without bound).
 //! The timer is armed at accept, so a connection that never says hello is pinged and closed the
 //! same way.
+//!
+//! A paused connection with nothing queued still gets a *probe* every interval: a PING with
+//! sequence 0, whose answer is not awaited (it waits unread behind the input the broker is not
+//! reading). Its purpose is the write: a client that exited while paused may have left its FIN
+//! behind request bytes the broker will never read, invisible; a segment sent to its closed
+//! socket draws an RST, which the I/O layer sees at once as a departure — so what the broker
+//! held for it is freed within an interval, not at its requests' timeouts (1 h at most).
 
 use std::time::Instant;
 
@@ -151,6 +158,18 @@ impl Router {
         }
         let paused_queue_empty = c.is_read_paused().then(|| c.outbound().is_empty());
         let channel_id = c.channel();
+        if paused_queue_empty == Some(true) {
+            // The probe (see the module docs): only its write matters.
+            let probe = Header {
+                channel_id,
+                sequence: 0,
+                ..Header::new(FrameType::Ping)
+            };
+            self.send(conn, &probe, &bytes::Bytes::new(), None);
+        }
+        let Some(c) = self.conns.get_mut(conn) else {
+            return;
+        };
         let next = match c
             .liveness_mut()
             .check(tick, interval_ms, misses, paused_queue_empty)

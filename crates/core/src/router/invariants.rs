@@ -1,6 +1,8 @@
 //! The cross-structure invariants of the router (see the module docs of `router`), checked
 //! after every step of the randomized and fuzz tests. The cost is linear in the state: tests only.
 
+use hashbrown::HashSet;
+
 use super::{Router, StreamKey};
 
 impl Router {
@@ -11,18 +13,30 @@ impl Router {
         self.check_admission_invariants();
         self.check_scope_invariants();
         let mut held = 0;
+        // Streams of departed connections waiting for the amortised cleanup (`lifecycle.rs`):
+        // the only ones that may name a connection that is gone.
+        let pending: HashSet<StreamKey> = self.cleanup.iter().map(|(s, _)| *s).collect();
+        let alive = |conn| self.conns.get(conn).is_some_and(|c| !c.is_closing());
         for (key, request) in self.requests.iter() {
+            let stream = StreamKey::Request(key);
+            if !alive(request.sender) || request.receiver().is_some_and(|r| !alive(r)) {
+                assert!(
+                    pending.contains(&stream),
+                    "a departed party's request not in cleanup"
+                );
+                assert!(!request.is_queued(), "a departed sender's waiting request");
+            }
             assert!(
                 self.wheel.deadline(request.timer).is_some(),
                 "request without a timer"
             );
             held += request.held_bytes();
-            if let Some(receiver) = request.receiver() {
-                let c = self.conns.get(receiver).expect("receiver alive");
-                assert!(c.streams().contains(&StreamKey::Request(key)));
+            if let Some(c) = request.receiver().and_then(|r| self.conns.get(r)) {
+                assert!(pending.contains(&stream) || c.streams().contains(&stream));
             }
-            let s = self.conns.get(request.sender).expect("sender alive");
-            assert!(s.streams().contains(&StreamKey::Request(key)));
+            if let Some(s) = self.conns.get(request.sender) {
+                assert!(pending.contains(&stream) || s.streams().contains(&stream));
+            }
         }
         for (_, broadcast) in self.broadcasts.iter() {
             assert!(
@@ -66,6 +80,13 @@ impl Router {
         let mut outbound = 0;
         for (_, c) in self.conns.iter() {
             outbound += c.outbound().len();
+            c.outbound().check_invariants();
+            // Set on every push over the high watermark, cleared only at or below the low one.
+            assert!(
+                c.outbound().len() <= self.config.high_watermark || c.is_congested(),
+                "{}: over the high watermark but not congested",
+                c.id()
+            );
             // A request a client sends to itself is listed twice (sender and receiver).
             let held: hashbrown::HashSet<&StreamKey> = c
                 .streams()
@@ -93,5 +114,23 @@ impl Router {
             assert_eq!(sent, c.sent_in_flight(), "{}: sent in-flight count", c.id());
         }
         assert_eq!(outbound, self.outbound_bytes, "outbound bytes");
+        // The budget's waiters are exactly the connections it pauses, each once.
+        let waiters: HashSet<_> = self.budget_waiters.iter().copied().collect();
+        assert_eq!(
+            waiters.len(),
+            self.budget_waiters.len(),
+            "budget waiters listed once"
+        );
+        for (conn, c) in self.conns.iter() {
+            assert_eq!(
+                c.is_paused_by_budget(),
+                waiters.contains(&conn),
+                "{conn}: budget pause"
+            );
+        }
+        assert!(
+            waiters.iter().all(|w| self.conns.contains(*w)),
+            "budget waiter gone"
+        );
     }
 }

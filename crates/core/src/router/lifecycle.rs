@@ -10,10 +10,31 @@
 //! ```
 //! Both are idempotent. Releasing ends the connection's waiting requests first, so the slots its
 //! assigned requests free are not handed one of its own doomed requests.
+//!
+//! # Amortised cleanup
+//! A departing connection may take part in tens of thousands of requests (a receiver with a
+//! large window, a sender at its in-flight limit), and ending each sends a frame and may assign
+//! a waiting request. So releasing a connection does only what is bounded at once — its
+//! waiting requests (at most the channel's waiting limit), its presence and its pauses — and
+//! queues its assigned requests and broadcasts on `cleanup`. The queue is worked off
+//! [`CLEANUP_PER_TURN`] streams per instant: the I/O layer passes one `now` per loop turn, so
+//! that is per turn, shared by every departure of the turn; [`Router::poll_timeout`] returns
+//! the present while work is left, so the next turn comes at once. Each stream's end is O(1)
+//! (stream sets, not lists: see `connection.rs`), so a turn's cleanup costs O(budget).
+//!
+//! Meanwhile a queued stream may name a connection that is gone: frames to it are dropped
+//! (`send` finds no connection), its counterpart waits for the cleanup's answer (PEER_GONE,
+//! CANCEL), and a stream that ends on its own first (a response's FINAL, its timer) is simply
+//! gone when the cleanup reaches its key (generation-checked).
 
 use std::time::Instant;
 
 use super::{Output, PauseCause, Router, StreamKey};
+
+/// Streams of departed connections ended per loop turn (per distinct `now`). At a few
+/// microseconds each (a frame to the counterpart, a waiting request assigned), about a
+/// millisecond of loop time.
+pub(super) const CLEANUP_PER_TURN: usize = 512;
 use crate::ids::{ConnId, RequestId};
 use crate::protocol::{DecodeError, ErrorCode};
 
@@ -56,6 +77,8 @@ impl Router {
             for waiter in c.take_waiters() {
                 self.unpause(waiter, PauseCause::Consumer);
             }
+            self.budget_waiters.retain(|w| *w != conn);
+            self.relieve_budget();
         }
     }
 
@@ -113,27 +136,55 @@ impl Router {
         let Some(c) = self.conns.get_mut(conn) else {
             return;
         };
-        let mut streams = c.release();
+        let streams = c.release();
         let membership = c.membership();
-        // Its waiting requests go first, so that slots freed by ending its assigned ones are not
-        // handed one of its own doomed requests.
-        let requests = &self.requests;
-        streams.sort_by_key(|s| match s {
-            StreamKey::Request(k) => !requests.get(*k).is_some_and(|r| r.is_queued()),
-            StreamKey::Broadcast(_) => true,
-        });
+        // Its waiting requests end at once (bounded by the channel's waiting limit, and none may
+        // be assigned meanwhile); the rest goes to the amortised cleanup, after them, so that
+        // slots freed by ending its assigned ones are not handed one of its own doomed requests.
         let now = self.now;
         for stream in streams {
             match stream {
-                StreamKey::Request(key) => self.end_request_for_departed(key, conn, now),
-                StreamKey::Broadcast(key) => self.end_broadcast_for_departed(key, conn),
+                StreamKey::Request(key)
+                    if self.requests.get(key).is_some_and(|r| r.is_queued()) =>
+                {
+                    self.end_request_for_departed(key, conn, now)
+                }
+                stream => self.cleanup.push_back((stream, conn)),
             }
         }
+        // Before the departure is announced: within the budget, whoever waited on it hears the
+        // end of its requests (PEER_GONE, CANCEL) before its PEER_LEFT.
+        self.run_cleanup();
         if let Some((channel, client)) = membership {
             self.leave_channel(conn, channel, client);
         }
         self.unpause(conn, PauseCause::Consumer);
         self.unpause(conn, PauseCause::Held);
+    }
+
+    /// Ends queued streams of departed connections, within the budget of the current instant
+    /// (see "Amortised cleanup").
+    pub(super) fn run_cleanup(&mut self) {
+        if self.now > self.cleanup_instant {
+            self.cleanup_instant = self.now;
+            self.cleanup_budget = CLEANUP_PER_TURN;
+        }
+        let now = self.now;
+        while self.cleanup_budget > 0 {
+            let Some((stream, departed)) = self.cleanup.pop_front() else {
+                break;
+            };
+            self.cleanup_budget -= 1;
+            match stream {
+                StreamKey::Request(key) => self.end_request_for_departed(key, departed, now),
+                StreamKey::Broadcast(key) => self.end_broadcast_for_departed(key, departed),
+            }
+        }
+    }
+
+    /// Streams of departed connections not ended yet (see "Amortised cleanup").
+    pub fn pending_cleanup(&self) -> usize {
+        self.cleanup.len()
     }
 
     /// A request or broadcast `sender` started has ended: one less of its own in flight.

@@ -52,6 +52,7 @@
 //!   send.rs        everything queued to a connection; flow control; the byte seam's core side
 //!   outbound.rs    one connection's outbound queue and the Transmit it lends
 //!   presence.rs    handshake, channel membership, takeovers, ghosts
+//!   overflow.rs    presence under the watermark: dropped events, the PRESENCE_OVERFLOW marker
 //!   channel.rs     receive windows, the ready and waiting FIFOs
 //!   request/       request/reply: routing (mod.rs) and one request's state machine (state.rs)
 //!   broadcast.rs   broadcasts and their acks
@@ -67,8 +68,18 @@
 //!   Responding (held by exactly one receiver) — and its frames reach that receiver only.
 //! - Every live request and broadcast has exactly one armed timer; when it ends, the timer is
 //!   removed, its id is forgotten and every connection's list of streams forgets it.
-//! - A receiver never holds more requests than its window.
-//! - When every connection has been disconnected, every count in [`RouterStats`] is zero.
+//! - A receiver never holds more requests than its window, and takes none while congested (its
+//!   queue went over the high watermark and has not been written down to the low one).
+//! - Every queued frame of a request to its receiver is tagged with the request; a backed-up
+//!   queue holds those of ended requests only until the next purge (`send.rs`, `outbound.rs`).
+//! - A request or broadcast naming a departed connection is in the cleanup queue, ended a
+//!   budget per turn (`lifecycle.rs`); [`Router::poll_timeout`] is "now" while it is not empty.
+//! - Queues, held frames and the I/O layer's read buffers add up to at most
+//!   `max_buffered_bytes`, plus one frame per connection whose input was under way when it was
+//!   crossed; connections paused by the budget are exactly `budget_waiters` (`send.rs`).
+//! - A peer owing a PRESENCE_OVERFLOW marker gets no presence frame (`overflow.rs`).
+//! - When every connection has been disconnected and the cleanup has run, every count in
+//!   [`RouterStats`] is zero.
 
 mod admission;
 mod broadcast;
@@ -79,6 +90,7 @@ mod heartbeat;
 mod invariants;
 mod lifecycle;
 mod outbound;
+mod overflow;
 mod presence;
 mod request;
 mod scope;
@@ -141,6 +153,15 @@ pub struct RouterConfig {
     /// Requests and broadcasts one connection may have in flight as their sender; one more START
     /// gets `LimitExceeded` for that request id, and the connection stays open.
     pub max_in_flight_per_connection: usize,
+    /// Requests and broadcasts in flight in the whole broker; one more START gets
+    /// `LimitExceeded` for that request id, and the connection stays open.
+    pub max_requests_in_flight: usize,
+    /// Bytes the broker may hold for its clients, broker-wide: outbound queues, frames of
+    /// waiting requests, and read buffers (reported by the I/O layer with
+    /// [`Router::set_read_buffered`]). Over it, a connection whose input adds bytes is paused,
+    /// new requests and broadcasts get `LimitExceeded`, and a broadcast drops the peers it
+    /// would copy a frame to; paused connections resume at seven eighths of it (see `send.rs`).
+    pub max_buffered_bytes: usize,
     /// A connection that has not completed its handshake this long after its accept is closed
     /// with `HandshakeRequired` (slowloris); zero disables the limit.
     pub handshake_timeout: Duration,
@@ -172,6 +193,16 @@ impl Default for RouterConfig {
             max_channels: 100_000,
             max_peers_per_channel: 10_000,
             max_in_flight_per_connection: 10_000,
+            // About 300 bytes of state each (the request, its id in the stream map, its timer,
+            // two stream-set entries): 100 000 cost ~30 MB whatever the clients do, where the
+            // product of the per-connection limits (10 000 connections × 10 000) allowed ~28 GB.
+            // Ten clients at their own limit, or 100 000 one-at-a-time clients, still fit.
+            max_requests_in_flight: 100_000,
+            // 512 MiB: what a broker may hold before it says no, whatever 10 000 connections do
+            // (each could otherwise hold its watermark, its held allowance and a read buffer:
+            // ~9 MiB each, ~90 GB). 128 receivers at their high watermark at once still fit;
+            // a box with less memory to spare sets it lower (RELIABILITY.md, worst-case memory).
+            max_buffered_bytes: 512 << 20,
             // The heartbeat's default interval: an honest client sends HELLO right after connect.
             handshake_timeout: Duration::from_secs(10),
             // An honest client is unauthenticated for one round trip: 256 handshakes in flight
@@ -243,6 +274,17 @@ pub struct RouterStats {
     pub bytes_out: u64,
     /// Cumulative: error frames sent.
     pub errors_sent: u64,
+    /// Connections paused because the broker is over its memory budget (`max_buffered_bytes`).
+    pub budget_paused: usize,
+    /// Cumulative: presence frames not queued to a peer over its watermark (it gets one
+    /// PRESENCE_OVERFLOW marker instead once it catches up).
+    pub presence_dropped: u64,
+    /// Requests and broadcasts of departed connections not yet ended (the amortised cleanup,
+    /// a few hundred per loop turn).
+    pub pending_cleanup: usize,
+    /// Cumulative: bytes of ended requests dropped from their receivers' queues before they
+    /// started on the wire.
+    pub dead_bytes_dropped: u64,
 }
 
 /// A request or a broadcast, as named by a request id.
@@ -304,6 +346,20 @@ pub struct Router {
     outbound_pool: BufferPool,
     /// Admission (see `admission.rs`).
     admission: admission::Admission,
+    /// Scratch set of one queue purge (see `outbound.rs`); kept for its capacity.
+    purge_scratch: hashbrown::HashSet<Key>,
+    /// Streams of departed connections still to end, with the departed connection (see
+    /// `lifecycle.rs`, "Amortised cleanup").
+    cleanup: VecDeque<(StreamKey, ConnId)>,
+    /// Cleanup steps left at `cleanup_instant`.
+    cleanup_budget: usize,
+    cleanup_instant: Instant,
+    /// Bytes held in the I/O layer's read buffers (its last report).
+    read_buffered: usize,
+    /// Connections paused because the broker was over `max_buffered_bytes`.
+    budget_waiters: Vec<ConnId>,
+    /// Connections that owe a PRESENCE_OVERFLOW marker (see `overflow.rs`).
+    presence_overflowed: Vec<ConnId>,
 }
 
 impl Router {
@@ -332,6 +388,13 @@ impl Router {
             // connections; new ones start at 4 KiB (dozens of small frames per turn).
             outbound_pool: BufferPool::new(256, 4 * 1024, 64 * 1024),
             admission: admission::Admission::default(),
+            purge_scratch: hashbrown::HashSet::new(),
+            cleanup: VecDeque::new(),
+            cleanup_budget: lifecycle::CLEANUP_PER_TURN,
+            cleanup_instant: now,
+            read_buffered: 0,
+            budget_waiters: Vec::new(),
+            presence_overflowed: Vec::new(),
         }
     }
 
@@ -355,16 +418,23 @@ impl Router {
         self.outputs.pop_front()
     }
 
-    /// When [`Router::handle_timeout`] must next be called, if any timer is armed.
+    /// When [`Router::handle_timeout`] must next be called, if any timer is armed; the latest
+    /// input's time (at once) while the cleanup of departed connections has work left.
     pub fn poll_timeout(&self) -> Option<Instant> {
+        if !self.cleanup.is_empty() {
+            return Some(self.now);
+        }
         self.wheel
             .next_deadline()
             .map(|tick| self.epoch + Duration::from_millis(tick))
     }
 
-    /// Fires every timer due at `now`. Calling it early, or twice, does nothing harmful.
+    /// Fires every timer due at `now` and continues the cleanup of departed connections.
+    /// Calling it early, or twice, does nothing harmful.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.now = self.now.max(now);
+        self.run_cleanup();
+        self.send_presence_markers();
         let tick = self.tick(now);
         while let Some(target) = self.wheel.poll_expired(tick) {
             match target {
@@ -438,6 +508,7 @@ impl Router {
         stats.broadcasts = self.broadcasts.len();
         stats.armed_timers = self.wheel.len();
         stats.buffered_bytes = self.outbound_bytes + self.held_bytes;
+        stats.budget_paused = self.budget_waiters.len();
         stats.paused_connections = self
             .conns
             .iter()
@@ -445,6 +516,7 @@ impl Router {
             .count();
         stats.ghosts = self.ghost_timers();
         stats.unauthenticated = self.admission.unauthenticated;
+        stats.pending_cleanup = self.cleanup.len();
         stats
     }
 
@@ -507,6 +579,8 @@ enum PauseCause {
     Consumer,
     /// Its requests waiting for a receiver hold more than `max_held_bytes`.
     Held,
+    /// The broker holds more than `max_buffered_bytes` and its input added to it.
+    Budget,
 }
 
 /// Arms a timer at `tick`, or at the next tick when `tick` is not in the wheel's future (a

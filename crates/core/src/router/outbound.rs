@@ -13,6 +13,21 @@
 //! The tail comes from the router's [`BufferPool`] when the first frame is queued and goes back
 //! as soon as everything is written, so an idle connection holds no outbound buffer.
 //!
+//! # Frames of a request
+//! A frame forwarded to a request's receiver is pushed with a [`FrameTag`]: the request's key
+//! and the frame's role (the START that opens the stream for the receiver, a body frame, the
+//! broker's CANCEL that closes it). Tagged frames are never merged with their neighbours (each
+//! is a piece of its own, plus its shared payload), so [`OutboundQueue::purge`] can drop the
+//! frames of requests that ended without the receiver ever seeing them, in one pass over the
+//! queue that also compacts the tail in place (no allocation). What purge keeps:
+//! - a frame already started on the wire (the front piece once a byte of it went out, a shared
+//!   payload whose header went out): the byte stream must stay well framed;
+//! - the CANCEL of a request whose START was already written (the receiver knows the request);
+//!   the CANCEL of a request whose START it drops goes too (the receiver never heard of it).
+//!
+//! Untagged frames (broker control frames, responses, broadcasts) merge into the tail as before,
+//! and `transmit` lends adjacent tail pieces as one slice, so tagging costs no extra `iovec`.
+//!
 //! # The write seam
 //! The queue never writes anything itself (it is handed no writer: the core has no sockets).
 //! [`OutboundQueue::transmit`] lends the unsent bytes as up to [`MAX_TRANSMIT_SLICES`] slices,
@@ -27,11 +42,15 @@
 //! - `len` is exactly the number of unsent bytes held; the router's flow control and the broker's
 //!   buffered-bytes figure are computed from it.
 //! - An empty queue holds no buffer (the tail went back to the pool when `len` reached zero).
+//! - A `Payload` piece directly follows the tagged head piece of its frame (or is the front).
 
 use bytes::{Buf, Bytes, BytesMut};
 use std::collections::VecDeque;
 use std::io::IoSlice;
 
+use hashbrown::HashSet;
+
+use super::store::Key;
 use crate::pool::BufferPool;
 use crate::protocol::HEADER_LEN;
 
@@ -88,11 +107,62 @@ impl std::fmt::Debug for Transmit<'_> {
     }
 }
 
-enum Piece {
+/// What a frame of a request is to its receiver (see "Frames of a request" above).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum FrameRole {
+    /// The START: the receiver learns of the request from it.
+    Opening,
+    /// A CHUNK or END of the request body.
+    Body,
+    /// The broker's CANCEL: sent only if the START was.
+    Closing,
+}
+
+/// The request a queued frame belongs to and its role; see [`OutboundQueue::purge`].
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) struct FrameTag {
+    pub(crate) stream: Key,
+    pub(crate) role: FrameRole,
+}
+
+/// What a tagged piece is: the head of a frame (its header, and its payload when copied) or
+/// the shared payload that follows such a head.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum PieceKind {
+    Head(FrameRole),
+    Payload,
+}
+
+enum Data {
     /// The next `n` unsent bytes of the tail.
     Tail(usize),
     /// A large payload, shared.
     Shared(Bytes),
+}
+
+struct Piece {
+    data: Data,
+    /// The request this piece belongs to; `None` for untagged frames.
+    tag: Option<(Key, PieceKind)>,
+    /// Position in the order of pushes (see [`OutboundQueue::still_holds`]).
+    seq: u64,
+}
+
+impl Piece {
+    /// A piece of a request's data (not its CANCEL, not an untagged frame).
+    fn is_data(&self) -> bool {
+        !matches!(
+            self.tag,
+            None | Some((_, PieceKind::Head(FrameRole::Closing)))
+        )
+    }
+
+    fn len(&self) -> usize {
+        match &self.data {
+            Data::Tail(n) => *n,
+            Data::Shared(bytes) => bytes.len(),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -102,6 +172,12 @@ pub(crate) struct OutboundQueue {
     /// Bytes at the front of `tail` already written.
     tail_sent: usize,
     len: usize,
+    /// Some bytes of the front piece were written: it must go out whole.
+    front_started: bool,
+    /// Sequence number of the next piece pushed.
+    next_seq: u64,
+    /// Pieces that are request data (see [`Piece::is_data`]).
+    data_pieces: usize,
 }
 
 impl OutboundQueue {
@@ -113,12 +189,35 @@ impl OutboundQueue {
         self.len == 0
     }
 
-    /// Queues one frame: its encoded header and its payload.
+    /// Pieces of request data queued (tagged, not a CANCEL).
+    pub(crate) fn data_pieces(&self) -> usize {
+        self.data_pieces
+    }
+
+    /// Sequence number of the last piece pushed so far (see [`OutboundQueue::still_holds`]).
+    pub(crate) fn last_seq(&self) -> u64 {
+        self.next_seq.wrapping_sub(1)
+    }
+
+    /// True when the piece pushed as number `seq` may still be queued: nothing after it has
+    /// reached the front.
+    pub(crate) fn still_holds(&self, seq: u64) -> bool {
+        self.pieces.front().is_some_and(|front| front.seq <= seq)
+    }
+
+    /// Pieces a frame with this payload and tag adds at most.
+    pub(crate) fn pieces_of(payload_len: usize) -> usize {
+        1 + usize::from(payload_len > COPY_THRESHOLD)
+    }
+
+    /// Queues one frame: its encoded header and its payload, tagged with its request when it
+    /// goes to that request's receiver.
     pub(crate) fn push(
         &mut self,
         pool: &mut BufferPool,
         header: &[u8; HEADER_LEN],
         payload: &Bytes,
+        tag: Option<FrameTag>,
     ) {
         if self.tail.capacity() == 0 {
             self.tail = pool.take();
@@ -131,14 +230,101 @@ impl OutboundQueue {
             self.tail.extend_from_slice(header);
             HEADER_LEN
         };
-        match self.pieces.back_mut() {
-            Some(Piece::Tail(n)) => *n += copied,
-            _ => self.pieces.push_back(Piece::Tail(copied)),
+        match (self.pieces.back_mut(), tag) {
+            (
+                Some(Piece {
+                    data: Data::Tail(n),
+                    tag: None,
+                    ..
+                }),
+                None,
+            ) => *n += copied,
+            _ => self.push_piece(Piece {
+                data: Data::Tail(copied),
+                tag: tag.map(|t| (t.stream, PieceKind::Head(t.role))),
+                seq: 0,
+            }),
         }
         if payload.len() > COPY_THRESHOLD {
-            self.pieces.push_back(Piece::Shared(payload.clone()));
+            self.push_piece(Piece {
+                data: Data::Shared(payload.clone()),
+                tag: tag.map(|t| (t.stream, PieceKind::Payload)),
+                seq: 0,
+            });
         }
         self.len += HEADER_LEN + payload.len();
+    }
+
+    fn push_piece(&mut self, mut piece: Piece) {
+        piece.seq = self.next_seq;
+        self.next_seq += 1;
+        self.data_pieces += usize::from(piece.is_data());
+        self.pieces.push_back(piece);
+    }
+
+    /// Drops the frames of ended requests (`is_dead(key)`) that have not started on the wire,
+    /// and compacts the tail in place; returns the bytes dropped. One pass over the queue, no
+    /// allocation once `openings` (scratch, cleared here) is warm. See the module docs for what
+    /// is kept.
+    pub(crate) fn purge(
+        &mut self,
+        pool: &mut BufferPool,
+        is_dead: impl Fn(Key) -> bool,
+        openings: &mut HashSet<Key>,
+    ) -> usize {
+        openings.clear();
+        let front_started = self.front_started;
+        let OutboundQueue {
+            pieces,
+            tail,
+            tail_sent,
+            ..
+        } = self;
+        let (mut read, mut write, mut dropped) = (*tail_sent, 0, 0);
+        let mut index = 0;
+        let mut previous_dropped = false;
+        let mut data_pieces = 0;
+        pieces.retain_mut(|piece| {
+            let front = index == 0;
+            index += 1;
+            let drop = match piece.tag {
+                Some((key, kind)) if is_dead(key) => match kind {
+                    // Started on the wire: its frame must go out whole.
+                    _ if front && (front_started || kind == PieceKind::Payload) => false,
+                    PieceKind::Payload => previous_dropped,
+                    PieceKind::Head(FrameRole::Opening) => {
+                        openings.insert(key);
+                        true
+                    }
+                    PieceKind::Head(FrameRole::Body) => true,
+                    PieceKind::Head(FrameRole::Closing) => openings.contains(&key),
+                },
+                _ => false,
+            };
+            previous_dropped = drop;
+            if let Data::Tail(n) = piece.data {
+                if !drop {
+                    // INVARIANT: write <= read, so the copy never overwrites unsent bytes.
+                    tail.copy_within(read..read + n, write);
+                    write += n;
+                }
+                read += n;
+            }
+            if drop {
+                dropped += piece.len();
+            } else {
+                data_pieces += usize::from(piece.is_data());
+            }
+            !drop
+        });
+        self.data_pieces = data_pieces;
+        tail.truncate(write);
+        *tail_sent = 0;
+        self.len -= dropped;
+        if self.len == 0 {
+            self.clear(pool);
+        }
+        dropped
     }
 
     /// Drops everything queued (the connection is gone) and gives the buffer back.
@@ -147,9 +333,12 @@ impl OutboundQueue {
         pool.give(std::mem::take(&mut self.tail));
         self.tail_sent = 0;
         self.len = 0;
+        self.front_started = false;
+        self.data_pieces = 0;
     }
 
-    /// Lends the front of the queue (up to [`MAX_TRANSMIT_SLICES`] pieces); `None` when empty.
+    /// Lends the front of the queue (up to [`MAX_TRANSMIT_SLICES`] slices); `None` when empty.
+    /// Adjacent tail pieces are contiguous in the tail and lent as one slice.
     pub(crate) fn transmit(&self) -> Option<Transmit<'_>> {
         if self.len == 0 {
             return None;
@@ -158,18 +347,34 @@ impl OutboundQueue {
         let mut count = 0;
         let mut len = 0;
         let mut offset = self.tail_sent;
-        for piece in self.pieces.iter().take(MAX_TRANSMIT_SLICES) {
-            let bytes: &[u8] = match piece {
-                Piece::Tail(n) => {
-                    let slice = &self.tail[offset..offset + n];
-                    offset += n;
-                    slice
+        // The run of tail bytes not yet lent: `run_start..offset`.
+        let mut run_start = offset;
+        for piece in &self.pieces {
+            match &piece.data {
+                Data::Tail(n) => offset += n,
+                Data::Shared(bytes) => {
+                    if offset > run_start {
+                        slices[count] = IoSlice::new(&self.tail[run_start..offset]);
+                        count += 1;
+                        len += offset - run_start;
+                        if count == MAX_TRANSMIT_SLICES {
+                            return Some(Transmit { slices, count, len });
+                        }
+                    }
+                    run_start = offset;
+                    slices[count] = IoSlice::new(bytes);
+                    count += 1;
+                    len += bytes.len();
+                    if count == MAX_TRANSMIT_SLICES {
+                        return Some(Transmit { slices, count, len });
+                    }
                 }
-                Piece::Shared(bytes) => bytes,
-            };
-            slices[count] = IoSlice::new(bytes);
+            }
+        }
+        if offset > run_start {
+            slices[count] = IoSlice::new(&self.tail[run_start..offset]);
             count += 1;
-            len += bytes.len();
+            len += offset - run_start;
         }
         Some(Transmit { slices, count, len })
     }
@@ -186,23 +391,25 @@ impl OutboundQueue {
                 debug_assert!(false, "pieces shorter than len");
                 return;
             };
-            match front {
-                Piece::Tail(n) => {
+            let left = match &mut front.data {
+                Data::Tail(n) => {
                     let step = written.min(*n);
                     *n -= step;
                     self.tail_sent += step;
                     written -= step;
-                    if *n == 0 {
-                        self.pieces.pop_front();
-                    }
+                    *n
                 }
-                Piece::Shared(bytes) => {
+                Data::Shared(bytes) => {
                     let step = written.min(bytes.len());
                     bytes.advance(step);
                     written -= step;
-                    if bytes.is_empty() {
-                        self.pieces.pop_front();
-                    }
+                    bytes.len()
+                }
+            };
+            self.front_started = left > 0;
+            if left == 0 {
+                if let Some(piece) = self.pieces.pop_front() {
+                    self.data_pieces -= usize::from(piece.is_data());
                 }
             }
         }
@@ -210,10 +417,50 @@ impl OutboundQueue {
             // Drained: the buffer goes back to the pool (an idle connection holds none).
             pool.give(std::mem::take(&mut self.tail));
             self.tail_sent = 0;
+            self.front_started = false;
         } else if self.tail_sent > COMPACT_AFTER {
             // INVARIANT: only the written prefix is dropped; `Tail` pieces count unsent bytes.
             self.tail.advance(self.tail_sent);
             self.tail_sent = 0;
+        }
+    }
+}
+
+impl OutboundQueue {
+    /// Checks the queue's invariants (see the module docs); for the router's invariant checks.
+    pub(crate) fn check_invariants(&self) {
+        let tail: usize = self
+            .pieces
+            .iter()
+            .filter_map(|p| match p.data {
+                Data::Tail(n) => Some(n),
+                Data::Shared(_) => None,
+            })
+            .sum();
+        assert_eq!(tail, self.tail.len() - self.tail_sent, "tail pieces");
+        let total: usize = self.pieces.iter().map(Piece::len).sum();
+        assert_eq!(total, self.len, "queue length");
+        let data = self.pieces.iter().filter(|p| p.is_data()).count();
+        assert_eq!(data, self.data_pieces, "data pieces");
+        assert!(
+            self.pieces
+                .iter()
+                .zip(self.pieces.iter().skip(1))
+                .all(|(a, b)| a.seq < b.seq),
+            "pieces in push order"
+        );
+        if self.len == 0 {
+            assert_eq!(self.tail.capacity(), 0, "an empty queue holds no buffer");
+        }
+        for (i, piece) in self.pieces.iter().enumerate() {
+            if let Some((key, PieceKind::Payload)) = piece.tag {
+                let head = i.checked_sub(1).and_then(|h| self.pieces.get(h));
+                assert!(
+                    i == 0
+                        || matches!(head, Some(Piece { tag: Some((k, PieceKind::Head(_))), .. }) if *k == key),
+                    "a payload piece follows its head"
+                );
+            }
         }
     }
 }
@@ -261,7 +508,7 @@ mod tests {
         let mut pool = BufferPool::new(4, 1024, 1 << 20);
         let mut expected = Vec::new();
         for (header, payload) in frames() {
-            queue.push(&mut pool, &header, &payload);
+            queue.push(&mut pool, &header, &payload, None);
             expected.extend_from_slice(&header);
             expected.extend_from_slice(&payload);
         }
@@ -283,7 +530,7 @@ mod tests {
         let mut queue = OutboundQueue::default();
         let mut pool = BufferPool::new(4, 1024, 1 << 20);
         let (header, payload) = frames().remove(1);
-        queue.push(&mut pool, &header, &payload);
+        queue.push(&mut pool, &header, &payload, None);
         let total = queue.len();
         let mut out = Vec::new();
         assert_eq!(write_some(&mut queue, &mut pool, &mut out, 100), 100);
@@ -299,11 +546,11 @@ mod tests {
         let mut queue = OutboundQueue::default();
         let mut pool = BufferPool::new(4, 1024, 1 << 20);
         let payload = Bytes::from(vec![1u8; COPY_THRESHOLD + 1]);
-        queue.push(&mut pool, &[0; HEADER_LEN], &payload);
+        queue.push(&mut pool, &[0; HEADER_LEN], &payload, None);
         let shared = queue
             .pieces
             .iter()
-            .any(|p| matches!(p, Piece::Shared(b) if b.as_ptr() == payload.as_ptr()));
+            .any(|p| matches!(&p.data, Data::Shared(b) if b.as_ptr() == payload.as_ptr()));
         assert!(shared);
         let transmit = queue.transmit().expect("queued");
         assert_eq!(
@@ -324,7 +571,7 @@ mod tests {
         let mut pool = BufferPool::new(4, 1024, 1 << 20);
         let payload = Bytes::from(vec![1u8; COPY_THRESHOLD + 1]);
         for _ in 0..MAX_TRANSMIT_SLICES {
-            queue.push(&mut pool, &[0; HEADER_LEN], &payload);
+            queue.push(&mut pool, &[0; HEADER_LEN], &payload, None);
         }
         let transmit = queue.transmit().expect("queued");
         assert_eq!(transmit.slices().len(), MAX_TRANSMIT_SLICES);
@@ -344,7 +591,7 @@ mod tests {
         for i in 0..2_000u32 {
             let payload = Bytes::from(vec![i as u8; 50]);
             let header = [(i % 251) as u8; HEADER_LEN];
-            queue.push(&mut pool, &header, &payload);
+            queue.push(&mut pool, &header, &payload, None);
             expected.extend_from_slice(&header);
             expected.extend_from_slice(&payload);
             // Write a little less than is pushed: the queue is never empty until the end.

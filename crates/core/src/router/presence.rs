@@ -261,7 +261,10 @@ impl Router {
             ..Header::new(kind)
         };
         for other in others {
-            self.send(other, &header, &Bytes::new(), None);
+            // Presence obeys the watermark (see `overflow.rs`).
+            if !self.presence_overflows(other) {
+                self.send(other, &header, &Bytes::new(), None);
+            }
         }
     }
 

@@ -11,9 +11,42 @@
 //!   hold_frame (request.rs) ─── held(c) > max ─────▶ pause(c, Held) … released <= max/2 ─▶ unpause
 //! ```
 //! A connection is read again only when no cause of pause is left.
+//!
+//! # A stuck receiver
+//! The watermarks bound a queue only if nothing keeps feeding it, so a receiver is fed new
+//! requests only while it keeps up:
+//! ```text
+//!   send(to) ── queue(to) > high ──▶ to.congested: no free slot, not "ready" (channel.rs)
+//!   handle_written(to) ── queue(to) <= low ──▶ !to.congested ─▶ ready again, waiting requests assigned
+//!   finish_request ── dead pieces >= half of receiver's queue ──▶ purge_dead_frames(receiver)
+//! ```
+//! Only a write clears congestion (a purge that empties the queue does not: the socket may be
+//! as full as before); a congested receiver with nothing queued is unstuck by the next frame the
+//! broker writes to it (a PONG, a heartbeat PING). So a receiver's queue holds at most the high
+//! watermark, plus one frame per producer feeding it when it crossed, plus the held frames of
+//! the last request assigned to it (at most `max_held_bytes`).
+//!
+//! # The broker-wide budget
+//! `max_buffered_bytes` bounds the sum of every queue, every held frame and the I/O layer's
+//! read buffers ([`Router::set_read_buffered`]):
+//! ```text
+//!   send / hold_frame ── total > max ──▶ pause(the connection whose input it is, Budget)
+//!   START (request, broadcast) ── total > max ──▶ LIMIT_EXCEEDED for its id
+//!   broadcast frame ── total > max ──▶ the peer is dropped from it (CANCEL), as over its watermark
+//!   bytes leave (written, released, purged, dropped) ── total <= 7/8 max ──▶ unpause every Budget waiter
+//! ```
+//! So past the budget the broker holds at most one more frame per connection whose input was
+//! under way (each is paused after it), and the I/O layer reads only into memory it already
+//! holds (see the server's `input.rs`).
+//!
+//! The frames of a request that ended are dropped from its receiver's queue where they have not
+//! started on the wire (`outbound.rs`, `purge`), when that queue is backed up (over the low
+//! watermark: a receiver that keeps up gets them written, followed by the CANCEL, as before). The purge is one pass over the queue, run when
+//! the pieces of ended requests may make up half of it: amortised O(1) per queued piece.
 
 use bytes::Bytes;
 
+use super::outbound::FrameTag;
 use super::{Output, PauseCause, Router, Transmit};
 use crate::ids::{ClientId, ConnId, RequestId};
 use crate::protocol::{encode_error, ErrorCode, Flags, FrameType, Header};
@@ -55,8 +88,34 @@ impl Router {
         }
         self.outbound_bytes -= written;
         self.counters.bytes_out += written as u64;
+        self.relieve_budget();
+        let Some(c) = self.conns.get_mut(conn) else {
+            return;
+        };
         let at_or_below_low = c.outbound().len() <= self.config.low_watermark;
-        if at_or_below_low && c.has_waiters() {
+        // Written down to the low watermark: a congested receiver is ready again.
+        let uncongested = if at_or_below_low && written > 0 && c.set_congested(false) {
+            c.open_identity()
+        } else {
+            None
+        };
+        self.resume_waiters_if_low(conn);
+        if at_or_below_low && written > 0 && !self.presence_overflowed.is_empty() {
+            self.send_presence_marker_if_drained(conn);
+        }
+        if let Some((channel, _)) = uncongested {
+            log::debug!("{conn}: drained below the low watermark: ready again");
+            self.mark_ready(conn, channel);
+            self.assign_waiting(channel, self.now);
+        }
+    }
+
+    /// Resumes the producers paused on `conn`'s queue once it is at or below the low watermark.
+    fn resume_waiters_if_low(&mut self, conn: ConnId) {
+        let Some(c) = self.conns.get_mut(conn) else {
+            return;
+        };
+        if c.outbound().len() <= self.config.low_watermark && c.has_waiters() {
             let waiters = c.take_waiters();
             for waiter in &waiters {
                 self.unpause(*waiter, PauseCause::Consumer);
@@ -66,6 +125,92 @@ impl Router {
                 c.restore_waiters(waiters);
             }
         }
+    }
+
+    /// A request `conn` received ended; `pieces` of its data were queued to `conn`, the last
+    /// one as number `last_piece`. If that one may still be queued, all of them count as dead
+    /// (an upper bound); once dead pieces may make up half of the queue's data pieces, those
+    /// not started on the wire are dropped. A pass costs O(queue), at most twice the dead pieces
+    /// counted since the last pass (the queue's other pieces are untagged runs and CANCELs,
+    /// each following a data piece or request), and each forwarded piece is counted at most
+    /// once: amortised O(1) per piece.
+    pub(super) fn note_dead_frames(&mut self, conn: ConnId, last_piece: u64, pieces: usize) {
+        let Some(c) = self.conns.get_mut(conn) else {
+            return;
+        };
+        if !c.outbound().still_holds(last_piece) {
+            return;
+        }
+        // Below the low watermark the queue is about to be written anyway: dropping would save
+        // little and make a cancel racing its START invisible to a receiver that keeps up.
+        let backed_up = c.outbound().len() > self.config.low_watermark;
+        if c.add_dead_pieces(pieces) * 2 < c.outbound().data_pieces() || !backed_up {
+            return;
+        }
+        c.reset_dead_pieces();
+        let requests = &self.requests;
+        let dropped = c.outbound_mut().purge(
+            &mut self.outbound_pool,
+            |key| !requests.contains(key),
+            &mut self.purge_scratch,
+        );
+        if dropped > 0 {
+            log::debug!("{conn}: dropped {dropped} queued bytes of ended requests");
+            self.outbound_bytes -= dropped;
+            self.counters.dead_bytes_dropped += dropped as u64;
+            self.resume_waiters_if_low(conn);
+            self.relieve_budget();
+        }
+    }
+
+    /// Bytes held for clients, broker-wide: what `max_buffered_bytes` bounds.
+    pub fn budget_used(&self) -> usize {
+        self.outbound_bytes + self.held_bytes + self.read_buffered
+    }
+
+    /// True while the broker holds more than `max_buffered_bytes` (see the module docs).
+    pub fn is_over_budget(&self) -> bool {
+        self.budget_used() > self.config.max_buffered_bytes
+    }
+
+    /// The I/O layer's report of the bytes its read buffers hold (their capacity): part of the
+    /// budget. Call it whenever that figure changes; cheap.
+    pub fn set_read_buffered(&mut self, bytes: usize) {
+        let fell = bytes < self.read_buffered;
+        self.read_buffered = bytes;
+        if fell {
+            self.relieve_budget();
+        }
+    }
+
+    /// Over the budget, pauses the connection whose input added to it.
+    pub(super) fn charge_budget(&mut self, adder: Option<ConnId>) {
+        if !self.is_over_budget() {
+            return;
+        }
+        if let Some(conn) = adder {
+            if self.pause(conn, PauseCause::Budget) {
+                self.budget_waiters.push(conn);
+            }
+        }
+    }
+
+    /// Resumes every connection paused by the budget once the broker is back to seven eighths
+    /// of it (hysteresis: not one resume per byte written).
+    pub(super) fn relieve_budget(&mut self) {
+        if self.budget_waiters.is_empty() {
+            return;
+        }
+        let max = self.config.max_buffered_bytes;
+        if self.budget_used() > max - max / 8 {
+            return;
+        }
+        let mut waiters = std::mem::take(&mut self.budget_waiters);
+        for conn in waiters.drain(..) {
+            self.unpause(conn, PauseCause::Budget);
+        }
+        // Keep the capacity (none was pushed meanwhile: unpausing pauses nobody).
+        self.budget_waiters = waiters;
     }
 
     /// Queues one frame to `to`. `producer` is the connection whose input caused it, paused when
@@ -79,6 +224,19 @@ impl Router {
         payload: &Bytes,
         producer: Option<ConnId>,
     ) {
+        self.send_tagged(to, header, payload, producer, None);
+    }
+
+    /// [`Router::send`] for a frame of a request going to its receiver: tagged, so that it can be
+    /// dropped from the queue if the request ends before it starts on the wire.
+    pub(super) fn send_tagged(
+        &mut self,
+        to: ConnId,
+        header: &Header,
+        payload: &Bytes,
+        producer: Option<ConnId>,
+        tag: Option<FrameTag>,
+    ) {
         let Some(c) = self.conns.get_mut(to) else {
             return;
         };
@@ -89,10 +247,15 @@ impl Router {
         let mut wire = *header;
         wire.payload_len = payload.len() as u32;
         c.outbound_mut()
-            .push(&mut self.outbound_pool, &wire.encode(), payload);
+            .push(&mut self.outbound_pool, &wire.encode(), payload, tag);
         self.outbound_bytes += crate::protocol::HEADER_LEN + payload.len();
         self.counters.frames_out += 1;
         let over_high = c.outbound().len() > self.config.high_watermark;
+        if over_high && !c.set_congested(true) {
+            log::debug!("{to}: over the high watermark: takes no new request");
+        }
+        let adder = producer.or(self.input);
+        self.charge_budget(adder);
         if was_empty {
             self.outputs.push_back(Output::Transmit(to));
         }

@@ -30,7 +30,7 @@ use state::in_order;
 pub(super) use state::Request;
 
 use super::channel::{CANCEL_TO_RECEIVER, CANCEL_TO_SENDER};
-use super::outbound::COPY_THRESHOLD;
+use super::outbound::{FrameRole, FrameTag, OutboundQueue, COPY_THRESHOLD};
 use super::store::Key;
 use super::{PauseCause, Peer, Router, StreamKey, TimerTarget};
 use crate::ids::{ClientId, ConnId, RequestId};
@@ -139,8 +139,21 @@ impl Router {
     }
 
     /// When `conn` already has `max_in_flight_per_connection` requests and broadcasts of its own
-    /// in flight, the text of the `LimitExceeded` refusing one more.
+    /// in flight, or the broker `max_requests_in_flight`, the text of the `LimitExceeded`
+    /// refusing one more.
     pub(super) fn sent_limit_reached(&self, conn: ConnId) -> Option<String> {
+        if self.is_over_budget() {
+            return Some(format!(
+                "the broker holds more than its budget of {} bytes; try again later",
+                self.config.max_buffered_bytes
+            ));
+        }
+        let total = self.config.max_requests_in_flight;
+        if self.streams.len() >= total {
+            return Some(format!(
+                "the broker already has {total} requests and broadcasts in flight"
+            ));
+        }
         let max = self.config.max_in_flight_per_connection;
         let sent = self.conns.get(conn)?.sent_in_flight();
         (sent >= max).then(|| format!("{max} requests and broadcasts of yours are in flight"))
@@ -152,12 +165,7 @@ impl Router {
             return;
         };
         match request.receiver() {
-            Some(receiver) => {
-                let (sender, sender_client, deadline) =
-                    (request.sender, request.sender_client, request.deadline);
-                let frame = routed(frame, request.route);
-                forward_request(self, receiver, sender, sender_client, deadline, frame, now);
-            }
+            Some(receiver) => forward_request(self, key, receiver, frame, now),
             None => self.hold_frame(key, frame),
         }
     }
@@ -189,11 +197,13 @@ impl Router {
         if over {
             self.pause(sender, PauseCause::Held);
         }
+        self.charge_budget(Some(sender));
     }
 
     /// Gives `bytes` of held frames back to the sender's allowance.
     fn release_held(&mut self, sender: ConnId, bytes: usize) {
         self.held_bytes -= bytes;
+        self.relieve_budget();
         let Some(c) = self.conns.get_mut(sender) else {
             return;
         };
@@ -238,16 +248,10 @@ impl Router {
                 return;
             }
         };
-        let (sender, sender_client, deadline, route) = (
-            request.sender,
-            request.sender_client,
-            request.deadline,
-            request.route,
-        );
+        let sender = request.sender;
         self.take_request(key, receiver);
         for frame in held {
-            let frame = routed(frame, route);
-            forward_request(self, receiver, sender, sender_client, deadline, frame, now);
+            forward_request(self, key, receiver, frame, now);
         }
         self.release_held(sender, held_bytes);
     }
@@ -302,13 +306,7 @@ impl Router {
         };
         let request = self.requests.get(key);
         if let Some((receiver, route)) = request.and_then(|r| Some((r.receiver()?, r.route))) {
-            self.send_control(
-                receiver,
-                FrameType::Cancel,
-                CANCEL_TO_RECEIVER,
-                from.client,
-                route,
-            );
+            self.cancel_receiver(key, receiver, from.client, route);
         }
         self.finish_request(key, now);
     }
@@ -353,7 +351,7 @@ impl Router {
         );
         if offender == sender {
             if let Some(receiver) = receiver.filter(|r| *r != offender) {
-                self.cancel_receiver(receiver, sender_client, route);
+                self.cancel_receiver(key, receiver, sender_client, route);
             }
         } else {
             self.cancel_sender(sender, receiver_client, id);
@@ -383,7 +381,7 @@ impl Router {
                     id,
                     "the response did not complete in time",
                 );
-                self.cancel_receiver(receiver, sender_client, route);
+                self.cancel_receiver(key, receiver, sender_client, route);
             }
         }
         self.finish_request(key, now);
@@ -397,7 +395,7 @@ impl Router {
         };
         let (id, sender, sender_client) = (request.id, request.sender, request.sender_client);
         if let Some(receiver) = request.receiver() {
-            self.cancel_receiver(receiver, sender_client, request.route);
+            self.cancel_receiver(key, receiver, sender_client, request.route);
         }
         self.send_error(
             sender,
@@ -417,7 +415,7 @@ impl Router {
         let (receiver, route) = (request.receiver(), request.route);
         if departed == sender {
             if let Some(receiver) = receiver.filter(|r| *r != departed) {
-                self.cancel_receiver(receiver, sender_client, route);
+                self.cancel_receiver(key, receiver, sender_client, route);
             }
         } else {
             self.send_error(sender, ErrorCode::PeerGone, id, "the receiver disconnected");
@@ -425,15 +423,31 @@ impl Router {
         self.finish_request(key, now);
     }
 
-    /// CANCEL to a request's receiver, naming the request's sender.
-    fn cancel_receiver(&mut self, receiver: ConnId, sender_client: ClientId, id: RequestId) {
-        self.send_control(
-            receiver,
-            FrameType::Cancel,
-            CANCEL_TO_RECEIVER,
-            sender_client,
-            id,
-        );
+    /// CANCEL to a request's receiver, naming the request's sender; tagged with the request,
+    /// so that it goes with the START if that is dropped unsent (see `outbound.rs`).
+    fn cancel_receiver(
+        &mut self,
+        key: Key,
+        receiver: ConnId,
+        sender_client: ClientId,
+        id: RequestId,
+    ) {
+        let Some(channel) = self.conns.get(receiver).map(|c| c.channel()) else {
+            return;
+        };
+        let header = Header {
+            flags: CANCEL_TO_RECEIVER,
+            client_id: sender_client,
+            channel_id: channel,
+            request_id: id,
+            is_final: true,
+            ..Header::new(FrameType::Cancel)
+        };
+        let tag = FrameTag {
+            stream: key,
+            role: FrameRole::Closing,
+        };
+        self.send_tagged(receiver, &header, &Bytes::new(), None, Some(tag));
     }
 
     /// CANCEL to a request's sender, naming the request's receiver.
@@ -467,6 +481,9 @@ impl Router {
                 if let Some(c) = self.conns.get_mut(receiver) {
                     c.end_request();
                 }
+                if let Some(last_piece) = request.last_piece {
+                    self.note_dead_frames(receiver, last_piece, request.forwarded_pieces);
+                }
                 // Whichever side flow control paused for this request's sake may go on: it has
                 // no more frames for the other (if it has others, they pause it again).
                 self.release_waiter(request.sender, receiver);
@@ -484,28 +501,41 @@ fn routed(mut frame: Frame, route: RequestId) -> Frame {
     frame
 }
 
-/// Forwards one request-direction frame to its receiver, rewriting the client id to the
-/// sender's and, on the START, the timeout to what remains of it.
-fn forward_request(
-    router: &mut Router,
-    receiver: ConnId,
-    sender: ConnId,
-    sender_client: ClientId,
-    deadline: Instant,
-    frame: Frame,
-    now: Instant,
-) {
+/// Forwards one request-direction frame of request `key` to its receiver, rewriting the client
+/// id to the sender's and, on the START, the timeout to what remains of it. Tagged with the
+/// request (see `outbound.rs`).
+fn forward_request(router: &mut Router, key: Key, receiver: ConnId, frame: Frame, now: Instant) {
+    let Some(request) = router.requests.get_mut(key) else {
+        return;
+    };
+    request.forwarded_pieces += OutboundQueue::pieces_of(frame.payload.len());
+    let (sender, sender_client, deadline, route) = (
+        request.sender,
+        request.sender_client,
+        request.deadline,
+        request.route,
+    );
+    // The receiver sees the request's route, not necessarily the sender's id (`scope.rs`).
+    let frame = routed(frame, route);
     let mut header = Header {
         client_id: sender_client,
         flags: Flags::REQUEST,
         timeout_ms: 0,
         ..frame.header
     };
-    if header.frame_type == FrameType::Start {
+    let role = if header.frame_type == FrameType::Start {
         let remaining = deadline.saturating_duration_since(now);
         header.timeout_ms = ceil_ms(remaining).max(1);
+        FrameRole::Opening
+    } else {
+        FrameRole::Body
+    };
+    let tag = FrameTag { stream: key, role };
+    router.send_tagged(receiver, &header, &frame.payload, Some(sender), Some(tag));
+    let last_piece = router.conns.get(receiver).map(|c| c.outbound().last_seq());
+    if let Some(request) = router.requests.get_mut(key) {
+        request.last_piece = last_piece;
     }
-    router.send(receiver, &header, &frame.payload, Some(sender));
 }
 
 fn ceil_ms(duration: Duration) -> u32 {

@@ -47,6 +47,11 @@ pub(in crate::router) struct Request {
     request_next_seq: u32,
     /// The sender's FINAL frame arrived.
     request_finished: bool,
+    /// Queue pieces of its data forwarded to its receiver so far (an upper bound on what of it
+    /// its receiver's queue may still hold; see `send.rs`).
+    pub(in crate::router) forwarded_pieces: usize,
+    /// Sequence number, in its receiver's queue, of the last piece of its data forwarded.
+    pub(in crate::router) last_piece: Option<u64>,
 }
 
 impl Request {
@@ -73,6 +78,8 @@ impl Request {
             deadline,
             request_next_seq: 1,
             request_finished: finished,
+            forwarded_pieces: 0,
+            last_piece: None,
         }
     }
 
