@@ -13,6 +13,7 @@ import {
   type ConnectOptions,
   ConnectionLost,
   GoingAway,
+  LimitExceeded,
   NotASwitchyardBroker,
   ProtocolError,
   Reconnecting,
@@ -44,7 +45,7 @@ const T = { timeout: 20_000 };
 
 // ----- the real broker, restarted ---------------------------------------------------------------
 
-test("reconnect across a broker restart on the same port: ConnectionLost, Reconnecting, same id, window re-issued", T, async () => {
+test("reconnect across a broker restart on the same port: ConnectionLost, Reconnecting, same id, window re-issued (S13)", T, async () => {
   const channel = freshChannel();
   const first = await Broker.start();
   brokers.push(first);
@@ -74,7 +75,7 @@ test("reconnect across a broker restart on the same port: ConnectionLost, Reconn
   await serving;
 });
 
-test("no reconnect when disabled: the client closes on the first loss", T, async () => {
+test("no reconnect when disabled: the client closes on the first loss (S14)", T, async () => {
   const b = await Broker.start();
   brokers.push(b);
   const c = await connect(b.url, { channel: "x", reconnect: false });
@@ -90,7 +91,7 @@ test("no reconnect when disabled: the client closes on the first loss", T, async
   assert.equal(c.state, "closed");
 });
 
-test("the first connect is not retried: nobody listening is ConnectFailed", T, async () => {
+test("the first connect is not retried: nobody listening is ConnectFailed (S22)", T, async () => {
   const server = net.createServer();
   await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
   const { port } = server.address() as net.AddressInfo;
@@ -151,7 +152,7 @@ async function fakeBroker(handler: (conn: FakeConn) => Promise<void>): Promise<s
   return `127.0.0.1:${(server.address() as net.AddressInfo).port}`;
 }
 
-test("an HTTP server is not a broker", T, async () => {
+test("an HTTP server is not a broker (S15)", T, async () => {
   const addr = await fakeBroker(async (conn) => {
     await conn.next().catch(() => undefined);
     conn.socket.end("HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
@@ -159,7 +160,7 @@ test("an HTTP server is not a broker", T, async () => {
   await assert.rejects(rawConnect(addr, { channel: "orders" }), (e: unknown) => e instanceof NotASwitchyardBroker && /does not speak/.test(e.message));
 });
 
-test("a silent server times out the connect, naming the likely cause", T, async () => {
+test("a silent server times out the connect, naming the likely cause (S16)", T, async () => {
   const addr = await fakeBroker(async () => undefined); // accepts, never answers
   await assert.rejects(
     rawConnect(addr, { channel: "orders", connectTimeoutMs: 300 }),
@@ -175,7 +176,7 @@ const garbage: [string, Uint8Array][] = [
 ];
 
 for (const [what, bytes] of garbage) {
-  test(`garbage after the WELCOME (${what}): ProtocolError, closed, no reconnect`, T, async () => {
+  test(`garbage after the WELCOME (${what}): ProtocolError, closed, no reconnect (S17)`, T, async () => {
     const addr = await fakeBroker(async (conn) => {
       await conn.welcome();
       await conn.next(); // the request's START
@@ -188,7 +189,7 @@ for (const [what, bytes] of garbage) {
   });
 }
 
-test("a truncated frame, then close, during the handshake", T, async () => {
+test("a truncated frame, then close, during the handshake (S18)", T, async () => {
   const addr = await fakeBroker(async (conn) => {
     const hello = await conn.next();
     const welcome = encodeFrame({ type: FrameType.WELCOME, clientId: randomUuid(), channelId: hello.channelId, payload: encodeWelcome({ maxPayload: 1 << 20, defaultTimeoutMs: 1, maxTimeoutMs: 1, heartbeatMs: 0 }) });
@@ -197,7 +198,7 @@ test("a truncated frame, then close, during the handshake", T, async () => {
   await assert.rejects(within(rawConnect(addr, { channel: "orders" }), 5000), (e: unknown) => e instanceof NotASwitchyardBroker || e instanceof ConnectFailed);
 });
 
-test("PING is answered with PONG echoing its sequence; ping() measures a round trip", T, async () => {
+test("PING is answered with PONG echoing its sequence; ping() measures a round trip (S19)", T, async () => {
   let pong: Frame | undefined;
   const addr = await fakeBroker(async (conn) => {
     await conn.welcome();
@@ -213,7 +214,7 @@ test("PING is answered with PONG echoing its sequence; ping() measures a round t
   assert.equal(pong?.sequence, 41);
 });
 
-test("the local deadline ends a request the broker never answers, and sends CANCEL", T, async () => {
+test("the local deadline ends a request the broker never answers, and sends CANCEL (S06)", T, async () => {
   let cancel: Frame | undefined;
   let start: Frame | undefined;
   const addr = await fakeBroker(async (conn) => {
@@ -233,7 +234,7 @@ test("the local deadline ends a request the broker never answers, and sends CANC
   assert.equal(start?.timeoutMs, 100);
 });
 
-test("GOING_AWAY: new operations fail with GoingAway; the close is a ConnectionLost and the client reconnects", T, async () => {
+test("GOING_AWAY: new operations fail with GoingAway; the close is a ConnectionLost and the client reconnects (S21)", T, async () => {
   let connections = 0;
   let reconnected: () => void = () => undefined;
   const secondHello = new Promise<void>((r) => (reconnected = r));
@@ -263,7 +264,7 @@ test("GOING_AWAY: new operations fail with GoingAway; the close is a ConnectionL
   assert.equal(c.clientId, id);
 });
 
-test("a broker that stops answering heartbeats is given up, and the client reconnects", T, async () => {
+test("a broker that stops answering heartbeats is given up, and the client reconnects (S20)", T, async () => {
   let connections = 0;
   const addr = await fakeBroker(async (conn) => {
     connections++;
@@ -283,4 +284,51 @@ test("a broker that stops answering heartbeats is given up, and the client recon
   assert.ok((await c.ping({ timeoutMs: 1000 })) >= 0);
   assert.equal(connections, 2);
   assert.equal(c.clientId, id);
+});
+
+// ----- the real broker, at its limits and draining ----------------------------------------------
+
+test("LIMIT_EXCEEDED: per request (the channel's waiting queue) and at connect (the connection limit) (S23)", T, async () => {
+  const b = await Broker.start(["--max-waiting-per-channel", "1", "--max-connections", "2", "--max-connections-per-ip", "2"]);
+  brokers.push(b);
+  const channel = freshChannel();
+  const c = await connect(b.url, { channel });
+  const waiting = c.request("first", { timeoutMs: 2000 }); // waits: no receiver
+  waiting.catch(() => undefined);
+  await assert.rejects(c.request("second", { timeoutMs: 2000 }), LimitExceeded);
+  assert.ok((await c.ping()) >= 0, "the connection stays open");
+  const w = await connect(b.url, { channel });
+  await assert.rejects(rawConnect(b.url, { channel }), LimitExceeded); // the third connection: not retried
+  const serving = (async () => {
+    for await (const req of w.requests({ window: 1 })) await req.respond(await req.body());
+  })();
+  assert.equal(new TextDecoder().decode(await waiting), "first");
+  await w.close();
+  await serving;
+});
+
+test("SIGTERM drain: GOING_AWAY reaches the client, new requests fail with GoingAway, the held one completes (S24)", T, async () => {
+  const b = await Broker.start(["--drain-deadline-ms", "5000"]);
+  brokers.push(b);
+  const channel = freshChannel();
+  const c = await connect(b.url, { channel, reconnect: false });
+  const w = await connect(b.url, { channel, reconnect: false });
+  w.setReceiveWindow(1);
+  const pending = c.request("in flight", { timeoutMs: 10_000 });
+  const held = await w.nextRequest({ timeoutMs: 5000 });
+  const stopping = b.stop();
+  await within((async () => {
+    for (;;) {
+      try {
+        await c.ping({ timeoutMs: 1000 }); // a real round trip each time, until the GOING_AWAY is in
+      } catch (e) {
+        if (e instanceof GoingAway) return;
+        throw e;
+      }
+    }
+  })(), 5000, "GOING_AWAY");
+  await assert.rejects(c.request("new", { timeoutMs: 1000 }), GoingAway);
+  await held.respond(`done:${await held.text()}`);
+  assert.equal(new TextDecoder().decode(await pending), "done:in flight");
+  await within(stopping, 8000, "the broker's exit");
 });

@@ -72,7 +72,7 @@ function prng(seed: number): () => number {
   };
 }
 
-test("the worked example of PROTOCOL.md §12 decodes, and encodes back to the same bytes", () => {
+test("the worked example of PROTOCOL.md §12 decodes, and encodes back to the same bytes (U01)", () => {
   const frames = workedExample();
   assert.equal(frames.length, 10);
   const decoded = frames.map(decodeOne);
@@ -100,7 +100,7 @@ test("the worked example of PROTOCOL.md §12 decodes, and encodes back to the sa
   assert.equal(reply?.final, true);
 });
 
-test("every strict prefix of a frame needs more", () => {
+test("every strict prefix of a frame needs more (U02)", () => {
   const raw = workedExample()[4] as Uint8Array; // WELCOME with one peer: header + payload
   for (let cut = 0; cut < raw.length; cut++) {
     const d = new Decoder();
@@ -111,7 +111,7 @@ test("every strict prefix of a frame needs more", () => {
   }
 });
 
-test("random splits of the whole example decode to the same frames", () => {
+test("random splits of the whole example decode to the same frames (U03)", () => {
   const frames = workedExample();
   const all = new Uint8Array(frames.reduce((n, f) => n + f.length, 0));
   let at = 0;
@@ -135,7 +135,7 @@ test("random splits of the whole example decode to the same frames", () => {
   }
 });
 
-test("garbage only ever throws ProtocolError, and the decoder stays failed", () => {
+test("garbage only ever throws ProtocolError, and the decoder stays failed (U04)", () => {
   const rand = prng(7);
   const valid = workedExample()[6] as Uint8Array;
   for (let round = 0; round < 2000; round++) {
@@ -157,7 +157,7 @@ test("garbage only ever throws ProtocolError, and the decoder stays failed", () 
   }
 });
 
-test("header checks run in order: version, type, flags, payload_len", () => {
+test("header checks run in order: version, type, flags, payload_len (U05)", () => {
   const hello = workedExample()[0] as Uint8Array;
   const cases: [(h: Uint8Array) => void, RegExp][] = [
     [(h) => { h[0] = 2; h[1] = 0x0f; }, /version/],
@@ -175,7 +175,7 @@ test("header checks run in order: version, type, flags, payload_len", () => {
   }
 });
 
-test("payload_len is checked before any payload byte arrives", () => {
+test("payload_len is checked before any payload byte arrives (U06)", () => {
   const header = encodeFrame({ type: FrameType.START, flags: Flags.REQUEST });
   new DataView(header.buffer).setUint32(60, 2000);
   const d = new Decoder(1000);
@@ -183,7 +183,7 @@ test("payload_len is checked before any payload byte arrives", () => {
   assert.throws(() => d.next(), ProtocolError);
 });
 
-test("control payloads", () => {
+test("control payloads (U07)", () => {
   const body = encodeError(0x0105, "x", [A, B]);
   assert.deepEqual(decodeError(body), { code: 0x0105, text: "x", peers: [A, B] });
   assert.throws(() => decodeError(Uint8Array.from([...body, 0])), ProtocolError);
@@ -201,7 +201,7 @@ test("control payloads", () => {
   assert.equal(errorFromCode(0x0002, "").isConnectionFatal, true);
 });
 
-test("SHA-1 and UUIDv5 agree with the standard vectors", () => {
+test("SHA-1 and UUIDv5 agree with the standard vectors (U16)", () => {
   const hex = (b: Uint8Array): string => Buffer.from(b).toString("hex");
   assert.equal(hex(sha1(utf8.encode("abc"))), "a9993e364706816aba3e25717850c26c9cd0d89d");
   assert.equal(hex(sha1(new Uint8Array(0))), "da39a3ee5e6b4b0d3255bfef95601890afd80709");
@@ -211,7 +211,7 @@ test("SHA-1 and UUIDv5 agree with the standard vectors", () => {
   assert.equal(uuidV5("6ba7b811-9dad-11d1-80b4-00c04fd430c8", utf8.encode("switchyard:channel")), CHANNEL_NAMESPACE);
 });
 
-test("channel names: the PROTOCOL vector, Python uuid.uuid5 vectors, UUID forms, refusals", () => {
+test("channel names: the PROTOCOL vector, Python uuid.uuid5 vectors, UUID forms, refusals (U08)", () => {
   assert.equal(channelId("orders"), "f69ae7c9-cd0a-5ed4-97e2-813bd5200f61");
   // Computed with Python: uuid.uuid5(uuid.UUID("dda4c0a4-9209-58ee-bed8-816189f73351"), name).
   const vectors: [string, string][] = [
@@ -236,7 +236,7 @@ test("channel names: the PROTOCOL vector, Python uuid.uuid5 vectors, UUID forms,
   assert.ok(channelId("é".repeat(127))); // 254 bytes
 });
 
-test("URLs pick the transport", () => {
+test("URLs pick the transport (U09)", () => {
   assert.deepEqual(parseAddress("tcp://h:1"), { kind: "tcp", host: "h", port: 1 });
   assert.deepEqual(parseAddress("h:2"), { kind: "tcp", host: "h", port: 2 });
   assert.deepEqual(parseAddress("h"), { kind: "tcp", host: "h", port: 7878 });
@@ -274,7 +274,7 @@ function decodeAll(frames: readonly Uint8Array[]): Frame[] {
   return out;
 }
 
-test("session: a request split at max_payload, its response, late frames ignored", () => {
+test("session: a request split at max_payload, its response, late frames ignored (U10)", () => {
   const session = welcomedSession();
   const id = session.startRequest(1000);
   const frames = decodeAll(session.bodyFrames(id, utf8.encode("0123456789"), true));
@@ -299,7 +299,7 @@ test("session: a request split at max_payload, its response, late frames ignored
   assert.deepEqual(session.receive(late), []);
 });
 
-test("session: PING gets a PONG, a request error is routed, garbage kills the session", () => {
+test("session: PING gets a PONG, a request error is routed, garbage kills the session (U11)", () => {
   const session = welcomedSession();
   assert.deepEqual(session.receive(brokerFrame({ type: FrameType.PING, sequence: 7 })), []);
   const [pong] = decodeAll(session.output);
@@ -313,13 +313,13 @@ test("session: PING gets a PONG, a request error is routed, garbage kills the se
   assert.deepEqual(session.receive(utf8.encode("more")), []);
 });
 
-test("session: an HTTP answer is NotASwitchyardBroker", () => {
+test("session: an HTTP answer is NotASwitchyardBroker (U12)", () => {
   const session = new Session(CH);
   const [event] = session.receive(utf8.encode(`HTTP/1.1 400 Bad Request\r\n${"x".repeat(64)}`));
   assert.ok(event?.kind === "connection-failed" && event.error instanceof NotASwitchyardBroker);
 });
 
-test("session: an incoming request, its response, a cancel", () => {
+test("session: an incoming request, its response, a cancel (U14)", () => {
   const session = welcomedSession();
   const rid = C;
   const events: SessionEvent[] = session.receive(
@@ -338,7 +338,7 @@ test("session: an incoming request, its response, a cancel", () => {
   assert.equal(session.tracked(), 0);
 });
 
-test("session: broadcast assembly and its single ACK", () => {
+test("session: broadcast assembly and its single ACK (U13)", () => {
   const session = welcomedSession();
   const rid = C;
   const flags = Flags.REQUEST | Flags.BROADCAST;
@@ -353,7 +353,7 @@ test("session: broadcast assembly and its single ACK", () => {
   assert.equal(session.ackFrame(rid), undefined);
 });
 
-test("session: an out-of-order response frame is a protocol error", () => {
+test("session: an out-of-order response frame is a protocol error (U15)", () => {
   const session = welcomedSession();
   const id = session.startRequest(0);
   session.bodyFrames(id, new Uint8Array(0), true);

@@ -76,7 +76,7 @@ afterEach(() => {
   g.WebSocket = original;
 });
 
-test("over WebSocket: frames split across messages, several frames per message", { timeout: 10_000 }, async () => {
+test("over WebSocket: frames split across messages, several frames per message (W01)", { timeout: 10_000 }, async () => {
   g.WebSocket = FakeWebSocket;
   FakeWebSocket.serve = (ws, frame) => {
     if (frame.type === FrameType.HELLO) {
@@ -104,11 +104,11 @@ test("over WebSocket: frames split across messages, several frames per message",
   assert.equal(c.state, "closed");
 });
 
-test("the browser entry point refuses tcp:// (it has no node:net)", async () => {
+test("the browser entry point refuses tcp:// (it has no node:net) (W02)", async () => {
   await assert.rejects(browserConnect("tcp://127.0.0.1:1", { channel: "orders" }), ConnectFailed);
 });
 
-test("no global WebSocket: ConnectFailed naming the requirement", async () => {
+test("no global WebSocket: ConnectFailed naming the requirement (W03)", async () => {
   g.WebSocket = undefined;
   await assert.rejects(connect("ws://127.0.0.1:1", { channel: "orders" }), (e: unknown) => e instanceof ConnectFailed && /WebSocket/.test(e.message));
 });
