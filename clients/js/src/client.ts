@@ -231,9 +231,14 @@ class Link {
     if (frame && !this.dead && this.transport) this.transport.write(frame);
   }
 
-  /** Writes `frames` in order, waiting for the transport to drain when it asks to. */
-  async send(frames: readonly Uint8Array[]): Promise<void> {
+  /**
+   * Writes `frames` in order, waiting for the transport to drain when it asks to. Stops early,
+   * without error, once `alive()` is false (the stream ended meanwhile: cancelled, failed, or
+   * answered — the broker would only answer UNKNOWN_REQUEST to the rest).
+   */
+  async send(frames: readonly Uint8Array[], alive: () => boolean = () => true): Promise<void> {
     for (const frame of frames) {
+      if (!alive()) return;
       if (!this.write(frame)) await this.transport?.drain();
     }
     if (this.dead) throw this.dead;
@@ -362,8 +367,9 @@ export class Response implements AsyncIterable<Uint8Array> {
     return new TextDecoder().decode(await this.bytes());
   }
 
-  /** Abandons the request: sends its CANCEL unless it already ended. */
+  /** Abandons the request: sends its CANCEL unless it already ended (then it does nothing). */
   cancel(): void {
+    if (this.done) return;
     this.abandon();
     this.inbox.put(new Cancelled("the request was cancelled locally"));
   }
@@ -858,7 +864,7 @@ export class Client {
     const whole = wholeBody(body);
     if (whole !== undefined) {
       try {
-        await link.send(link.session.bodyFrames(id, whole, true));
+        await link.send(link.session.bodyFrames(id, whole, true), () => link.responses.has(id));
       } catch (err) {
         response.abandon();
         throw err;
@@ -870,13 +876,14 @@ export class Client {
   }
 
   private async pump(link: Link, id: Uuid, inbox: Inbox<Item>, response: Response, body: BodySource): Promise<void> {
+    const alive = (): boolean => link.responses.has(id);
     try {
       for await (const chunk of chunksOf(body)) {
-        const frames = link.session.bodyFrames(id, chunk, false);
-        if (frames.length === 0 && chunk.length > 0) return; // the request ended: stop reading the source
-        await link.send(frames);
+        if (!alive()) break; // the request ended (answered, failed, cancelled): stop reading the source
+        await link.send(link.session.bodyFrames(id, chunk, false), alive);
       }
-      await link.send(link.session.bodyFrames(id, new Uint8Array(0), true));
+      if (alive()) await link.send(link.session.bodyFrames(id, new Uint8Array(0), true));
+      else link.session.cancelRequestFrame(id); // forget the send state; nothing goes out
     } catch (err) {
       if (err instanceof SwitchyardError) return; // the response reports the link's failure
       response.abandon();

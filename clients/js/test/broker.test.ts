@@ -312,3 +312,34 @@ test("a closed client: iterations end, calls reject with Closed, close is idempo
   assert.equal(c.state, "closed");
   await c.close();
 });
+
+test("an early response: the receiver answers before the request body is complete; the sender stops sending (S25)", T, async () => {
+  const [w, c] = (await clients(2, freshChannel())) as [Client, Client];
+  w.setReceiveWindow(1);
+  let produced = 0;
+  let sourceClosed: () => void = () => undefined;
+  const closed = new Promise<void>((r) => (sourceClosed = r));
+  let answered: () => void = () => undefined;
+  const answeredP = new Promise<void>((r) => (answered = r));
+  async function* endless(): AsyncGenerator<Uint8Array> {
+    try {
+      for (;;) {
+        produced++;
+        yield new Uint8Array(1000).fill(produced & 0xff);
+        if (produced === 3) await answeredP; // more only once the answer is in
+      }
+    } finally {
+      sourceClosed(); // the client stopped reading the source
+    }
+  }
+  const response = await c.requestStream(endless(), { timeoutMs: 10_000 });
+  const req = await w.nextRequest({ timeoutMs: 5000 });
+  const first = await req[Symbol.asyncIterator]().next();
+  assert.equal(first.done, false);
+  await req.respond("enough");
+  assert.equal(await response.text(), "enough");
+  answered();
+  await within(closed, 5000, "the source's close");
+  assert.ok(produced <= 4, `produced ${produced} chunks`);
+  assert.ok((await c.ping()) >= 0);
+});
