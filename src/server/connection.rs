@@ -79,6 +79,9 @@ pub(crate) struct IoConnection {
     pub(crate) queued_for_read: bool,
     /// Queued in the server's to-flush list.
     pub(crate) queued_for_flush: bool,
+    /// The peer shut its write side and the router keeps the connection for its answers
+    /// (`input.rs`): it is never read again, and is closed once the router says it is done.
+    pub(crate) read_closed: bool,
 }
 
 impl IoConnection {
@@ -98,6 +101,7 @@ impl IoConnection {
             decoder: Decoder::new(max_payload),
             queued_for_read: false,
             queued_for_flush: false,
+            read_closed: false,
         }
     }
 

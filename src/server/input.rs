@@ -12,12 +12,19 @@
 //! caused by this frame is in force before the next one is decoded. An EOF or read error closes
 //! the connection at once, not at the end of the turn: anything routed later in the same turn
 //! (a reconnect with the same client id, presence) must see the departure first.
+//!
+//! Half-close (PROTOCOL.md §1): an EOF after whole frames, from a client with requests or
+//! broadcasts in flight, does not close the connection. The router is told
+//! ([`Router::handle_read_closed`](crate::router::Router::handle_read_closed)); the connection is
+//! never read again but stays open for writing, and `flush.rs` closes it once the router says
+//! its answers are all written. An EOF in the middle of a frame closes it as before.
 
 use std::time::Instant;
 
 use super::connection::{CloseReason, Encryption, Fill};
 use super::Server;
 use crate::ids::ConnId;
+use crate::router::ReadClosed;
 
 impl Server {
     /// Decodes buffered frames and reads more, within the budget, until paused or the socket has nothing more.
@@ -57,6 +64,9 @@ impl Server {
             let Some(c) = slot.filter(|c| c.id == id) else {
                 return;
             };
+            if c.read_closed {
+                return;
+            }
             let filled = c.fill(&mut self.scratch, &mut self.read_pool);
             // TLS: input may call for output with nothing queued in the router (the handshake's
             // next flight, an alert, a key update): the flush at the end of the turn writes it.
@@ -102,8 +112,27 @@ impl Server {
                 // Close at once, not at the end of the turn: anything routed later in this
                 // turn (a reconnect with the same client id, presence) must already see the
                 // departure, in the order the peer's actions happened.
-                Ok(Fill::Eof) => return self.close(id, CloseReason::PeerClosed, now),
+                Ok(Fill::Eof) => return self.read_closed(id, now),
                 Err(e) => return self.close(id, CloseReason::IoError(e.kind()), now),
+            }
+        }
+    }
+
+    /// EOF: close, unless the peer half-closed after whole frames and waits for answers.
+    fn read_closed(&mut self, id: ConnId, now: Instant) {
+        let whole_frames = self.conn_mut(id).is_some_and(|c| c.read_buf.is_empty());
+        if !whole_frames {
+            return self.close(id, CloseReason::PeerClosed, now);
+        }
+        match self.router.handle_read_closed(id, now) {
+            ReadClosed::Close => self.close(id, CloseReason::PeerClosed, now),
+            ReadClosed::KeepForOutput => {
+                if let Some(c) = self.conn_mut(id) {
+                    c.read_closed = true;
+                }
+                self.poll_router_outputs();
+                // The flush closes it if everything was answered meanwhile.
+                self.queue_flush(id);
             }
         }
     }

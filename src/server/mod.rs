@@ -69,6 +69,7 @@
 //! deadline, under fixed tokens of the server's range, answered at the end of a turn.
 
 mod accept;
+mod cert_validity;
 mod connection;
 mod flush;
 mod input;
@@ -438,6 +439,14 @@ impl Server {
                 CloseReason::PeerClosed
             };
             return self.close(id, reason, now);
+        }
+        if event.is_error() && self.conn_mut(id).is_some_and(|c| c.read_closed) {
+            // Half-closed (`input.rs`) and now reset: nobody is left to answer.
+            return self.close(
+                id,
+                CloseReason::IoError(io::ErrorKind::ConnectionReset),
+                now,
+            );
         }
         if event.is_readable() || event.is_read_closed() || event.is_error() {
             self.drive_input(id, now);

@@ -141,8 +141,10 @@ impl Router {
             return None;
         }
         let peers: Vec<BroadcastPeer> = match self.channels.get(&from.channel) {
+            // A member that shut its write side could never ack (`half_close.rs`).
             Some(channel) => channel
                 .peers_except(from.conn)
+                .filter(|m| !self.conns.get(m.conn).is_some_and(|c| c.is_read_closed()))
                 .map(|m| BroadcastPeer {
                     conn: m.conn,
                     client: m.client,

@@ -105,6 +105,9 @@ pub(super) struct Connection {
     sent_in_flight: usize,
     /// The peer's address, for log lines only (given by the I/O layer).
     peer_addr: Option<std::net::SocketAddr>,
+    /// It shut its write side and is kept open for the answers to what it sent
+    /// (`half_close.rs`).
+    read_closed: bool,
 }
 
 impl Connection {
@@ -123,6 +126,7 @@ impl Connection {
             liveness: Liveness::default(),
             sent_in_flight: 0,
             peer_addr: None,
+            read_closed: false,
         }
     }
 
@@ -295,6 +299,15 @@ impl Connection {
             }
             None => format!("{} {addr} (no handshake)", self.id),
         }
+    }
+
+    /// It shut its write side (`half_close.rs`); never undone.
+    pub(super) fn set_read_closed(&mut self) {
+        self.read_closed = true;
+    }
+
+    pub(super) fn is_read_closed(&self) -> bool {
+        self.read_closed
     }
 
     // ----- flow control -----

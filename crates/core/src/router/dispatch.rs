@@ -5,6 +5,11 @@
 //! the connection's channel, and frames only the broker sends are refused. A protocol error
 //! closes the connection (`lifecycle.rs`); a frame about a request the connection has no part in
 //! gets an error frame and the connection stays open.
+//!
+//! Payloads that PROTOCOL.md §11 says are empty — PING, PONG, CANCEL, a client's PEERS and a
+//! peer's ACK — are checked before the frame is routed, before and after the handshake alike:
+//! one byte there is MALFORMED_FRAME, connection-fatal, like any other malformed control
+//! payload.
 
 use std::time::Instant;
 
@@ -40,6 +45,16 @@ impl Router {
         );
         if c.is_closing() {
             return;
+        }
+        if let Some(kind) = must_be_empty(header.frame_type).filter(|_| !frame.payload.is_empty()) {
+            return self.fail_connection(
+                conn,
+                ErrorCode::MalformedFrame,
+                &format!(
+                    "{kind} carries an empty payload, not {} bytes",
+                    frame.payload.len()
+                ),
+            );
         }
         if c.is_awaiting_hello() {
             match header.frame_type {
@@ -149,5 +164,26 @@ impl Router {
             (_, false, true) => self.recv_request_frame(from, frame, now),
             (_, false, false) => self.recv_response_frame(from, frame, now),
         }
+    }
+}
+
+/// The name of a frame type whose payload must be empty when a client sends it (PROTOCOL.md
+/// §11), or `None` when its payload has a layout of its own (or the frame is refused anyway).
+fn must_be_empty(kind: FrameType) -> Option<&'static str> {
+    match kind {
+        FrameType::Ping => Some("a PING"),
+        FrameType::Pong => Some("a PONG"),
+        FrameType::Peers => Some("a client's PEERS"),
+        FrameType::Cancel => Some("a CANCEL"),
+        FrameType::Ack => Some("a peer's ACK"),
+        FrameType::Hello
+        | FrameType::Welcome
+        | FrameType::Start
+        | FrameType::Chunk
+        | FrameType::End
+        | FrameType::Error
+        | FrameType::Receive
+        | FrameType::PeerJoined
+        | FrameType::PeerLeft => None,
     }
 }

@@ -149,7 +149,9 @@ impl Router {
         if c.is_closing() {
             return;
         }
-        let paused_queue_empty = c.is_read_paused().then(|| c.outbound().is_empty());
+        // A connection that shut its write side cannot be heard either (`half_close.rs`).
+        let unheard = c.is_read_paused() || c.is_read_closed();
+        let paused_queue_empty = unheard.then(|| c.outbound().is_empty());
         let channel_id = c.channel();
         let next = match c
             .liveness_mut()

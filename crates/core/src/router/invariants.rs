@@ -22,6 +22,7 @@ impl Router {
             if let Some(receiver) = request.receiver() {
                 let c = self.conns.get(receiver).expect("receiver alive");
                 assert!(c.streams().contains(&StreamKey::Request(key)));
+                assert!(!c.is_read_closed(), "{receiver}: read-closed receiver");
             }
             let s = self.conns.get(request.sender).expect("sender alive");
             assert!(s.streams().contains(&StreamKey::Request(key)));

@@ -10,6 +10,7 @@
 //!   handle_connect(now) -> ConnId        a connection was accepted
 //!   handle_frame(conn, frame, now)       a frame was decoded from it (only while !is_read_paused)
 //!   handle_decode_error(conn, err, now)  its bytes were malformed (the connection will be closed)
+//!   handle_read_closed(conn, now)        EOF with no partial frame: close, or keep for output
 //!   handle_disconnect(conn, now)         it closed (EOF, I/O error, or after Output::Close)
 //!   handle_timeout(now)                  the deadline from poll_timeout() passed (early is harmless)
 //! ```
@@ -48,6 +49,7 @@
 //!   dispatch.rs    input: a decoded frame checked against its connection's state and routed
 //!   connection.rs  one connection's lifecycle (AwaitingHello → Open → Closing), credit, pauses
 //!   lifecycle.rs   closing a connection and forgetting it (close_connection, handle_disconnect)
+//!   half_close.rs  a client that shut its write side, kept open for its answers
 //!   send.rs        everything queued to a connection; flow control; the byte seam's core side
 //!   outbound.rs    one connection's outbound queue and the Transmit it lends
 //!   presence.rs    handshake, channel membership, takeovers, ghosts
@@ -72,6 +74,7 @@ mod broadcast;
 mod channel;
 mod connection;
 mod dispatch;
+mod half_close;
 mod heartbeat;
 mod invariants;
 mod lifecycle;
@@ -85,6 +88,7 @@ mod store;
 #[cfg(test)]
 mod tests;
 
+pub use half_close::{ReadClosed, HALF_CLOSE_PROBE_SEQUENCE};
 pub use outbound::{Transmit, MAX_TRANSMIT_SLICES};
 
 use hashbrown::HashMap;

@@ -203,6 +203,13 @@ impl Harness {
         self.poll_outputs();
     }
 
+    /// The connection shut its write side (EOF); returns the router's verdict.
+    pub(super) fn read_closed(&mut self, conn: ConnId) -> crate::router::ReadClosed {
+        let verdict = self.router.handle_read_closed(conn, self.now);
+        self.poll_outputs();
+        verdict
+    }
+
     pub(super) fn advance(&mut self, ms: u64) {
         self.now += Duration::from_millis(ms);
         self.router.handle_timeout(self.now);

@@ -4,8 +4,10 @@ mod harness;
 
 mod auth;
 mod broadcast;
+mod control_frames;
 mod flow_control;
 mod fuzz_scenarios;
+mod half_close;
 mod handshake;
 mod heartbeat;
 mod limits;
