@@ -264,14 +264,18 @@ impl Server {
             encryption,
             self.config.router.max_payload,
         ));
+        if let Some(c) = self.conns[slot].as_mut() {
+            c.accepted_at = Some(now);
+        }
         *self.per_ip.entry(ip).or_default() += 1;
         self.sockets += 1;
         self.stats.accepted += 1;
+        // Debug: a connection's one info line is written at its close (`Server::close`).
         match from {
-            Listener::Plain => log::info!("{id}: accepted from {addr}"),
+            Listener::Plain => log::debug!("{id}: accepted from {addr}"),
             Listener::Tls => {
                 self.stats.tls_accepted += 1;
-                log::info!("{id}: accepted from {addr} (tls)");
+                log::debug!("{id}: accepted from {addr} (tls)");
             }
         }
     }

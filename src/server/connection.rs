@@ -82,6 +82,11 @@ pub(crate) struct IoConnection {
     /// The peer shut its write side and the router keeps the connection for its answers
     /// (`input.rs`): it is never read again, and is closed once the router says it is done.
     pub(crate) read_closed: bool,
+    /// When it was accepted, for the duration in its close log line.
+    pub(crate) accepted_at: Option<std::time::Instant>,
+    /// Why it failed, when the I/O layer knows better than its close reason (a TLS error's
+    /// text), for its close log line.
+    pub(crate) failure: Option<String>,
 }
 
 impl IoConnection {
@@ -102,6 +107,8 @@ impl IoConnection {
             queued_for_read: false,
             queued_for_flush: false,
             read_closed: false,
+            accepted_at: None,
+            failure: None,
         }
     }
 

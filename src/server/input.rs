@@ -99,9 +99,13 @@ impl Server {
                         |c| matches!(&c.encryption, Encryption::Tls(t) if t.is_handshaking()),
                     );
                     if handshaking {
-                        log::info!("{who}: TLS handshake failed: {error}");
+                        log::debug!("{who}: TLS handshake failed: {error}");
                     } else {
-                        log::info!("{who}: TLS error: {error}");
+                        log::debug!("{who}: TLS error: {error}");
+                    }
+                    // Said again in the connection's one info line, at its close.
+                    if let Some(c) = self.conn_mut(id) {
+                        c.failure = Some(error.to_string());
                     }
                     return self.close(id, CloseReason::TlsError, now);
                 }

@@ -73,6 +73,7 @@ mod cert_validity;
 mod connection;
 mod flush;
 mod input;
+mod log_limit;
 mod metrics;
 mod run;
 mod tls;
@@ -251,6 +252,8 @@ pub struct Server {
     metrics: Option<metrics::MetricsEndpoint>,
     /// `accept` failed for lack of resources and the backlog waits for a retry (`accept.rs`).
     accept_starved: Option<accept::Starvation>,
+    /// The rate limit of the connections' close lines (`log_limit.rs`).
+    close_log: log_limit::RateLimit,
 }
 
 /// The TLS listener and the rustls configuration its connections share.
@@ -332,6 +335,7 @@ impl Server {
             stats: ServerStats::default(),
             metrics,
             accept_starved: None,
+            close_log: log_limit::RateLimit::default(),
         })
     }
 
@@ -569,6 +573,7 @@ impl Server {
             let _ = registry.deregister(&mut c.stream);
         }
         let who = self.router.describe(id);
+        let cause = self.router.close_cause(id);
         self.router.handle_disconnect(id, now);
         self.poll_router_outputs();
         if let hashbrown::hash_map::Entry::Occupied(mut open) = self.per_ip.entry(c.ip) {
@@ -579,10 +584,45 @@ impl Server {
         }
         self.sockets -= 1;
         self.stats.closed += 1;
-        if tls_unfinished {
-            log::info!("{who}: closed ({reason:?}) before completing its TLS handshake");
-        } else {
-            log::info!("{who}: closed ({reason:?})");
+        self.log_close(&who, &c, reason, cause, tls_unfinished, now);
+    }
+
+    /// The connection's one info line (STYLE §10): who (address, channel, client), why, how
+    /// long it lived; rate-limited (`log_limit.rs`).
+    fn log_close(
+        &mut self,
+        who: &str,
+        c: &IoConnection,
+        reason: CloseReason,
+        cause: Option<crate::protocol::ErrorCode>,
+        tls_unfinished: bool,
+        now: Instant,
+    ) {
+        if !log::log_enabled!(log::Level::Info) {
+            return;
         }
+        let log_limit::Verdict::Write { suppressed } = self.close_log.check(now) else {
+            return;
+        };
+        // The broker's own error (HANDSHAKE_REQUIRED, HEARTBEAT_TIMEOUT...) says more than
+        // "ProtocolError"; a TLS failure's text says more than "TlsError".
+        let why = match (cause, &c.failure) {
+            (Some(code), _) => format!("{code:?}"),
+            (None, Some(failure)) => format!("{reason:?}: {failure}"),
+            (None, None) => format!("{reason:?}"),
+        };
+        let lived = c
+            .accepted_at
+            .map_or(Duration::ZERO, |at| now.saturating_duration_since(at));
+        let tls = if c.is_tls() { " tls" } else { "" };
+        let unfinished = if tls_unfinished {
+            " before completing its TLS handshake"
+        } else {
+            ""
+        };
+        log::info!(
+            "{who}{tls}: closed ({why}){unfinished} after {lived:.1?}{}",
+            log_limit::suppressed_note(suppressed)
+        );
     }
 }

@@ -108,6 +108,8 @@ pub(super) struct Connection {
     /// It shut its write side and is kept open for the answers to what it sent
     /// (`half_close.rs`).
     read_closed: bool,
+    /// The error the broker closed it with, for its close log line.
+    close_code: Option<crate::protocol::ErrorCode>,
 }
 
 impl Connection {
@@ -127,6 +129,7 @@ impl Connection {
             sent_in_flight: 0,
             peer_addr: None,
             read_closed: false,
+            close_code: None,
         }
     }
 
@@ -299,6 +302,15 @@ impl Connection {
             }
             None => format!("{} {addr} (no handshake)", self.id),
         }
+    }
+
+    /// The broker closes it with `code` (the first one counts).
+    pub(super) fn note_close_code(&mut self, code: crate::protocol::ErrorCode) {
+        self.close_code.get_or_insert(code);
+    }
+
+    pub(super) fn close_code(&self) -> Option<crate::protocol::ErrorCode> {
+        self.close_code
     }
 
     /// It shut its write side (`half_close.rs`); never undone.

@@ -168,7 +168,7 @@ impl Router {
                 next
             }
             Verdict::Dead { silent_for } => {
-                log::info!("{conn}: no answer to {misses} pings; closing");
+                log::debug!("{conn}: no answer to {misses} pings; closing");
                 return self.fail_connection(
                     conn,
                     ErrorCode::HeartbeatTimeout,

@@ -375,6 +375,12 @@ impl Router {
         }
     }
 
+    /// The connection-fatal error the broker closed `conn` with, if it did (for the close log
+    /// line); `None` for a connection closed by its peer, or unknown.
+    pub fn close_cause(&self, conn: ConnId) -> Option<ErrorCode> {
+        self.conns.get(conn).and_then(|c| c.close_code())
+    }
+
     /// Records the peer's address of a connection, for its log lines.
     pub fn set_peer_addr(&mut self, conn: ConnId, addr: std::net::SocketAddr) {
         if let Some(c) = self.conns.get_mut(conn) {

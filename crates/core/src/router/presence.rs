@@ -85,7 +85,7 @@ impl Router {
             .map(|m| m.conn);
         if let Some(old) = previous {
             self.counters.takeovers += 1;
-            log::info!("{conn}: takes over client {client} on channel {channel_id} from {old}");
+            log::debug!("{conn}: takes over client {client} on channel {channel_id} from {old}");
             if let Some(Err(e)) = self.conns.get_mut(old).map(|c| c.replace()) {
                 log::debug!("{old}: {e}");
                 debug_assert!(false, "{old}: {e}");
@@ -111,7 +111,7 @@ impl Router {
             }
         }
         if let Some(c) = self.conns.get(conn) {
-            log::info!("{}: handshake done ({} peers)", c.describe(), peers.len());
+            log::debug!("{}: handshake done ({} peers)", c.describe(), peers.len());
         }
         let welcome = WelcomeBody {
             max_payload: self.config.max_payload,
