@@ -65,7 +65,7 @@
 //!
 //! # Metrics
 //! With [`ServerConfig::metrics_listen`] set, the same loop serves Prometheus' `GET /metrics` on
-//! a second listener (see `metrics.rs`): a few connections with their own small buffers and a
+//! a second listener (see `metrics/`), with `/healthz` and `/readyz`: a few connections with their own small buffers and a
 //! deadline, under fixed tokens of the server's range, answered at the end of a turn.
 
 mod accept;
@@ -120,6 +120,10 @@ pub struct ServerConfig {
     /// How long a metrics connection may stay open, from its accept: a scraper that has not sent
     /// its request and read the answer by then is closed.
     pub metrics_timeout: Duration,
+    /// Per-channel series (`switchyard_channel_peers{channel=…}`) in a scrape: the members of
+    /// this many busiest channels. 0 (the default) lists none, so a scrape's size and cost do not
+    /// grow with the number of channels, and channel ids are not exposed.
+    pub metrics_channel_series: usize,
     /// Broker connections open at once. One more is accepted, sent ERROR LIMIT_EXCEEDED (nil
     /// request id) and closed at once, so the backlog drains and the listener never spins.
     pub max_connections: usize,
@@ -142,6 +146,7 @@ impl Default for ServerConfig {
             metrics_listen: None,
             // Prometheus' own default scrape timeout.
             metrics_timeout: Duration::from_secs(10),
+            metrics_channel_series: 0,
             // The scale one single-threaded loop is built for (C10K), well under common
             // descriptor limits; raise it (and `ulimit -n`) for more idle connections.
             max_connections: 10_000,

@@ -412,6 +412,30 @@ impl Router {
             .collect()
     }
 
+    /// The `n` channels with the most members, most first (ties: by id), for metrics: one pass
+    /// over the channels with a heap of `n`, so O(channels × log n) time and O(n) memory.
+    pub fn busiest_channels(&self, n: usize) -> Vec<(ChannelId, usize)> {
+        use std::cmp::Reverse;
+        use std::collections::BinaryHeap;
+        if n == 0 {
+            return Vec::new();
+        }
+        // A min-heap of the best so far: its top is the first to give way.
+        let mut best: BinaryHeap<Reverse<(usize, Reverse<ChannelId>)>> =
+            BinaryHeap::with_capacity(n + 1);
+        for (id, channel) in &self.channels {
+            best.push(Reverse((channel.members.len(), Reverse(*id))));
+            if best.len() > n {
+                best.pop();
+            }
+        }
+        // Ascending order of `Reverse` is descending order of (members, then lower id first).
+        best.into_sorted_vec()
+            .into_iter()
+            .map(|Reverse((members, Reverse(id)))| (id, members))
+            .collect()
+    }
+
     /// Live counts and cumulative counters.
     pub fn stats(&self) -> RouterStats {
         let mut stats = self.counters;

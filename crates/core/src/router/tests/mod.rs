@@ -4,6 +4,7 @@ mod harness;
 
 mod auth;
 mod broadcast;
+mod busiest;
 mod control_frames;
 mod flow_control;
 mod fuzz_scenarios;
