@@ -231,7 +231,8 @@ settings! {
     /// Peers per channel (members and departed peers in their grace period).
     max_peers_per_channel: u64, "N" {
         default: |d| d.router.max_peers_per_channel as u64,
-        // A WELCOME lists every other peer: 65 534 is what the default max payload carries.
+        // A WELCOME lists every other peer: 65 534 is what the default max payload carries
+        // before its reserve; `BrokerConfig::validate` ties it to max_payload exactly.
         accepted: range(1, 65_534),
         into: |s, c| s.router.max_peers_per_channel = count(c.max_peers_per_channel),
     }

@@ -150,6 +150,20 @@ pub struct RouterConfig {
     pub tokens: Tokens,
 }
 
+impl RouterConfig {
+    /// The most peers a channel may have when frames carry at most `max_payload` bytes: every
+    /// peer list the broker sends (WELCOME, a PEERS answer, BROADCAST_INCOMPLETE) names the
+    /// other peers — at most this minus one — in one frame, with room for its fixed fields
+    /// ([`PEER_LIST_OVERHEAD`](crate::protocol::PEER_LIST_OVERHEAD)). 0 when `max_payload` cannot
+    /// carry even an empty list.
+    pub fn max_peers_for_payload(max_payload: u32) -> usize {
+        if (max_payload as usize) < crate::protocol::PEER_LIST_OVERHEAD {
+            return 0;
+        }
+        crate::protocol::peers_that_fit(max_payload) + 1
+    }
+}
+
 impl Default for RouterConfig {
     fn default() -> Self {
         RouterConfig {
@@ -288,8 +302,22 @@ pub struct Router {
 }
 
 impl Router {
-    /// A router with the given configuration; `now` becomes its epoch.
-    pub fn new(config: RouterConfig, now: Instant) -> Router {
+    /// A router with the given configuration; `now` becomes its epoch. A `max_peers_per_channel`
+    /// above what one frame of `max_payload` can list
+    /// ([`RouterConfig::max_peers_for_payload`]) is lowered to it, with a warning: the broker
+    /// never sends a frame above the max payload it announces (PROTOCOL.md §9.1).
+    pub fn new(mut config: RouterConfig, now: Instant) -> Router {
+        let fit = RouterConfig::max_peers_for_payload(config.max_payload);
+        if config.max_peers_per_channel > fit {
+            log::warn!(
+                "max_peers_per_channel {} lowered to {fit}: a WELCOME, PEERS or \
+                 BROADCAST_INCOMPLETE frame of max_payload {} bytes lists at most {} peers",
+                config.max_peers_per_channel,
+                config.max_payload,
+                fit.saturating_sub(1)
+            );
+            config.max_peers_per_channel = fit;
+        }
         Router {
             config,
             epoch: now,
