@@ -177,6 +177,10 @@ fn worked_example_frames_in_order() {
 
     // 2. broker → B: WELCOME, no peers.
     check(&frames[1], FrameType::Welcome, none, CLIENT_B, nil);
+    assert!(
+        frames[1].header.is_final,
+        "the broker's own frames are FINAL"
+    );
     assert_eq!(WelcomeBody::decode(&frames[1].payload), Ok(welcome(vec![])));
 
     // 3. B → broker: RECEIVE(1).
@@ -189,6 +193,7 @@ fn worked_example_frames_in_order() {
 
     // 5. broker → A: WELCOME listing B.
     check(&frames[4], FrameType::Welcome, none, CLIENT_A, nil);
+    assert!(frames[4].header.is_final);
     assert_eq!(
         WelcomeBody::decode(&frames[4].payload),
         Ok(welcome(vec![CLIENT_B]))
@@ -196,6 +201,7 @@ fn worked_example_frames_in_order() {
 
     // 6. broker → B: PEER_JOINED A.
     check(&frames[5], FrameType::PeerJoined, none, CLIENT_A, nil);
+    assert!(frames[5].header.is_final);
     assert!(frames[5].payload.is_empty());
 
     // 7. A → broker: the request, one frame.

@@ -200,16 +200,23 @@ impl Router {
     /// Copies one frame to every peer still receiving; drops peers that are over the high
     /// watermark instead of letting them hold up the sender.
     fn deliver_broadcast_frame(&mut self, key: Key, frame: Frame) {
+        let effective_ms =
+            super::channel::duration_ms(self.effective_timeout(frame.header.timeout_ms));
         let Some(broadcast) = self.broadcasts.get_mut(key) else {
             return;
         };
         broadcast.next_seq = frame.header.sequence.wrapping_add(1);
         broadcast.finished = frame.header.is_final;
-        let header = Header {
+        let mut header = Header {
             client_id: broadcast.sender_client,
             flags: Flags::REQUEST | Flags::BROADCAST,
             ..frame.header
         };
+        if header.frame_type == FrameType::Start {
+            // The peers see the deadline the broker applies (PROTOCOL §13.5): the default for
+            // 0, the max for more; a START is copied as it arrives, so it is all still ahead.
+            header.timeout_ms = effective_ms;
+        }
         let (id, sender_client) = (broadcast.id, broadcast.sender_client);
         let high = self.config.high_watermark;
         let mut index = 0;

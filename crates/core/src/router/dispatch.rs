@@ -6,6 +6,11 @@
 //! closes the connection (`lifecycle.rs`); a frame about a request the connection has no part in
 //! gets an error frame and the connection stays open.
 //!
+//! Flags (PROTOCOL.md §3), strict and uniform: HELLO, PING, PONG, PEERS and RECEIVE carry none,
+//! a peer's ACK exactly BROADCAST, stream frames and CANCEL exactly one direction (BROADCAST
+//! only with REQUEST), and NO_WAIT only a request's START; anything else is MALFORMED_FRAME.
+//! Frame types a client may not send at all are refused for their type, whatever their flags.
+//!
 //! Payloads that PROTOCOL.md §11 says are empty — PING, PONG, CANCEL, a client's PEERS and a
 //! peer's ACK — are checked before the frame is routed, before and after the handshake alike:
 //! one byte there is MALFORMED_FRAME, connection-fatal, like any other malformed control
@@ -53,6 +58,16 @@ impl Router {
                 &format!(
                     "{kind} carries an empty payload, not {} bytes",
                     frame.payload.len()
+                ),
+            );
+        }
+        if let Some(rule) = flags_refused(header.frame_type, header.flags) {
+            return self.fail_connection(
+                conn,
+                ErrorCode::MalformedFrame,
+                &format!(
+                    "{:?} with flags {:?}: {rule}",
+                    header.frame_type, header.flags
                 ),
             );
         }
@@ -107,16 +122,8 @@ impl Router {
             FrameType::Pong => {}
             FrameType::Peers => self.recv_peers(conn, channel),
             FrameType::Receive => self.recv_receive(from, &frame.payload, now),
-            FrameType::Ack => {
-                if header.flags != Flags::BROADCAST {
-                    return self.fail_connection(
-                        conn,
-                        ErrorCode::MalformedFrame,
-                        "an ack carries exactly the BROADCAST flag",
-                    );
-                }
-                self.recv_broadcast_ack(from, header.request_id)
-            }
+            // Its flags were checked above (`flags_refused`).
+            FrameType::Ack => self.recv_broadcast_ack(from, header.request_id),
             FrameType::Start | FrameType::Chunk | FrameType::End | FrameType::Cancel => {
                 self.recv_stream_frame(from, frame, now)
             }
@@ -148,6 +155,14 @@ impl Router {
                 from.conn,
                 ErrorCode::MalformedFrame,
                 "a broadcast has no response stream",
+            );
+        }
+        let request_start = frame.header.frame_type == FrameType::Start && request && !broadcast;
+        if flags.contains(Flags::NO_WAIT) && !request_start {
+            return self.fail_connection(
+                from.conn,
+                ErrorCode::MalformedFrame,
+                "NO_WAIT belongs on a request's START only",
             );
         }
         match (frame.header.frame_type, broadcast, request) {
@@ -183,6 +198,30 @@ fn must_be_empty(kind: FrameType) -> Option<&'static str> {
         | FrameType::End
         | FrameType::Error
         | FrameType::Receive
+        | FrameType::PeerJoined
+        | FrameType::PeerLeft => None,
+    }
+}
+
+/// Why `flags` are refused on a client frame of type `kind`, if they are (stream frames and
+/// CANCEL are checked with their routing, `recv_stream_frame`; types clients may not send are
+/// refused for their type).
+fn flags_refused(kind: FrameType, flags: Flags) -> Option<&'static str> {
+    match kind {
+        FrameType::Hello
+        | FrameType::Ping
+        | FrameType::Pong
+        | FrameType::Peers
+        | FrameType::Receive => (flags != Flags::NONE).then_some("this frame carries no flags"),
+        FrameType::Ack => {
+            (flags != Flags::BROADCAST).then_some("an ack carries exactly the BROADCAST flag")
+        }
+        FrameType::Start
+        | FrameType::Chunk
+        | FrameType::End
+        | FrameType::Cancel
+        | FrameType::Welcome
+        | FrameType::Error
         | FrameType::PeerJoined
         | FrameType::PeerLeft => None,
     }

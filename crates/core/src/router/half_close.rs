@@ -97,6 +97,7 @@ impl Router {
         let probe = Header {
             channel_id: c.channel(),
             sequence: HALF_CLOSE_PROBE_SEQUENCE,
+            is_final: true,
             ..Header::new(FrameType::Ping)
         };
         self.send(conn, &probe, &Bytes::new(), None);

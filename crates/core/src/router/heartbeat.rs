@@ -162,6 +162,7 @@ impl Router {
                 let ping = Header {
                     channel_id,
                     sequence,
+                    is_final: true,
                     ..Header::new(FrameType::Ping)
                 };
                 self.send(conn, &ping, &bytes::Bytes::new(), None);

@@ -120,9 +120,11 @@ impl Router {
             heartbeat_ms: duration_ms(self.config.heartbeat_interval),
             peers,
         };
+        // Every frame the broker originates is complete in itself: FINAL (PROTOCOL §13.3).
         let header = Header {
             client_id: client,
             channel_id,
+            is_final: true,
             ..Header::new(FrameType::Welcome)
         };
         self.send(conn, &header, &welcome.encode(), None);
@@ -207,6 +209,7 @@ impl Router {
         let header = Header {
             client_id: client,
             channel_id,
+            is_final: true,
             ..Header::new(kind)
         };
         for other in others {

@@ -179,6 +179,7 @@ impl Router {
         let header = Header {
             channel_id: ping.channel_id,
             sequence: ping.sequence,
+            is_final: true,
             ..Header::new(FrameType::Pong)
         };
         self.send(conn, &header, &Bytes::new(), None);

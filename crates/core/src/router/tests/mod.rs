@@ -6,6 +6,7 @@ mod auth;
 mod broadcast;
 mod busiest;
 mod control_frames;
+mod corners;
 mod flow_control;
 mod fuzz_scenarios;
 mod half_close;
