@@ -111,7 +111,13 @@ fn frames_for_another_connections_request_are_unknown_request() {
             (FrameType::Start, Flags::RESPONSE, 0, false),
             (FrameType::Cancel, Flags::RESPONSE, 0, true),
         ] {
-            intruder.send_stream(kind, flags, id, seq, fin, b"intrusion");
+            // A CANCEL's payload is empty (PROTOCOL.md §11): a byte there would be malformed.
+            let body: &[u8] = if kind == FrameType::Cancel {
+                b""
+            } else {
+                b"intrusion"
+            };
+            intruder.send_stream(kind, flags, id, seq, fin, body);
             intruder.expect_error(ErrorCode::UnknownRequest, id);
         }
         // Reusing the id for a START of its own while it is in flight: its own request (ids are
@@ -192,7 +198,12 @@ fn response_from_a_receiver_not_assigned_the_request_is_unknown_request() {
             (FrameType::End, 1, true),
             (FrameType::Cancel, 0, true),
         ] {
-            rival.send_stream(kind, Flags::RESPONSE, id, seq, fin, b"not yours");
+            let body: &[u8] = if kind == FrameType::Cancel {
+                b""
+            } else {
+                b"not yours"
+            };
+            rival.send_stream(kind, Flags::RESPONSE, id, seq, fin, body);
             rival.expect_error(ErrorCode::UnknownRequest, id);
         }
         rival.barrier();

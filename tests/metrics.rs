@@ -4,8 +4,9 @@
 //!
 //! Covered: the values move with connections, request/reply traffic and a provoked NO_RECEIVER;
 //! 404 / 405 / 400 / 431 answers; a silent or half-sending scraper blocks neither scrapes nor
-//! broker traffic; the scrape deadline closes a silent scraper; connections beyond the limit are
-//! closed at once.
+//! broker traffic; the scrape deadline closes a silent scraper; a connection beyond the limit
+//! evicts the oldest unanswered one. `/healthz`, `/readyz`, HEAD and the per-channel series
+//! setting: `metrics_endpoint.rs`.
 
 use std::collections::BTreeMap;
 use std::io::{ErrorKind, Read, Write};
@@ -25,10 +26,12 @@ use switchyard::server::{ServerConfig, ServerHandle};
 /// The limit of simultaneous metrics connections (`MAX_SCRAPES` in `src/server/metrics.rs`).
 const MAX_SCRAPES: usize = 16;
 
-/// A broker on an ephemeral port with its metrics endpoint on another.
+/// A broker on an ephemeral port with its metrics endpoint on another, listing the members of
+/// its 8 busiest channels (per-channel series are off by default: `metrics_endpoint.rs`).
 fn config() -> ServerConfig {
     ServerConfig {
         metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
+        metrics_channel_series: 8,
         ..broker::config()
     }
 }
@@ -300,7 +303,7 @@ fn other_paths_methods_garbage_and_huge_heads_get_their_4xx() {
     assert_eq!(answer.status, 404);
     let answer = http(addr, b"POST /metrics HTTP/1.1\r\nContent-Length: 0\r\n\r\n");
     assert_eq!(answer.status, 405);
-    assert_eq!(answer.header("Allow"), Some("GET"));
+    assert_eq!(answer.header("Allow"), Some("GET, HEAD"));
     let answer = http(addr, b"\x00\x01 definitely not http\r\n\r\n");
     assert_eq!(answer.status, 400);
     let huge = format!(
@@ -388,37 +391,40 @@ fn a_silent_scraper_is_closed_at_its_deadline() {
     );
 }
 
+/// 16 silent connections do not blind monitoring: the 17th evicts the oldest (which sees EOF
+/// without an answer) and is answered.
 #[test]
-fn connections_beyond_the_limit_are_closed_at_once() {
+fn a_connection_beyond_the_limit_evicts_the_oldest_silent_one() {
     let handle = start_with(config());
     let addr = metrics_addr(&handle);
-    let mut open: Vec<TcpStream> = (0..MAX_SCRAPES)
-        .map(|_| TcpStream::connect(addr).unwrap())
-        .collect();
-    wait_for(&handle, "the limit reached", |s| {
-        s.metrics_connections == MAX_SCRAPES
-    });
-    let mut extra = TcpStream::connect(addr).unwrap();
-    extra.set_read_timeout(Some(DEADLINE)).unwrap();
-    let mut buf = [0u8; 64];
-    match extra.read(&mut buf) {
-        Ok(0) => {}
-        Err(err) if err.kind() == ErrorKind::ConnectionReset => {}
-        other => panic!("expected the connection over the limit closed at once: {other:?}"),
+    let mut open: Vec<TcpStream> = Vec::new();
+    for n in 1..=MAX_SCRAPES {
+        open.push(TcpStream::connect(addr).unwrap());
+        // One at a time, so that the first is the oldest.
+        wait_for(&handle, "accepted", move |s| s.metrics_connections == n);
     }
-
-    // One slot freed: scrapes work again.
-    drop(open.pop());
-    wait_for(&handle, "a slot freed", |s| {
-        s.metrics_connections == MAX_SCRAPES - 1
-    });
+    // Answered: it evicted the oldest (counted before the rendering of the same turn).
     let scrape = scrape(&handle);
     assert_eq!(
-        scrape.get("switchyard_metrics_scrapes_total{outcome=\"refused\"}"),
+        scrape.get("switchyard_metrics_scrapes_total{outcome=\"evicted\"}"),
+        1
+    );
+    let oldest = &mut open[0];
+    oldest.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut buf = [0u8; 64];
+    match oldest.read(&mut buf) {
+        Ok(0) => {}
+        Err(err) if err.kind() == ErrorKind::ConnectionReset => {}
+        other => panic!("expected the oldest silent scraper closed: {other:?}"),
+    }
+    // The answered scrape's slot is free again: the next one takes it and evicts nobody.
+    let scrape = self::scrape(&handle);
+    assert_eq!(
+        scrape.get("switchyard_metrics_scrapes_total{outcome=\"evicted\"}"),
         1
     );
     assert_eq!(
-        scrape.get("switchyard_metrics_scrapes_total{outcome=\"aborted\"}"),
-        1
+        scrape.get("switchyard_metrics_scrapes_total{outcome=\"refused\"}"),
+        0
     );
 }

@@ -179,6 +179,10 @@ fn worked_example_frames_in_order() {
     // Its request id field is B's resume secret (§5).
     let secret_b = RequestId::from_bytes([0x5b; 16]);
     check(&frames[1], FrameType::Welcome, none, CLIENT_B, secret_b);
+    assert!(
+        frames[1].header.is_final,
+        "the broker's own frames are FINAL"
+    );
     assert_eq!(WelcomeBody::decode(&frames[1].payload), Ok(welcome(vec![])));
 
     // 3. B → broker: RECEIVE(1).
@@ -192,6 +196,7 @@ fn worked_example_frames_in_order() {
     // 5. broker → A: WELCOME listing B.
     let secret_a = RequestId::from_bytes([0x5a; 16]);
     check(&frames[4], FrameType::Welcome, none, CLIENT_A, secret_a);
+    assert!(frames[4].header.is_final);
     assert_eq!(
         WelcomeBody::decode(&frames[4].payload),
         Ok(welcome(vec![CLIENT_B]))
@@ -199,6 +204,7 @@ fn worked_example_frames_in_order() {
 
     // 6. broker → B: PEER_JOINED A.
     check(&frames[5], FrameType::PeerJoined, none, CLIENT_A, nil);
+    assert!(frames[5].header.is_final);
     assert!(frames[5].payload.is_empty());
 
     // 7. A → broker: the request, one frame.

@@ -112,3 +112,55 @@ fn the_binary_refuses_bad_tls_settings_with_exit_code_2() {
     assert!(stdout.contains(&format!("tls_cert = {cert:?}")), "{stdout}");
     assert!(stdout.contains(&format!("tls_key = {key:?}")), "{stdout}");
 }
+
+// ----- certificate validity ----------------------------------------------------------------------
+
+/// A broker started with an expired certificate says so at start-up (a warning naming the file
+/// and the date), and one with a current certificate does not.
+#[test]
+fn the_binary_warns_at_start_up_about_an_expired_certificate() {
+    use switchyard_testkit::{process::BrokerProcess, Scratch, DEADLINE};
+    let scratch = Scratch::new("expired-cert");
+    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+    params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+    params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = scratch.file("old.crt", &params.self_signed(&key).unwrap().pem());
+    let key = scratch.file("old.key", &key.serialize_pem());
+    let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
+    let mut old = BrokerProcess::start(
+        &[
+            "--tls-listen",
+            "127.0.0.1:0",
+            "--tls-cert",
+            cert,
+            "--tls-key",
+            key,
+        ],
+        None,
+    );
+    let line = old.wait_line("TLS certificate", DEADLINE);
+    assert!(
+        line.contains("WARN") && line.contains("expired") && line.contains("2021"),
+        "{line}"
+    );
+    assert!(line.contains("old.crt"), "{line}");
+    old.kill();
+
+    let (cert, key) = scratch.self_signed("current");
+    let mut current = BrokerProcess::start(
+        &[
+            "--tls-listen",
+            "127.0.0.1:0",
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
+        None,
+    );
+    // Both brokers log "listening on" after loading the certificate: by then a warning would be
+    // in the log.
+    assert!(current.lines("TLS certificate").is_empty());
+    current.kill();
+}

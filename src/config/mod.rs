@@ -156,6 +156,7 @@ impl BrokerConfig {
     /// [`ConfigError::Unauthenticated`].
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.check_keys()?;
+        self.check_peer_lists()?;
         self.validate_tls()?;
         if !self.has_tokens() && !self.allow_unauthenticated {
             let tls_listen = self.tls_addr().ok().flatten();
@@ -164,6 +165,34 @@ impl BrokerConfig {
                     return Err(ConfigError::Unauthenticated { listen });
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// Every peer list the broker sends fits in one frame of `max_payload` (PROTOCOL.md §9.1):
+    /// `max_peers_per_channel` is at most `(max_payload − 84) / 16 + 1`. The two keys are
+    /// coupled rather than the lists split across frames: no client has to reassemble a list.
+    fn check_peer_lists(&self) -> Result<(), ConfigError> {
+        let max_payload = u32::try_from(self.max_payload.0).unwrap_or(u32::MAX);
+        let fit = crate::router::RouterConfig::max_peers_for_payload(max_payload);
+        if self.max_peers_per_channel > fit as u64 {
+            return Err(ConfigError::OutOfRange {
+                key: "max_peers_per_channel",
+                value: self.max_peers_per_channel.to_string(),
+                accepted: if fit == 0 {
+                    format!(
+                        "none with max_payload {max_payload}: it must be at least {} bytes \
+                         (an empty peer list)",
+                        crate::protocol::PEER_LIST_OVERHEAD
+                    )
+                } else {
+                    format!(
+                        "1 ..= {fit} with max_payload {max_payload} (a WELCOME, PEERS or \
+                         BROADCAST_INCOMPLETE frame lists the other peers in one frame: \
+                         (max_payload - 84) / 16 + 1); raise max_payload or lower this"
+                    )
+                },
+            });
         }
         Ok(())
     }

@@ -181,6 +181,15 @@ settings! {
         into: |s, c| s.metrics_listen = c.metrics_addr().ok().flatten(),
     }
 
+    /// Per-channel series in a scrape: the members of this many busiest channels; 0 = none.
+    metrics_channel_series: u64, "N" {
+        default: |d| d.metrics_channel_series as u64,
+        // A scrape lists at most this many lines of them; choosing them is one pass over the
+        // channels per scrape.
+        accepted: range(0, 1_000),
+        into: |s, c| s.metrics_channel_series = count(c.metrics_channel_series),
+    }
+
     /// Address of the TLS listener, or `off` (plain TCP only); needs tls-cert and tls-key.
     tls_listen: String, "ADDR" {
         default: |d| d.tls.as_ref().map_or_else(|| String::from("off"), |t| t.listen.to_string()),
@@ -239,7 +248,8 @@ settings! {
     /// Peers per channel (members and departed peers in their grace period).
     max_peers_per_channel: u64, "N" {
         default: |d| d.router.max_peers_per_channel as u64,
-        // A WELCOME lists every other peer: 65 534 is what the default max payload carries.
+        // A WELCOME lists every other peer: 65 534 is what the default max payload carries
+        // before its reserve; `BrokerConfig::validate` ties it to max_payload exactly.
         accepted: range(1, 65_534),
         into: |s, c| s.router.max_peers_per_channel = count(c.max_peers_per_channel),
     }

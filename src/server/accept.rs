@@ -292,14 +292,18 @@ impl Server {
             // Until its handshake (see `input.rs`): a HELLO is refused at the header beyond it.
             self.config.router.max_payload.min(MAX_HELLO_PAYLOAD),
         ));
+        if let Some(c) = self.conns[slot].as_mut() {
+            c.accepted_at = Some(now);
+        }
         *self.per_ip.entry(ip).or_default() += 1;
         self.sockets += 1;
         self.stats.accepted += 1;
+        // Debug: a connection's one info line is written at its close (`Server::close`).
         match from {
-            Listener::Plain => log::info!("{id}: accepted from {addr}"),
+            Listener::Plain => log::debug!("{id}: accepted from {addr}"),
             Listener::Tls => {
                 self.stats.tls_accepted += 1;
-                log::info!("{id}: accepted from {addr} (tls)");
+                log::debug!("{id}: accepted from {addr} (tls)");
             }
         }
     }

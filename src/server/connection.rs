@@ -86,6 +86,14 @@ pub(crate) struct IoConnection {
     /// A readiness event said the peer closed its side (FIN) or the socket failed (RST, error):
     /// remembered, since an edge-triggered event is not repeated (see `input.rs`).
     pub(crate) departure: Option<CloseReason>,
+    /// The peer shut its write side and the router keeps the connection for its answers
+    /// (`input.rs`): it is never read again, and is closed once the router says it is done.
+    pub(crate) read_closed: bool,
+    /// When it was accepted, for the duration in its close log line.
+    pub(crate) accepted_at: Option<std::time::Instant>,
+    /// Why it failed, when the I/O layer knows better than its close reason (a TLS error's
+    /// text), for its close log line.
+    pub(crate) failure: Option<String>,
 }
 
 impl IoConnection {
@@ -108,6 +116,9 @@ impl IoConnection {
             counted_capacity: 0,
             budget_blocked: false,
             departure: None,
+            read_closed: false,
+            accepted_at: None,
+            failure: None,
         }
     }
 

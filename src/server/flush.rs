@@ -15,6 +15,8 @@
 //! - A TLS connection's plaintext goes into rustls, which takes at most its buffer limit
 //!   ([`BUFFER_LIMIT`](super::tls::BUFFER_LIMIT)) of records not yet on the socket; what rustls
 //!   does not take stays in the router's queue, where the watermarks see it. See `tls.rs`.
+//! - A connection whose peer half-closed (`input.rs`) is closed after the flush that empties its
+//!   queue once the router has nothing more in flight for it.
 //! - After every connection's flush the router's outputs are polled: a queue that went below
 //!   the low watermark resumes the producers paused on it.
 
@@ -134,6 +136,10 @@ impl Server {
             };
             c.queued_for_flush = false;
             match flush_connection(&mut self.router, c, budget) {
+                // A half-closed connection (`input.rs`) whose answers are all written.
+                Ok(Flushed::Empty) if c.read_closed && self.router.is_read_closed_done(id) => {
+                    self.to_close.push((id, CloseReason::PeerClosed));
+                }
                 Ok(Flushed::Empty) | Ok(Flushed::Blocked) => {}
                 Ok(Flushed::BudgetSpent) => {
                     c.queued_for_flush = true;

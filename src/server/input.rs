@@ -40,6 +40,12 @@
 //! [`MAX_HELLO_PAYLOAD`](crate::protocol::MAX_HELLO_PAYLOAD) at the header (set at accept): an
 //! unauthenticated connection buffers at most one header and that much payload. After the frame
 //! that completed the handshake (a HELLO) the limit is raised to the configured max payload.
+//!
+//! Half-close (PROTOCOL.md §1): an EOF after whole frames, from a client with requests or
+//! broadcasts in flight, does not close the connection. The router is told
+//! ([`Router::handle_read_closed`](crate::router::Router::handle_read_closed)); the connection is
+//! never read again but stays open for writing, and `flush.rs` closes it once the router says
+//! its answers are all written. An EOF in the middle of a frame closes it as before.
 
 use std::time::Instant;
 
@@ -52,6 +58,7 @@ use crate::protocol::{FrameType, Header, HEADER_LEN};
 /// budget: a few control frames (64-byte headers, 4-byte RECEIVE windows), the size of a fresh
 /// pooled buffer, so the sip allocates at most what the pool would.
 pub(crate) const BUDGET_SIP: usize = 4 * 1024;
+use crate::router::ReadClosed;
 
 impl Server {
     /// Decodes buffered frames and reads more, within the budget, until paused or the socket has nothing more.
@@ -103,6 +110,9 @@ impl Server {
             let Some(c) = slot.filter(|c| c.id == id) else {
                 return;
             };
+            if c.read_closed {
+                return;
+            }
             // Over the budget: read only into memory already held (see the module docs).
             let room = if !over_budget {
                 self.scratch.len()
@@ -155,9 +165,13 @@ impl Server {
                         |c| matches!(&c.encryption, Encryption::Tls(t) if t.is_handshaking()),
                     );
                     if handshaking {
-                        log::info!("{who}: TLS handshake failed: {error}");
+                        log::debug!("{who}: TLS handshake failed: {error}");
                     } else {
-                        log::info!("{who}: TLS error: {error}");
+                        log::debug!("{who}: TLS error: {error}");
+                    }
+                    // Said again in the connection's one info line, at its close.
+                    if let Some(c) = self.conn_mut(id) {
+                        c.failure = Some(error.to_string());
                     }
                     return self.close(id, CloseReason::TlsError, now);
                 }
@@ -165,7 +179,7 @@ impl Server {
                 // Close at once, not at the end of the turn: anything routed later in this
                 // turn (a reconnect with the same client id, presence) must already see the
                 // departure, in the order the peer's actions happened.
-                Ok(Fill::Eof) => return self.close(id, CloseReason::PeerClosed, now),
+                Ok(Fill::Eof) => return self.read_closed(id, now),
                 Err(e) => return self.close(id, CloseReason::IoError(e.kind()), now),
             }
         }
@@ -241,6 +255,25 @@ impl Server {
             }
         }
         self.budget_blocked = blocked;
+    }
+
+    /// EOF: close, unless the peer half-closed after whole frames and waits for answers.
+    fn read_closed(&mut self, id: ConnId, now: Instant) {
+        let whole_frames = self.conn_mut(id).is_some_and(|c| c.read_buf.is_empty());
+        if !whole_frames {
+            return self.close(id, CloseReason::PeerClosed, now);
+        }
+        match self.router.handle_read_closed(id, now) {
+            ReadClosed::Close => self.close(id, CloseReason::PeerClosed, now),
+            ReadClosed::KeepForOutput => {
+                if let Some(c) = self.conn_mut(id) {
+                    c.read_closed = true;
+                }
+                self.poll_router_outputs();
+                // The flush closes it if everything was answered meanwhile.
+                self.queue_flush(id);
+            }
+        }
     }
 
     pub(super) fn queue_read(&mut self, id: ConnId) {

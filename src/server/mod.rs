@@ -69,13 +69,15 @@
 //!
 //! # Metrics
 //! With [`ServerConfig::metrics_listen`] set, the same loop serves Prometheus' `GET /metrics` on
-//! a second listener (see `metrics.rs`): a few connections with their own small buffers and a
+//! a second listener (see `metrics/`), with `/healthz` and `/readyz`: a few connections with their own small buffers and a
 //! deadline, under fixed tokens of the server's range, answered at the end of a turn.
 
 mod accept;
+mod cert_validity;
 mod connection;
 mod flush;
 mod input;
+mod log_limit;
 mod metrics;
 mod run;
 mod tls;
@@ -122,6 +124,10 @@ pub struct ServerConfig {
     /// How long a metrics connection may stay open, from its accept: a scraper that has not sent
     /// its request and read the answer by then is closed.
     pub metrics_timeout: Duration,
+    /// Per-channel series (`switchyard_channel_peers{channel=…}`) in a scrape: the members of
+    /// this many busiest channels. 0 (the default) lists none, so a scrape's size and cost do not
+    /// grow with the number of channels, and channel ids are not exposed.
+    pub metrics_channel_series: usize,
     /// Broker connections open at once. One more is accepted, sent ERROR LIMIT_EXCEEDED (nil
     /// request id) and closed at once, so the backlog drains and the listener never spins.
     pub max_connections: usize,
@@ -146,6 +152,7 @@ impl Default for ServerConfig {
             metrics_listen: None,
             // Prometheus' own default scrape timeout.
             metrics_timeout: Duration::from_secs(10),
+            metrics_channel_series: 0,
             // The scale one single-threaded loop is built for (C10K), well under common
             // descriptor limits; raise it (and `ulimit -n`) for more idle connections.
             max_connections: 10_000,
@@ -261,6 +268,8 @@ pub struct Server {
     read_capacity: usize,
     /// Connections not read until the broker is back under its memory budget (`input.rs`).
     budget_blocked: Vec<ConnId>,
+    /// The rate limit of the connections' close lines (`log_limit.rs`).
+    close_log: log_limit::RateLimit,
 }
 
 /// The TLS listener and the rustls configuration its connections share.
@@ -344,6 +353,7 @@ impl Server {
             accept_starved: None,
             read_capacity: 0,
             budget_blocked: Vec::new(),
+            close_log: log_limit::RateLimit::default(),
         })
     }
 
@@ -456,6 +466,14 @@ impl Server {
             if self.close_if_departed_unread(id, now) {
                 return;
             }
+        }
+        if event.is_error() && self.conn_mut(id).is_some_and(|c| c.read_closed) {
+            // Half-closed (`input.rs`) and now reset: nobody is left to answer.
+            return self.close(
+                id,
+                CloseReason::IoError(io::ErrorKind::ConnectionReset),
+                now,
+            );
         }
         if event.is_readable() || event.is_read_closed() || event.is_error() {
             self.drive_input(id, now);
@@ -579,6 +597,7 @@ impl Server {
         self.read_capacity -= c.counted_capacity;
         self.router.set_read_buffered(self.read_capacity);
         let who = self.router.describe(id);
+        let cause = self.router.close_cause(id);
         self.router.handle_disconnect(id, now);
         self.poll_router_outputs();
         if let hashbrown::hash_map::Entry::Occupied(mut open) = self.per_ip.entry(c.ip) {
@@ -589,10 +608,45 @@ impl Server {
         }
         self.sockets -= 1;
         self.stats.closed += 1;
-        if tls_unfinished {
-            log::info!("{who}: closed ({reason:?}) before completing its TLS handshake");
-        } else {
-            log::info!("{who}: closed ({reason:?})");
+        self.log_close(&who, &c, reason, cause, tls_unfinished, now);
+    }
+
+    /// The connection's one info line (STYLE §10): who (address, channel, client), why, how
+    /// long it lived; rate-limited (`log_limit.rs`).
+    fn log_close(
+        &mut self,
+        who: &str,
+        c: &IoConnection,
+        reason: CloseReason,
+        cause: Option<crate::protocol::ErrorCode>,
+        tls_unfinished: bool,
+        now: Instant,
+    ) {
+        if !log::log_enabled!(log::Level::Info) {
+            return;
         }
+        let log_limit::Verdict::Write { suppressed } = self.close_log.check(now) else {
+            return;
+        };
+        // The broker's own error (HANDSHAKE_REQUIRED, HEARTBEAT_TIMEOUT...) says more than
+        // "ProtocolError"; a TLS failure's text says more than "TlsError".
+        let why = match (cause, &c.failure) {
+            (Some(code), _) => format!("{code:?}"),
+            (None, Some(failure)) => format!("{reason:?}: {failure}"),
+            (None, None) => format!("{reason:?}"),
+        };
+        let lived = c
+            .accepted_at
+            .map_or(Duration::ZERO, |at| now.saturating_duration_since(at));
+        let tls = if c.is_tls() { " tls" } else { "" };
+        let unfinished = if tls_unfinished {
+            " before completing its TLS handshake"
+        } else {
+            ""
+        };
+        log::info!(
+            "{who}{tls}: closed ({why}){unfinished} after {lived:.1?}{}",
+            log_limit::suppressed_note(suppressed)
+        );
     }
 }

@@ -85,6 +85,21 @@ impl TlsListenerConfig {
     /// key, or a key that does not fit the certificate.
     pub fn load(&self) -> Result<Arc<rustls::ServerConfig>, TlsConfigError> {
         let certs = load_certificates(&self.cert_path)?;
+        if let Some(leaf) = certs.first() {
+            // Certificate validity is wall-clock time, which `Instant` cannot give; read once,
+            // at start-up, for a warning only.
+            #[allow(clippy::disallowed_methods)]
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+            match super::cert_validity::check(leaf.as_ref(), now) {
+                super::cert_validity::Validity::Valid => {}
+                problem => log::warn!(
+                    "TLS certificate {} is {problem}: clients that verify it will refuse the                      TLS handshake",
+                    self.cert_path.display()
+                ),
+            }
+        }
         let key = load_private_key(&self.key_path)?;
         let config = rustls::ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()

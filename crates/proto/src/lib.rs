@@ -31,8 +31,8 @@ pub use ids::{
     ChannelId, ChannelNameError, ClientId, RequestId, Uuid, CHANNEL_NAMESPACE, MAX_CHANNEL_NAME,
 };
 pub use payload::{
-    decode_peers, decode_u32, encode_error, encode_peers, encode_u32, ErrorBody, PayloadError,
-    WelcomeBody,
+    decode_peers, decode_u32, encode_error, encode_error_within, encode_peers, encode_u32,
+    peers_that_fit, ErrorBody, PayloadError, WelcomeBody, PEER_LIST_OVERHEAD,
 };
 
 use bytes::Bytes;

@@ -217,6 +217,29 @@ impl ErrorBody {
     }
 }
 
+/// Bytes of a frame that lists peers besides the ids, at most: WELCOME's five `u32` (20 bytes)
+/// and 64 bytes kept for fields a later version may add to it; also room for a PEERS answer's
+/// count (4) and for an ERROR's code, text length and an 80-byte text (84). A broker whose max
+/// payload is `max_payload` can list [`peers_that_fit`] ids in one frame, so it never lets a
+/// channel have more peers than that plus one (the client itself is not in its own lists).
+pub const PEER_LIST_OVERHEAD: usize = 84;
+
+/// Peer ids one frame of `max_payload` bytes can list besides [`PEER_LIST_OVERHEAD`].
+pub const fn peers_that_fit(max_payload: u32) -> usize {
+    (max_payload as usize).saturating_sub(PEER_LIST_OVERHEAD) / 16
+}
+
+/// As [`encode_error`], with the text cut (at a character boundary) so that the payload is at
+/// most `max_len` bytes; the ids are never cut (the caller's limits make them fit).
+pub fn encode_error_within(code: u16, message: &str, peers: &[ClientId], max_len: usize) -> Bytes {
+    let room = max_len.saturating_sub(4 + 16 * peers.len());
+    let mut cut = message.len().min(room);
+    while !message.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    encode_error(code, &message[..cut], peers)
+}
+
 /// Encodes an error body from parts, without building an [`ErrorBody`] first.
 pub fn encode_error(code: u16, message: &str, peers: &[ClientId]) -> Bytes {
     let mut cut = message.len().min(u16::MAX as usize);

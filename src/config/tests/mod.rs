@@ -134,8 +134,11 @@ fn resource_limits_are_keys_and_flags_with_ranges() {
 #[test]
 fn a_partial_file_keeps_the_other_defaults_and_flags_win() {
     let path = Path::new("test.toml");
-    let mut config =
-        BrokerConfig::from_toml("max_payload = 4096\nlisten = \"127.0.0.1:9000\"\n", path).unwrap();
+    let mut config = BrokerConfig::from_toml(
+        "max_payload = 4096\nlisten = \"127.0.0.1:9000\"\nmax_peers_per_channel = 200\n",
+        path,
+    )
+    .unwrap();
     assert_eq!(config.max_payload, Size(4096));
     assert_eq!(config.default_timeout_ms, 30_000);
     config.apply(&Overrides {
@@ -197,6 +200,41 @@ fn out_of_range_values_name_the_key_and_the_range() {
         .unwrap_err()
         .to_string()
         .contains("log_level"));
+}
+
+/// Every peer list fits in one frame: `max_peers_per_channel ≤ (max_payload − 84) / 16 + 1`.
+#[test]
+fn max_peers_per_channel_is_bounded_by_what_one_frame_lists() {
+    let small = |max_peers| BrokerConfig {
+        max_payload: Size(1024),
+        max_peers_per_channel: max_peers,
+        ..BrokerConfig::default()
+    };
+    // (1024 - 84) / 16 + 1 = 59.
+    assert!(small(59).validate().is_ok());
+    let err = small(60).validate().unwrap_err().to_string();
+    assert!(
+        err.contains("max_peers_per_channel") && err.contains("1 ..= 59 with max_payload 1024"),
+        "{err}"
+    );
+    // The default peer limit needs 84 + 16 × 9 999 = 160 068 bytes.
+    let err = BrokerConfig {
+        max_payload: Size(1024),
+        ..BrokerConfig::default()
+    }
+    .validate()
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("max_peers_per_channel"), "{err}");
+    let err = BrokerConfig {
+        max_payload: Size(83),
+        max_peers_per_channel: 1,
+        ..BrokerConfig::default()
+    }
+    .validate()
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("at least 84 bytes"), "{err}");
 }
 
 #[test]

@@ -5,11 +5,18 @@
 //! # Contract
 //! - The metrics listener and its connections use the fixed token block
 //!   `METRICS_LISTENER_OFFSET .. CONN_OFFSET` of the server's range (see `mod.rs`): one token for
-//!   the listener, one per scrape slot. At most [`MAX_SCRAPES`] scrapes are open at once; a
-//!   connection beyond that is accepted and closed at once, without an answer.
+//!   the listener, one per scrape slot. At most [`MAX_SCRAPES`] scrapes are open at once. A
+//!   connection beyond that evicts the oldest open scrape that is not answered yet (still reading
+//!   its request — silent scrapers first — else still writing its answer): 16 silent connections
+//!   cannot blind monitoring. Only when every slot awaits this turn's rendering is the newcomer
+//!   closed at once, without an answer.
 //! - Requests are parsed with `httparse`. The request head may be at most [`MAX_REQUEST`] bytes
-//!   (431 beyond). `GET /metrics` (any query string) gets 200, another path 404, another method
-//!   405, unparsable bytes 400. Every answer says `Connection: close`: after it is written the
+//!   (431 beyond) and must arrive within [`REQUEST_TIMEOUT`] of the accept (or the scrape
+//!   deadline, if shorter). `GET` or `HEAD` of `/metrics` (any query string) gets 200 (HEAD: the
+//!   head only, without `Content-Length`: nothing is rendered), `/healthz` 200 while the loop runs
+//!   (it is the loop that answers), `/readyz` 200 while the broker listens and 503 once it is
+//!   shutting down (draining); another path 404, another method 405, unparsable bytes 400.
+//!   Every answer says `Connection: close`: after it is written the
 //!   server shuts its write side, discards what the scraper sent beyond its request head (so the
 //!   close does not turn into a reset that could destroy the answer in flight) and closes.
 //! - A scrape never costs the broker more than its own buffers: sockets are non-blocking and
@@ -20,7 +27,10 @@
 //!   [`Server::handle_timeout`], like the router's timers. (A byte or turn bound alone would not
 //!   do: a scraper that sends nothing produces no event to count.)
 //! - The body is rendered once per loop turn, at the end of the turn, for every scrape whose
-//!   request completed in it: all of them see the same consistent snapshot.
+//!   request completed in it: all of them see the same consistent snapshot. Its size does not
+//!   depend on the number of channels: per-channel series are off by default and, when on
+//!   ([`ServerConfig::metrics_channel_series`](super::ServerConfig::metrics_channel_series)),
+//!   bounded to that many busiest channels (choosing them is one pass over the channels).
 //!
 //! The HTTP side (listener, scrapes, deadlines, answers) is this file; what the body says is
 //! `render.rs`, a pure function of a snapshot of the broker's counts.
@@ -33,15 +43,16 @@ use bytes::Bytes;
 use mio::event::Event;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Interest, Registry, Token};
-use std::fmt::Write as _;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr};
 use std::time::{Duration, Instant};
 
 use super::{Server, METRICS_CONN_OFFSET, METRICS_LISTENER_OFFSET};
 
+mod answer;
 mod render;
 
+use answer::{head_only, response, Asked, CONTENT_TYPE};
 use render::render;
 
 /// Simultaneous metrics connections. One Prometheus server scrapes over one connection at a
@@ -59,17 +70,17 @@ const MAX_HEADERS: usize = 32;
 /// it the socket is closed anyway: the scraper sent what it was not asked for.
 const MAX_DISCARD: usize = 64 * 1024;
 
-/// The only path served.
-const PATH: &str = "/metrics";
-
-/// The exposition format's content type (text format 0.0.4).
-const CONTENT_TYPE: &str = "text/plain; version=0.0.4";
+/// How long a scraper has, from its accept, to send its whole request head: Prometheus sends
+/// it at once; a connection silent this long is idle and closed (`TimedOut`).
+pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How one scrape ended, for `switchyard_metrics_scrapes_total{outcome=...}`.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Outcome {
     /// 200 with the metrics.
     Ok,
+    /// 503 from `/readyz`: the broker is shutting down.
+    NotReady,
     /// 404: another path.
     NotFound,
     /// 405: another method.
@@ -80,33 +91,39 @@ enum Outcome {
     TooLarge,
     /// Closed at its deadline, before its answer was written.
     TimedOut,
-    /// Closed at once: [`MAX_SCRAPES`] were already open.
+    /// Closed at once: [`MAX_SCRAPES`] were already open, none of them evictable.
     Refused,
+    /// Closed unanswered to make room for a newer scrape ([`MAX_SCRAPES`] were open).
+    Evicted,
     /// The scraper closed (or its socket failed) before its answer was written.
     Aborted,
 }
 
 impl Outcome {
-    const ALL: [Outcome; 8] = [
+    const ALL: [Outcome; 10] = [
         Outcome::Ok,
+        Outcome::NotReady,
         Outcome::NotFound,
         Outcome::MethodNotAllowed,
         Outcome::BadRequest,
         Outcome::TooLarge,
         Outcome::TimedOut,
         Outcome::Refused,
+        Outcome::Evicted,
         Outcome::Aborted,
     ];
 
     fn label(self) -> &'static str {
         match self {
             Outcome::Ok => "ok",
+            Outcome::NotReady => "not_ready",
             Outcome::NotFound => "not_found",
             Outcome::MethodNotAllowed => "method_not_allowed",
             Outcome::BadRequest => "bad_request",
             Outcome::TooLarge => "too_large",
             Outcome::TimedOut => "timed_out",
             Outcome::Refused => "refused",
+            Outcome::Evicted => "evicted",
             Outcome::Aborted => "aborted",
         }
     }
@@ -117,6 +134,10 @@ impl Outcome {
 struct Scrape {
     stream: TcpStream,
     peer: Option<SocketAddr>,
+    /// When it was accepted: the order of eviction, and the origin of its deadlines.
+    accepted: Instant,
+    /// The scrape deadline's length ([`MetricsEndpoint::timeout`]).
+    timeout: Duration,
     deadline: Instant,
     state: ScrapeState,
     /// What the answer says, counted when it has been written.
@@ -126,8 +147,8 @@ struct Scrape {
 enum ScrapeState {
     /// Waiting for a complete request head: the buffer (`MAX_REQUEST` bytes) and its fill.
     Reading { buf: Box<[u8]>, filled: usize },
-    /// `GET /metrics` arrived: the body is rendered at the end of the turn.
-    AwaitingRender,
+    /// A request for `asked` arrived (`head`: HEAD, no body): answered at the end of the turn.
+    AwaitingRender { asked: Asked, head: bool },
     /// Writing the answer.
     Writing { answer: Bytes, written: usize },
 }
@@ -185,7 +206,39 @@ impl MetricsEndpoint {
         self.scrapes
             .iter()
             .flatten()
-            .any(|s| matches!(s.state, ScrapeState::AwaitingRender))
+            .any(|s| matches!(s.state, ScrapeState::AwaitingRender { .. }))
+    }
+
+    /// True when a scrape awaits the exposition itself (GET /metrics): only then is it rendered.
+    fn wants_exposition(&self) -> bool {
+        self.scrapes.iter().flatten().any(|s| {
+            matches!(
+                s.state,
+                ScrapeState::AwaitingRender {
+                    asked: Asked::Metrics,
+                    head: false
+                }
+            )
+        })
+    }
+
+    /// The slot of the scrape to evict for a newcomer: the oldest still reading its request,
+    /// else the oldest still writing its answer; never one awaiting this turn's answer.
+    fn evictable(&self) -> Option<usize> {
+        let oldest = |reading: bool| {
+            self.scrapes
+                .iter()
+                .enumerate()
+                .filter_map(|(slot, s)| s.as_ref().map(|s| (slot, s)))
+                .filter(|(_, s)| match s.state {
+                    ScrapeState::Reading { .. } => reading,
+                    ScrapeState::Writing { .. } => !reading,
+                    ScrapeState::AwaitingRender { .. } => false,
+                })
+                .min_by_key(|(_, s)| s.accepted)
+                .map(|(slot, _)| slot)
+        };
+        oldest(true).or_else(|| oldest(false))
     }
 
     /// The earliest scrape deadline.
@@ -215,9 +268,15 @@ impl MetricsEndpoint {
                     return;
                 }
             };
-            let Some(slot) = self.scrapes.iter().position(Option::is_none) else {
+            let free = self.scrapes.iter().position(Option::is_none);
+            let Some(slot) = free.or_else(|| {
+                let slot = self.evictable()?;
+                log::debug!("metrics: {addr} evicts the oldest unanswered scrape");
+                self.close(registry, slot, Outcome::Evicted);
+                Some(slot)
+            }) else {
                 // Dropping the stream closes it: the scraper sees EOF without an answer.
-                log::debug!("metrics: {addr} refused: {MAX_SCRAPES} scrapes already open");
+                log::debug!("metrics: {addr} refused: {MAX_SCRAPES} scrapes await their answer");
                 self.count(Outcome::Refused);
                 continue;
             };
@@ -231,7 +290,9 @@ impl MetricsEndpoint {
             self.scrapes[slot] = Some(Scrape {
                 stream,
                 peer: Some(addr),
-                deadline: now + self.timeout,
+                accepted: now,
+                timeout: self.timeout,
+                deadline: now + self.timeout.min(REQUEST_TIMEOUT),
                 state: ScrapeState::Reading {
                     buf: vec![0; MAX_REQUEST].into_boxed_slice(),
                     filled: 0,
@@ -260,7 +321,7 @@ impl MetricsEndpoint {
             // Readiness that the current state does not wait on: nothing to do until the state
             // changes (the socket is edge-triggered, and each state tries its I/O on entry).
             ScrapeState::Reading { .. }
-            | ScrapeState::AwaitingRender
+            | ScrapeState::AwaitingRender { .. }
             | ScrapeState::Writing { .. } => Step::Wait,
         };
         if let Step::Close(outcome) = step {
@@ -268,20 +329,34 @@ impl MetricsEndpoint {
         }
     }
 
-    /// Answers every scrape awaiting the metrics with `body`.
-    fn answer_rendered(&mut self, registry: &Registry, body: &str) {
-        let answer = response("200 OK", CONTENT_TYPE, &[], body);
+    /// Answers every scrape awaiting its answer: `body` is the exposition (rendered when a GET
+    /// of `/metrics` waits), `ready` what `/readyz` says.
+    fn answer_awaiting(&mut self, registry: &Registry, body: Option<&str>, ready: bool) {
+        let exposition = body.map(|body| response("200 OK", CONTENT_TYPE, &[], body));
         for slot in 0..MAX_SCRAPES {
             let Some(scrape) = self.scrapes[slot].as_mut() else {
                 continue;
             };
-            if !matches!(scrape.state, ScrapeState::AwaitingRender) {
+            let ScrapeState::AwaitingRender { asked, head } = scrape.state else {
                 continue;
-            }
-            scrape.state = ScrapeState::Writing {
-                answer: answer.clone(),
-                written: 0,
             };
+            let (status, text) = match asked {
+                Asked::Metrics => ("200 OK", ""),
+                Asked::Health => ("200 OK", "ok\n"),
+                Asked::Ready if ready => ("200 OK", "ready\n"),
+                Asked::Ready => ("503 Service Unavailable", "shutting down\n"),
+            };
+            let answer = match (asked, head, &exposition) {
+                (Asked::Metrics, false, Some(answer)) => answer.clone(),
+                // HEAD /metrics: the head only; its length would need a rendering.
+                (Asked::Metrics, _, _) => head_only(status, CONTENT_TYPE, None),
+                (_, true, _) => head_only(status, "text/plain", Some(text.len())),
+                (_, false, _) => response(status, "text/plain", &[], text),
+            };
+            if status != "200 OK" {
+                scrape.outcome = Outcome::NotReady;
+            }
+            scrape.state = ScrapeState::Writing { answer, written: 0 };
             if let Step::Close(outcome) = scrape.write_answer() {
                 self.close(registry, slot, outcome);
             }
@@ -342,23 +417,26 @@ impl Scrape {
                 Ok(httparse::Status::Complete(_)) => {
                     let path = request.path.unwrap_or("");
                     let path = path.split_once('?').map_or(path, |(path, _query)| path);
-                    if request.method != Some("GET") {
+                    let head = request.method == Some("HEAD");
+                    if request.method != Some("GET") && !head {
                         (
                             Outcome::MethodNotAllowed,
                             "405 Method Not Allowed",
-                            &[("Allow", "GET")],
-                            "only GET is served\n",
+                            &[("Allow", "GET, HEAD")],
+                            "only GET and HEAD are served\n",
                         )
-                    } else if path != PATH {
+                    } else if let Some(asked) = Asked::from_path(path) {
+                        // Answered at the end of the turn, within the scrape's whole deadline.
+                        self.deadline = self.accepted + self.timeout;
+                        self.state = ScrapeState::AwaitingRender { asked, head };
+                        return Step::Wait;
+                    } else {
                         (
                             Outcome::NotFound,
                             "404 Not Found",
                             &[],
-                            "not found: try /metrics\n",
+                            "not found: try /metrics, /healthz or /readyz\n",
                         )
-                    } else {
-                        self.state = ScrapeState::AwaitingRender;
-                        return Step::Wait;
                     }
                 }
                 Ok(httparse::Status::Partial) if *filled == buf.len() => (
@@ -422,23 +500,6 @@ impl Scrape {
     }
 }
 
-/// A complete `Connection: close` answer.
-fn response(status: &str, content_type: &str, extra: &[(&str, &str)], body: &str) -> Bytes {
-    let mut head = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
-         Connection: close\r\n",
-        body.len()
-    );
-    for (name, value) in extra {
-        let _ = write!(head, "{name}: {value}\r\n");
-    }
-    head.push_str("\r\n");
-    let mut answer = Vec::with_capacity(head.len() + body.len());
-    answer.extend_from_slice(head.as_bytes());
-    answer.extend_from_slice(body.as_bytes());
-    Bytes::from(answer)
-}
-
 /// The server's side of the endpoint: event dispatch, the deadline, and the snapshot.
 impl Server {
     /// Handles an event for a token in the metrics block (`offset` from the token base).
@@ -455,7 +516,7 @@ impl Server {
     }
 
     /// When the endpoint next needs [`Server::handle_timeout`]: now if a scrape awaits its
-    /// answer, else the earliest scrape deadline.
+    /// answer, else the earliest scrape deadline (a request head's, or a whole scrape's).
     pub(super) fn metrics_timeout(&self) -> Option<Instant> {
         let metrics = self.metrics.as_ref()?;
         if metrics.wants_render() {
@@ -470,21 +531,26 @@ impl Server {
         let Some(metrics) = self.metrics.as_ref() else {
             return;
         };
-        let body = metrics.wants_render().then(|| self.render_metrics());
+        let body = metrics.wants_exposition().then(|| self.render_metrics());
+        // Ready: listening, not shutting down (PROTOCOL.md §8.1's drain).
+        let ready = !self.shutting_down;
         let (Some(metrics), Some(registry)) = (self.metrics.as_mut(), self.registry.as_ref())
         else {
             return;
         };
-        if let Some(body) = body {
-            metrics.answer_rendered(registry, &body);
+        if metrics.wants_render() {
+            metrics.answer_awaiting(registry, body.as_deref(), ready);
         }
         metrics.expire(registry, now);
     }
 
     /// The exposition text of the broker's current state.
     fn render_metrics(&self) -> String {
-        let mut channels = self.router.channel_sizes();
-        channels.sort_unstable_by_key(|(id, _)| *id);
+        // Off by default: no pass over the channels at all.
+        let channels = match self.config.metrics_channel_series {
+            0 => Vec::new(),
+            n => self.router.busiest_channels(n),
+        };
         let outcomes = self
             .metrics
             .as_ref()
@@ -495,20 +561,5 @@ impl Server {
             &channels,
             &outcomes,
         )
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn answers_are_complete_connection_close_responses() {
-        let answer = response("404 Not Found", "text/plain", &[], "nope\n");
-        let text = std::str::from_utf8(&answer).unwrap();
-        assert!(text.starts_with("HTTP/1.1 404 Not Found\r\n"), "{text}");
-        assert!(text.contains("Content-Length: 5\r\n"), "{text}");
-        assert!(text.contains("Connection: close\r\n"), "{text}");
-        assert!(text.ends_with("\r\n\r\nnope\n"), "{text}");
     }
 }

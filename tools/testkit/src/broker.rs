@@ -46,10 +46,12 @@ pub fn start_with(config: ServerConfig) -> ServerHandle {
     Server::spawn(config).expect("spawning the broker")
 }
 
-/// Router limits with frames of at most 1 KiB, so that small bodies already take many frames.
+/// Router limits with frames of at most 1 KiB, so that small bodies already take many frames
+/// (and at most the 59 peers per channel whose lists such a frame carries).
 pub fn small_frames() -> RouterConfig {
     RouterConfig {
         max_payload: 1024,
+        max_peers_per_channel: RouterConfig::max_peers_for_payload(1024),
         ..RouterConfig::default()
     }
 }

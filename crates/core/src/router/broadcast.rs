@@ -136,8 +136,10 @@ impl Router {
             return None;
         }
         let peers: Vec<BroadcastPeer> = match self.channels.get(&from.channel) {
+            // A member that shut its write side could never ack (`half_close.rs`).
             Some(channel) => channel
                 .peers_except(from.conn)
+                .filter(|m| !self.conns.get(m.conn).is_some_and(|c| c.is_read_closed()))
                 .map(|m| BroadcastPeer {
                     conn: m.conn,
                     client: m.client,
@@ -194,17 +196,24 @@ impl Router {
     /// Copies one frame to every peer still receiving; drops peers that are over the high
     /// watermark instead of letting them hold up the sender.
     fn deliver_broadcast_frame(&mut self, key: Key, frame: Frame) {
+        let effective_ms =
+            super::channel::duration_ms(self.effective_timeout(frame.header.timeout_ms));
         let Some(broadcast) = self.broadcasts.get_mut(key) else {
             return;
         };
         broadcast.next_seq = frame.header.sequence.wrapping_add(1);
         broadcast.finished = frame.header.is_final;
-        let header = Header {
+        let mut header = Header {
             client_id: broadcast.sender_client,
             flags: Flags::REQUEST | Flags::BROADCAST,
             request_id: broadcast.route,
             ..frame.header
         };
+        if header.frame_type == FrameType::Start {
+            // The peers see the deadline the broker applies (PROTOCOL §13.5): the default for
+            // 0, the max for more; a START is copied as it arrives, so it is all still ahead.
+            header.timeout_ms = effective_ms;
+        }
         // Peers know the broadcast by its route.
         let (id, sender_client) = (broadcast.route, broadcast.sender_client);
         let high = self.config.high_watermark;

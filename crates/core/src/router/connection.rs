@@ -121,6 +121,11 @@ pub(super) struct Connection {
     dead_pieces: usize,
     /// The peer's address, for log lines only (given by the I/O layer).
     peer_addr: Option<std::net::SocketAddr>,
+    /// It shut its write side and is kept open for the answers to what it sent
+    /// (`half_close.rs`).
+    read_closed: bool,
+    /// The error the broker closed it with, for its close log line.
+    close_code: Option<crate::protocol::ErrorCode>,
 }
 
 impl Connection {
@@ -142,6 +147,8 @@ impl Connection {
             owes_presence_marker: false,
             dead_pieces: 0,
             peer_addr: None,
+            read_closed: false,
+            close_code: None,
         }
     }
 
@@ -314,6 +321,24 @@ impl Connection {
             }
             None => format!("{} {addr} (no handshake)", self.id),
         }
+    }
+
+    /// The broker closes it with `code` (the first one counts).
+    pub(super) fn note_close_code(&mut self, code: crate::protocol::ErrorCode) {
+        self.close_code.get_or_insert(code);
+    }
+
+    pub(super) fn close_code(&self) -> Option<crate::protocol::ErrorCode> {
+        self.close_code
+    }
+
+    /// It shut its write side (`half_close.rs`); never undone.
+    pub(super) fn set_read_closed(&mut self) {
+        self.read_closed = true;
+    }
+
+    pub(super) fn is_read_closed(&self) -> bool {
+        self.read_closed
     }
 
     // ----- flow control -----

@@ -156,7 +156,9 @@ impl Router {
         if c.is_closing() {
             return;
         }
-        let paused_queue_empty = c.is_read_paused().then(|| c.outbound().is_empty());
+        // A connection that shut its write side cannot be heard either (`half_close.rs`).
+        let unheard = c.is_read_paused() || c.is_read_closed();
+        let paused_queue_empty = unheard.then(|| c.outbound().is_empty());
         let channel_id = c.channel();
         if paused_queue_empty == Some(true) {
             // The probe (see the module docs): only its write matters.
@@ -179,13 +181,14 @@ impl Router {
                 let ping = Header {
                     channel_id,
                     sequence,
+                    is_final: true,
                     ..Header::new(FrameType::Ping)
                 };
                 self.send(conn, &ping, &bytes::Bytes::new(), None);
                 next
             }
             Verdict::Dead { silent_for } => {
-                log::info!("{conn}: no answer to {misses} pings; closing");
+                log::debug!("{conn}: no answer to {misses} pings; closing");
                 return self.fail_connection(
                     conn,
                     ErrorCode::HeartbeatTimeout,

@@ -33,6 +33,10 @@ impl Router {
             held += request.held_bytes();
             if let Some(c) = request.receiver().and_then(|r| self.conns.get(r)) {
                 assert!(pending.contains(&stream) || c.streams().contains(&stream));
+                assert!(
+                    pending.contains(&stream) || !c.is_read_closed(),
+                    "a read-closed receiver holds a request"
+                );
             }
             if let Some(s) = self.conns.get(request.sender) {
                 assert!(pending.contains(&stream) || s.streams().contains(&stream));

@@ -99,15 +99,11 @@ impl Router {
         }
         let awaiting_hello = c.is_awaiting_hello();
         if let Some((code, text)) = error {
-            // One info line per connection event: a refused handshake is one; a misbehaving
-            // established peer is a debug line (its close gets the server's info line).
-            if c.is_awaiting_hello() || code == ErrorCode::Replaced {
-                log::info!(
-                    "{}: handshake failed or replaced: {code:?}: {text}",
-                    c.describe()
-                );
-            } else {
-                log::debug!("{}: closing on {code:?}: {text}", c.describe());
+            // Debug: the connection's one info line is the I/O layer's at its close, which names
+            // this code (`Router::close_cause`).
+            log::debug!("{}: closing on {code:?}: {text}", c.describe());
+            if let Some(c) = self.conns.get_mut(conn) {
+                c.note_close_code(code);
             }
             self.send_error(conn, code, RequestId::NIL, text);
         }

@@ -10,6 +10,7 @@
 //!   handle_connect(now) -> ConnId        a connection was accepted
 //!   handle_frame(conn, frame, now)       a frame was decoded from it (only while !is_read_paused)
 //!   handle_decode_error(conn, err, now)  its bytes were malformed (the connection will be closed)
+//!   handle_read_closed(conn, now)        EOF with no partial frame: close, or keep for output
 //!   handle_disconnect(conn, now)         it closed (EOF, I/O error, or after Output::Close)
 //!   handle_timeout(now)                  the deadline from poll_timeout() passed (early is harmless)
 //! ```
@@ -49,6 +50,7 @@
 //!   dispatch.rs    input: a decoded frame checked against its connection's state and routed
 //!   connection.rs  one connection's lifecycle (AwaitingHello → Open → Closing), credit, pauses
 //!   lifecycle.rs   closing a connection and forgetting it (close_connection, handle_disconnect)
+//!   half_close.rs  a client that shut its write side, kept open for its answers
 //!   send.rs        everything queued to a connection; flow control; the byte seam's core side
 //!   outbound.rs    one connection's outbound queue and the Transmit it lends
 //!   presence.rs    handshake, channel membership, takeovers, ghosts
@@ -86,6 +88,7 @@ mod broadcast;
 mod channel;
 mod connection;
 mod dispatch;
+mod half_close;
 mod heartbeat;
 mod invariants;
 mod lifecycle;
@@ -101,6 +104,7 @@ mod store;
 #[cfg(test)]
 mod tests;
 
+pub use half_close::{ReadClosed, HALF_CLOSE_PROBE_SEQUENCE};
 pub use outbound::{Transmit, MAX_TRANSMIT_SLICES};
 
 use hashbrown::HashMap;
@@ -172,6 +176,20 @@ pub struct RouterConfig {
     /// A missing or wrong token gets `Unauthorized` and is closed before anything is learnt
     /// about the channel.
     pub tokens: Tokens,
+}
+
+impl RouterConfig {
+    /// The most peers a channel may have when frames carry at most `max_payload` bytes: every
+    /// peer list the broker sends (WELCOME, a PEERS answer, BROADCAST_INCOMPLETE) names the
+    /// other peers — at most this minus one — in one frame, with room for its fixed fields
+    /// ([`PEER_LIST_OVERHEAD`](crate::protocol::PEER_LIST_OVERHEAD)). 0 when `max_payload` cannot
+    /// carry even an empty list.
+    pub fn max_peers_for_payload(max_payload: u32) -> usize {
+        if (max_payload as usize) < crate::protocol::PEER_LIST_OVERHEAD {
+            return 0;
+        }
+        crate::protocol::peers_that_fit(max_payload) + 1
+    }
 }
 
 impl Default for RouterConfig {
@@ -363,8 +381,22 @@ pub struct Router {
 }
 
 impl Router {
-    /// A router with the given configuration; `now` becomes its epoch.
-    pub fn new(config: RouterConfig, now: Instant) -> Router {
+    /// A router with the given configuration; `now` becomes its epoch. A `max_peers_per_channel`
+    /// above what one frame of `max_payload` can list
+    /// ([`RouterConfig::max_peers_for_payload`]) is lowered to it, with a warning: the broker
+    /// never sends a frame above the max payload it announces (PROTOCOL.md §9.1).
+    pub fn new(mut config: RouterConfig, now: Instant) -> Router {
+        let fit = RouterConfig::max_peers_for_payload(config.max_payload);
+        if config.max_peers_per_channel > fit {
+            log::warn!(
+                "max_peers_per_channel {} lowered to {fit}: a WELCOME, PEERS or \
+                 BROADCAST_INCOMPLETE frame of max_payload {} bytes lists at most {} peers",
+                config.max_peers_per_channel,
+                config.max_payload,
+                fit.saturating_sub(1)
+            );
+            config.max_peers_per_channel = fit;
+        }
         Router {
             config,
             epoch: now,
@@ -467,6 +499,12 @@ impl Router {
         }
     }
 
+    /// The connection-fatal error the broker closed `conn` with, if it did (for the close log
+    /// line); `None` for a connection closed by its peer, or unknown.
+    pub fn close_cause(&self, conn: ConnId) -> Option<ErrorCode> {
+        self.conns.get(conn).and_then(|c| c.close_code())
+    }
+
     /// Records the peer's address of a connection, for its log lines.
     pub fn set_peer_addr(&mut self, conn: ConnId, addr: std::net::SocketAddr) {
         if let Some(c) = self.conns.get_mut(conn) {
@@ -495,6 +533,30 @@ impl Router {
         self.channels
             .iter()
             .map(|(id, c)| (*id, c.members.len()))
+            .collect()
+    }
+
+    /// The `n` channels with the most members, most first (ties: by id), for metrics: one pass
+    /// over the channels with a heap of `n`, so O(channels × log n) time and O(n) memory.
+    pub fn busiest_channels(&self, n: usize) -> Vec<(ChannelId, usize)> {
+        use std::cmp::Reverse;
+        use std::collections::BinaryHeap;
+        if n == 0 {
+            return Vec::new();
+        }
+        // A min-heap of the best so far: its top is the first to give way.
+        let mut best: BinaryHeap<Reverse<(usize, Reverse<ChannelId>)>> =
+            BinaryHeap::with_capacity(n + 1);
+        for (id, channel) in &self.channels {
+            best.push(Reverse((channel.members.len(), Reverse(*id))));
+            if best.len() > n {
+                best.pop();
+            }
+        }
+        // Ascending order of `Reverse` is descending order of (members, then lower id first).
+        best.into_sorted_vec()
+            .into_iter()
+            .map(|Reverse((members, Reverse(id)))| (id, members))
             .collect()
     }
 

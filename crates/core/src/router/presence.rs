@@ -119,7 +119,7 @@ impl Router {
             .map(|m| m.conn);
         if let Some(old) = previous {
             self.counters.takeovers += 1;
-            log::info!("{conn}: takes over client {client} on channel {channel_id} from {old}");
+            log::debug!("{conn}: takes over client {client} on channel {channel_id} from {old}");
             if let Some(Err(e)) = self.conns.get_mut(old).map(|c| c.replace()) {
                 log::debug!("{old}: {e}");
                 debug_assert!(false, "{old}: {e}");
@@ -151,7 +151,7 @@ impl Router {
             }
         }
         if let Some(c) = self.conns.get(conn) {
-            log::info!("{}: handshake done ({} peers)", c.describe(), peers.len());
+            log::debug!("{}: handshake done ({} peers)", c.describe(), peers.len());
         }
         let welcome = WelcomeBody {
             max_payload: self.config.max_payload,
@@ -160,10 +160,12 @@ impl Router {
             heartbeat_ms: duration_ms(self.config.heartbeat_interval),
             peers,
         };
+        // Every frame the broker originates is complete in itself: FINAL (PROTOCOL §13.3).
         let header = Header {
             client_id: client,
             channel_id,
             request_id: RequestId::from_bytes(secret.to_bytes()),
+            is_final: true,
             ..Header::new(FrameType::Welcome)
         };
         self.send(conn, &header, &welcome.encode(), None);
@@ -258,6 +260,7 @@ impl Router {
         let header = Header {
             client_id: client,
             channel_id,
+            is_final: true,
             ..Header::new(kind)
         };
         for other in others {

@@ -49,7 +49,7 @@ use bytes::Bytes;
 use super::outbound::FrameTag;
 use super::{Output, PauseCause, Router, Transmit};
 use crate::ids::{ClientId, ConnId, RequestId};
-use crate::protocol::{encode_error, ErrorCode, Flags, FrameType, Header};
+use crate::protocol::{encode_error_within, ErrorCode, Flags, FrameType, Header};
 
 impl Router {
     /// Bytes queued for `conn`.
@@ -309,7 +309,10 @@ impl Router {
         log::debug!("{to}: error {code:?} for {request_id}: {text}");
         self.counters.errors_sent += 1;
         *self.errors_by_code.entry(code as u16).or_default() += 1;
-        self.send(to, &header, &encode_error(code as u16, text, peers), None);
+        // Never above the max payload announced in WELCOME: the text gives way (PROTOCOL §9.1).
+        let max = self.config.max_payload as usize;
+        let payload = encode_error_within(code as u16, text, peers, max);
+        self.send(to, &header, &payload, None);
     }
 
     /// Queues a payload-less control frame (CANCEL, PEER_JOINED, ...).
@@ -339,6 +342,7 @@ impl Router {
         let header = Header {
             channel_id: ping.channel_id,
             sequence: ping.sequence,
+            is_final: true,
             ..Header::new(FrameType::Pong)
         };
         self.send(conn, &header, &Bytes::new(), None);

@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 use crate::ids::{ChannelId, ClientId, ConnId, RequestId};
 use crate::protocol::{
     encode_u32, Decoder, ErrorBody, ErrorCode, Flags, Frame, FrameType, Header, WelcomeBody,
-    MAX_PAYLOAD_CEILING,
 };
 use crate::router::{Output, Router, RouterConfig, RouterStats};
 
@@ -218,6 +217,13 @@ impl Harness {
         self.poll_outputs();
     }
 
+    /// The connection shut its write side (EOF); returns the router's verdict.
+    pub(super) fn read_closed(&mut self, conn: ConnId) -> crate::router::ReadClosed {
+        let verdict = self.router.handle_read_closed(conn, self.now);
+        self.poll_outputs();
+        verdict
+    }
+
     pub(super) fn advance(&mut self, ms: u64) {
         self.now += Duration::from_millis(ms);
         self.router.handle_timeout(self.now);
@@ -240,7 +246,9 @@ impl Harness {
         let mut wire = Vec::new();
         write_all_queued(&mut self.router, conn, &mut wire);
         let mut buf = BytesMut::from(&wire[..]);
-        let mut decoder = Decoder::new(MAX_PAYLOAD_CEILING);
+        // The broker never sends a frame above the max payload it announces (PROTOCOL §9.1):
+        // every frame of every test is decoded with that limit.
+        let mut decoder = Decoder::new(self.router.config().max_payload);
         while let Some(frame) = decoder
             .decode(&mut buf)
             .expect("the router emits valid frames")

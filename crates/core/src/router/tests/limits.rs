@@ -162,3 +162,70 @@ fn a_connection_without_hello_is_closed_at_the_handshake_deadline() {
     h.disconnect(joined);
     h.assert_empty();
 }
+
+/// With frames of at most 84 + 3 × 16 bytes, a channel has at most 4 peers: every list the
+/// broker sends (WELCOME, PEERS, BROADCAST_INCOMPLETE with its text cut) fits the max payload
+/// (the harness decodes every frame with that limit), and a fifth HELLO is LIMIT_EXCEEDED.
+#[test]
+fn peer_lists_never_exceed_the_max_payload() {
+    use crate::protocol::{ErrorBody, PEER_LIST_OVERHEAD};
+    let max_payload = (PEER_LIST_OVERHEAD + 3 * 16) as u32;
+    let mut h = Harness::with_config(RouterConfig {
+        max_payload,
+        ..quiet()
+    });
+    assert_eq!(h.router.config().max_peers_per_channel, 4);
+    let ch = channel(1);
+    let mut conns = Vec::new();
+    for n in 0..4 {
+        let (conn, welcome) = h.join(ch, client(n));
+        assert_eq!(welcome.peers.len(), n as usize);
+        conns.push(conn);
+    }
+    let fifth = h.connect();
+    h.send(
+        fifth,
+        Header {
+            channel_id: ch,
+            client_id: client(9),
+            ..Header::new(FrameType::Hello)
+        },
+        b"",
+    );
+    h.expect_closed_with(fifth, ErrorCode::LimitExceeded);
+    h.disconnect(fifth);
+    for conn in &conns {
+        h.take(*conn);
+    }
+    h.send(
+        conns[0],
+        Header {
+            channel_id: ch,
+            ..Header::new(FrameType::Peers)
+        },
+        b"",
+    );
+    let peers = h.expect_one(conns[0]);
+    assert_eq!(peers.payload.len(), 4 + 3 * 16);
+    // A broadcast nobody acks: BROADCAST_INCOMPLETE names all three, its text cut to fit.
+    h.stream(
+        conns[0],
+        FrameType::Start,
+        Flags::REQUEST | Flags::BROADCAST,
+        req(1),
+        0,
+        true,
+        b"x",
+    );
+    h.advance(31_000);
+    let frames = h.take(conns[0]);
+    let error = frames.last().expect("the broadcast's end");
+    assert!(error.payload.len() <= max_payload as usize);
+    let body = ErrorBody::decode(&error.payload).expect("error body");
+    assert_eq!(body.known_code(), Some(ErrorCode::BroadcastIncomplete));
+    assert_eq!(body.peers.len(), 3);
+    for conn in conns {
+        h.disconnect(conn);
+    }
+    h.assert_empty();
+}
