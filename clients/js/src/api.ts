@@ -18,6 +18,7 @@ export {
   BroadcastIncomplete,
   BrokerError,
   Cancelled,
+  ClientIdInUse,
   Closed,
   ConnectFailed,
   ConnectionLost,

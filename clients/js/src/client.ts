@@ -20,13 +20,17 @@
  * - Reconnection: exponential backoff with jitter under the same client id, the receive window
  *   re-issued first. Operations in flight fail with {@link ConnectionLost} (never retried), new
  *   ones with {@link Reconnecting} until the link is back; the `requests()` / `broadcasts()` /
- *   `presence()` iterations go on. No reconnect after REPLACED, UNAUTHORIZED, a protocol error,
- *   nor after {@link Client.close}.
+ *   `presence()` iterations go on. No reconnect after REPLACED, UNAUTHORIZED, CLIENT_ID_IN_USE, a
+ *   protocol error, nor after {@link Client.close}.
+ * - Identity (PROTOCOL.md §5.2): every HELLO presents the resume secret — the `resumeSecret`
+ *   option, else the first WELCOME's — so a reconnect within the presence grace period resumes
+ *   the same client id, unseen by the peers.
  */
 
 import {
   BrokerError,
   Cancelled,
+  type ClientIdInUse,
   Closed,
   ConnectFailed,
   ConnectionLost,
@@ -44,7 +48,7 @@ import { Session, type SessionEvent } from "./session.js";
 import type { Dialer, Transport } from "./transport/types.js";
 import { type Address, parseAddress } from "./url.js";
 import { type Body, type BodySource, Deferred, chunksOf, concatBytes, wholeBody } from "./util.js";
-import { type Uuid, channelId as deriveChannelId, parseUuid } from "./uuid.js";
+import { NIL_UUID, type Uuid, channelId as deriveChannelId, parseUuid, uuidFromBytes, uuidToBytes } from "./uuid.js";
 
 /**
  * How a client reconnects after losing its link. The delay before attempt `n` (1-based) is
@@ -77,6 +81,15 @@ export interface ConnectOptions {
   readonly token?: string | Uint8Array;
   /** The client id to ask for (to resume one); the broker assigns one by default. */
   readonly clientId?: string;
+  /**
+   * 16 bytes presented in every HELLO, from the first on (PROTOCOL.md §5.2): while `clientId` is
+   * present on the channel (connected, or within its grace period after a disconnect) only a
+   * HELLO with its secret may take it over, else the connect fails with {@link ClientIdInUse}.
+   * Give another client's {@link Client.resumeSecret}, or a secret of your own shared by every
+   * process of this client. Default: none at first, then the first WELCOME's secret (reconnects
+   * present it by themselves). Keep it as secret as a token.
+   */
+  readonly resumeSecret?: Uint8Array;
   /** Bound on the transport connect and on the wait for the WELCOME, each. Default 5000. */
   readonly connectTimeoutMs?: number;
   /** Added to a request's timeout for the local deadline (the broker's answer must arrive). Default 2000. */
@@ -94,11 +107,16 @@ export interface ConnectOptions {
 /** The client's link to the broker. */
 export type ConnectionState = "connected" | "reconnecting" | "closed";
 
-/** A peer joined (`joined: true`) or left the channel. */
-export interface PresenceEvent {
-  readonly peer: Uuid;
-  readonly joined: boolean;
-}
+/**
+ * A peer joined (`{ peer, joined: true }`) or left (`{ peer, joined: false }`) the channel; or
+ * `{ resync: true }`: the broker dropped presence events while this client was behind
+ * (PRESENCE_OVERFLOW, PROTOCOL.md §8), so the events so far may miss some. The client has asked
+ * for the peer list again; when the answer arrives, joined/left events follow for the
+ * difference, so the events still add up to {@link Client.knownPeers}.
+ */
+export type PresenceEvent =
+  | { readonly peer: Uuid; readonly joined: boolean; readonly resync?: undefined }
+  | { readonly resync: true; readonly peer?: undefined; readonly joined?: undefined };
 
 /** Options of a request. */
 export interface RequestOptions {
@@ -538,6 +556,8 @@ export class Broadcast {
 
 interface ResolvedOptions {
   readonly token: Uint8Array;
+  /** The configured resume secret, or nil. */
+  readonly resume: Uuid;
   readonly connectTimeoutMs: number;
   readonly deadlineGraceMs: number;
   readonly heartbeatMisses: number;
@@ -560,6 +580,8 @@ export class Client {
   private readonly broadcastInbox: Inbox<Broadcast>;
   private readonly presenceInbox: Inbox<PresenceEvent>;
   private peerList: Uuid[] = [];
+  /** Presented by every HELLO: the configured secret, else the first WELCOME's (nil before it). */
+  private resume: Uuid;
 
   /** @internal */
   constructor(
@@ -573,6 +595,16 @@ export class Client {
   ) {
     this.broadcastInbox = new Inbox(queues.broadcast);
     this.presenceInbox = new Inbox(queues.presence, true);
+    this.resume = options.resume;
+  }
+
+  /**
+   * The 16-byte secret that proves this client's id (PROTOCOL.md §5.2): give it as
+   * `resumeSecret` to `connect` with the same `clientId` to take the id over from another
+   * process. Keep it as secret as a token. (All zero only from a broker without resume secrets.)
+   */
+  get resumeSecret(): Uint8Array {
+    return uuidToBytes(this.resume);
   }
 
   /** This client's id (stable across reconnects). */
@@ -611,7 +643,7 @@ export class Client {
       link.fail(reason);
       throw reason;
     }
-    link.write(session.helloFrame(this.options.token));
+    link.write(session.helloFrame(this.options.token, this.resume));
     let welcome: Extract<SessionEvent, { kind: "welcome" }>;
     try {
       welcome = await raceTimeout(link.welcome.promise, connectTimeoutMs, () => {
@@ -626,6 +658,7 @@ export class Client {
       throw reason;
     }
     this.id = welcome.clientId;
+    if (this.resume === NIL_UUID) this.resume = welcome.resume; // kept for life (§5.2)
     this.currentLimits = welcome.limits;
     this.peerList = [...welcome.peers];
     link.startHeartbeat(welcome.limits.heartbeatMs, this.options.heartbeatMisses);
@@ -811,6 +844,9 @@ export class Client {
         if (event.joined && !this.peerList.includes(event.peer)) this.peerList.push(event.peer);
         else if (!event.joined) this.peerList = this.peerList.filter((p) => p !== event.peer);
         this.presenceInbox.put({ peer: event.peer, joined: event.joined });
+        return;
+      case "presence-resync":
+        this.presenceInbox.put({ resync: true }); // the session asked PEERS; the difference follows
         return;
       case "peers":
         this.peerList = [...event.peers];
@@ -1020,11 +1056,18 @@ export class Client {
  * Connects to the broker at `url` over the transport `dial` opens, joins `options.channel`, and
  * resolves once the broker welcomed the client. The first connection is not retried: it rejects
  * with {@link ConnectFailed}, {@link Unauthorized}, {@link NotASwitchyardBroker}, {@link Timeout},
- * {@link LimitExceeded}, ...
+ * {@link LimitExceeded}, {@link ClientIdInUse}, ...
  */
 export async function connectWith(dial: Dialer, url: string, options: ConnectOptions): Promise<Client> {
   const address = parseAddress(url);
   const token = options.token === undefined ? new Uint8Array(0) : typeof options.token === "string" ? new TextEncoder().encode(options.token) : options.token;
+  let resume = NIL_UUID;
+  if (options.resumeSecret !== undefined) {
+    if (!(options.resumeSecret instanceof Uint8Array) || options.resumeSecret.length !== 16) {
+      throw new TypeError("resumeSecret is 16 bytes (a Uint8Array)");
+    }
+    resume = uuidFromBytes(options.resumeSecret);
+  }
   let clientId: Uuid | undefined;
   if (options.clientId !== undefined) {
     clientId = parseUuid(options.clientId);
@@ -1037,6 +1080,7 @@ export async function connectWith(dial: Dialer, url: string, options: ConnectOpt
     clientId,
     {
       token,
+      resume,
       connectTimeoutMs: options.connectTimeoutMs ?? 5000,
       deadlineGraceMs: options.deadlineGraceMs ?? 2000,
       heartbeatMisses: options.heartbeatMisses ?? 3,

@@ -5,7 +5,7 @@
  *
  * - connection-wide (the client is closed, every later call fails too): {@link ConnectFailed},
  *   {@link Closed}, {@link ProtocolError} (and {@link NotASwitchyardBroker}), {@link Unauthorized},
- *   {@link Replaced}, {@link TooLarge}, and a {@link BrokerError} whose `code` is below 0x0100;
+ *   {@link Replaced}, {@link ClientIdInUse}, {@link TooLarge}, and a {@link BrokerError} whose `code` is below 0x0100;
  * - the link, not the client (it reconnects on its own): {@link ConnectionLost} (the operation was
  *   in flight: *not* retried, at-most-once) and {@link Reconnecting} (nothing was sent);
  * - one operation only, the client stays usable: everything else.
@@ -37,6 +37,7 @@ export const ErrorCode = {
   STREAM_ORDER: 0x0108,
   LIMIT_EXCEEDED: 0x0109,
   SHUTTING_DOWN: 0x010a,
+  PRESENCE_OVERFLOW: 0x0200,
 } as const;
 
 /** Options common to every error: the broker's code (when one caused it) and a cause. */
@@ -147,6 +148,16 @@ export class Replaced extends FatalError {
   }
 }
 
+/**
+ * The client id is present on the channel (connected, or departed within its grace period) and
+ * the HELLO did not carry its resume secret (PROTOCOL.md §5.2). Not retried.
+ */
+export class ClientIdInUse extends FatalError {
+  constructor(message = "the client id is in use and the resume secret was not presented", options?: SwitchyardErrorOptions) {
+    super(message, options);
+  }
+}
+
 /** The broker is shutting down (GOING_AWAY / SHUTTING_DOWN): it takes nothing new. */
 export class GoingAway extends SwitchyardError {
   constructor(message = "the broker is shutting down and takes nothing new", options?: SwitchyardErrorOptions) {
@@ -240,6 +251,7 @@ const BY_CODE: ReadonlyMap<number, ErrorClass> = new Map<number, ErrorClass>([
   [ErrorCode.LIMIT_EXCEEDED, LimitExceeded],
   [ErrorCode.UNAUTHORIZED, Unauthorized],
   [ErrorCode.REPLACED, Replaced],
+  [ErrorCode.CLIENT_ID_IN_USE, ClientIdInUse],
   [ErrorCode.PAYLOAD_TOO_LARGE, TooLarge],
 ]);
 

@@ -19,9 +19,26 @@
  * | ACK                                  | `broadcast-done` (acked count)              |
  * | ERROR code < 0x0100 / nil LIMIT      | `connection-failed` (then nothing more)     |
  * | ERROR GOING_AWAY, nil id             | `going-away`                                |
+ * | ERROR PRESENCE_OVERFLOW, nil id      | `presence-resync`, PEERS queued in `output` |
+ * | ERROR other code ≥ 0x0200, nil id    | ignored (a notice this client predates)     |
  * | ERROR other                          | our operation, else an incoming request     |
  * | PING / PONG                          | PONG queued in `output` / `pong`            |
- * | PEER_JOINED / PEER_LEFT / PEERS      | `presence` / `peers`                        |
+ * | PEER_JOINED / PEER_LEFT              | `presence`                                  |
+ * | PEERS answer                         | `presence` for the difference, then `peers` |
+ *
+ * Presence (PROTOCOL.md §8): the session keeps the peer list the events add up to ({@link
+ * Session.peers}: the WELCOME's, then every PEER_JOINED / PEER_LEFT). Every PEERS answer is
+ * compared with it and the difference is reported as `presence` events before the answer itself,
+ * so the events always add up to the last answer. After ERROR PRESENCE_OVERFLOW (the broker
+ * dropped presence frames while we were behind; a notice, not fatal) the session reports
+ * `presence-resync` and queues a PEERS question of its own in `output`; its answer yields the
+ * difference (what was missed) but no `peers` event, since no caller asked for it — the owner's
+ * FIFO of PEERS waiters stays aligned with the questions it sent through {@link Session.peersFrame}.
+ *
+ * Frames we send (PROTOCOL.md §3, §11): HELLO, PING, PONG, PEERS and RECEIVE carry no flags;
+ * PING, PONG, CANCEL, PEERS and a peer's ACK carry no payload (the broker closes the connection
+ * with MALFORMED_FRAME otherwise). The HELLO's request id field is the resume secret (§5.2).
+ * FINAL is accepted on every broker frame (§13.3: the broker sets it on all it originates).
  *
  * Invariants:
  * - An id is tracked from its registration (or its START, incoming) until its stream ends: the
@@ -61,7 +78,14 @@ import { NIL_UUID, type Uuid, randomUuid } from "./uuid.js";
 
 /** What the session reports, in wire order. */
 export type SessionEvent =
-  | { readonly kind: "welcome"; readonly clientId: Uuid; readonly limits: Limits; readonly peers: Uuid[] }
+  | {
+      readonly kind: "welcome";
+      readonly clientId: Uuid;
+      readonly limits: Limits;
+      readonly peers: Uuid[];
+      /** The resume secret (the WELCOME's request id field, PROTOCOL.md §5.2); nil from a broker that has none. */
+      readonly resume: Uuid;
+    }
   | { readonly kind: "response-data"; readonly requestId: Uuid; readonly data: Uint8Array; readonly end: boolean; readonly responder?: Uuid }
   | { readonly kind: "response-failed"; readonly requestId: Uuid; readonly error: SwitchyardError }
   | {
@@ -80,6 +104,8 @@ export type SessionEvent =
   | { readonly kind: "broadcast-done"; readonly requestId: Uuid; readonly acked: number; readonly error?: SwitchyardError }
   | { readonly kind: "presence"; readonly peer: Uuid; readonly joined: boolean }
   | { readonly kind: "peers"; readonly peers: Uuid[] }
+  /** PRESENCE_OVERFLOW: presence events were lost; a PEERS question is queued in `output`. */
+  | { readonly kind: "presence-resync" }
   | { readonly kind: "pong"; readonly sequence: number }
   | { readonly kind: "going-away"; readonly message: string }
   | { readonly kind: "connection-failed"; readonly error: SwitchyardError };
@@ -139,6 +165,10 @@ export class Session {
   private readonly sending = new Map<Uuid, Outbound>();
   /** Our responses being sent. */
   private readonly responding = new Map<Uuid, Outbound>();
+  /** The other peers as the presence events add up (seeded by the WELCOME). */
+  private peerList: Uuid[] = [];
+  /** Our PEERS questions in flight, oldest first: true for the session's own (resync) ones. */
+  private readonly peersQuestions: boolean[] = [];
 
   constructor(readonly channel: Uuid, clientId?: Uuid) {
     this.clientId = clientId ?? NIL_UUID;
@@ -150,9 +180,17 @@ export class Session {
     return encodeFrame({ ...init, type, clientId: this.clientId, channelId: this.channel });
   }
 
-  /** The HELLO carrying `token` (empty when none). */
-  helloFrame(token: Uint8Array): Uint8Array {
-    return this.frame(FrameType.HELLO, { payload: token });
+  /**
+   * The HELLO carrying `token` (empty when none) and, in its request id field, `resume`: nil, or
+   * the resume secret of an earlier WELCOME for our client id (PROTOCOL.md §5.2).
+   */
+  helloFrame(token: Uint8Array, resume: Uuid = NIL_UUID): Uint8Array {
+    return this.frame(FrameType.HELLO, { payload: token, requestId: resume });
+  }
+
+  /** The other peers, as the WELCOME, the presence events and the PEERS answers add up. */
+  get peers(): Uuid[] {
+    return [...this.peerList];
   }
 
   /** RECEIVE(window). */
@@ -166,8 +204,9 @@ export class Session {
     return { sequence: this.pingSeq, frame: this.frame(FrameType.PING, { sequence: this.pingSeq }) };
   }
 
-  /** A PEERS question (answers come in the order of the questions). */
+  /** A PEERS question (answers come in the order of the questions; each yields one `peers` event). */
   peersFrame(): Uint8Array {
+    this.peersQuestions.push(false);
     return this.frame(FrameType.PEERS);
   }
 
@@ -353,18 +392,32 @@ export class Session {
         this.handleCancel(frame, events);
         return;
       case FrameType.PEER_JOINED:
-      case FrameType.PEER_LEFT:
-        events.push({ kind: "presence", peer: frame.clientId, joined: frame.type === FrameType.PEER_JOINED });
+      case FrameType.PEER_LEFT: {
+        const joined = frame.type === FrameType.PEER_JOINED;
+        const peer = frame.clientId;
+        if (joined && !this.peerList.includes(peer)) this.peerList.push(peer);
+        else if (!joined) this.peerList = this.peerList.filter((p) => p !== peer);
+        events.push({ kind: "presence", peer, joined });
         return;
+      }
       case FrameType.PING:
         this.pong(frame);
         return;
       case FrameType.PONG:
         events.push({ kind: "pong", sequence: frame.sequence });
         return;
-      case FrameType.PEERS:
-        events.push({ kind: "peers", peers: decodePeers(frame.payload) });
+      case FrameType.PEERS: {
+        const peers = decodePeers(frame.payload);
+        // The difference from the list the events add up to: after a PRESENCE_OVERFLOW, what was missed.
+        const now = new Set(peers);
+        const before = new Set(this.peerList);
+        for (const gone of this.peerList) if (!now.has(gone)) events.push({ kind: "presence", peer: gone, joined: false });
+        for (const peer of peers) if (!before.has(peer)) events.push({ kind: "presence", peer, joined: true });
+        this.peerList = [...peers];
+        const ours = this.peersQuestions.shift() ?? false;
+        if (!ours) events.push({ kind: "peers", peers });
         return;
+      }
       default:
         throw new ProtocolError(`the broker sent ${frameName(frame.type)}, which only clients send`);
     }
@@ -383,7 +436,8 @@ export class Session {
       this.limits = limits;
       this.clientId = frame.clientId;
       this.welcomed = true;
-      events.push({ kind: "welcome", clientId: frame.clientId, limits, peers });
+      this.peerList = [...peers];
+      events.push({ kind: "welcome", clientId: frame.clientId, limits, peers, resume: frame.requestId });
     } else {
       throw new NotASwitchyardBroker(`${frameName(frame.type)} before the WELCOME`);
     }
@@ -486,8 +540,15 @@ export class Session {
         events.push({ kind: "going-away", message: text });
         return;
       }
+      if (code === ErrorCode.PRESENCE_OVERFLOW) {
+        // A notice (§8): presence frames were dropped while we were behind. Ask for the list again.
+        events.push({ kind: "presence-resync" });
+        this.peersQuestions.push(true);
+        this.output.push(this.frame(FrameType.PEERS));
+        return;
+      }
       if (code < 0x0100 || code === ErrorCode.LIMIT_EXCEEDED) throw errorFromCode(code, text, peers);
-      return; // a per-request code without a request: nothing to route it to
+      return; // a per-request code without a request, or a notice (≥ 0x0200) this client does not know
     }
     const error = errorFromCode(code, text, peers);
     if (this.outgoing.delete(id)) {

@@ -11,6 +11,7 @@ import {
   BroadcastIncomplete,
   Cancelled,
   type Client,
+  ClientIdInUse,
   Closed,
   ConnectionLost,
   NoPeers,
@@ -22,7 +23,7 @@ import {
   type ConnectOptions,
   connect as rawConnect,
 } from "../src/index.js";
-import { Broker, freshChannel, randomBytes, reversed, within } from "./broker.js";
+import { Broker, Relay, freshChannel, randomBytes, reversed, within } from "./broker.js";
 
 let broker: Broker;
 let tokenBroker: Broker;
@@ -275,6 +276,34 @@ test("presence: joins, leaves after the grace period, an invisible reconnect (S0
   assert.deepEqual(await watching, []); // the iteration ends with the close
 });
 
+test("a link cut under the client (relay) resumes the same id within the grace period; peers see nothing (S26)", T, async () => {
+  const channel = freshChannel();
+  const relay = await Relay.start(broker.addr);
+  try {
+    const a = await connect(broker.url, { channel });
+    const b = await connect(relay.url, { channel, reconnect: { initialDelayMs: 10, maxDelayMs: 50 } });
+    const id = b.clientId;
+    const secret = Uint8Array.from(b.resumeSecret);
+    assert.deepEqual(await a.nextPresence({ timeoutMs: 5000 }), { peer: id, joined: true });
+    void echoWorker(b, 1).catch(() => undefined);
+    assert.equal(new TextDecoder().decode(await a.request("abc", { timeoutMs: 5000 })), "cba");
+    relay.cut(); // the broker sees b's connection close: its grace period starts
+    await within(relay.accepted(2), 5000, "the reconnect through the relay");
+    await b.waitConnected({ timeoutMs: 5000 });
+    assert.equal(b.state, "connected");
+    assert.equal(b.clientId, id); // resumed with the first WELCOME's secret, not CLIENT_ID_IN_USE
+    assert.deepEqual(b.resumeSecret, secret);
+    assert.deepEqual(await a.peers(), [id]);
+    // The receive window was re-issued: a's request reaches b over its new link.
+    assert.equal(new TextDecoder().decode(await a.request("xyz", { timeoutMs: 5000 })), "zyx");
+    // No PEER_LEFT (nor a second PEER_JOINED) once the 1 s grace period is over.
+    await assert.rejects(a.nextPresence({ timeoutMs: 1500 }), Timeout);
+    assert.deepEqual(a.knownPeers, [id]);
+  } finally {
+    await relay.close();
+  }
+});
+
 test("unauthorized: no token, a wrong one; the right one connects (S10)", T, async () => {
   const channel = freshChannel();
   await assert.rejects(connect(tokenBroker.url, { channel }), Unauthorized);
@@ -287,7 +316,13 @@ test("unauthorized: no token, a wrong one; the right one connects (S10)", T, asy
 test("takeover: the old connection gets Replaced and does not reconnect (S11)", T, async () => {
   const channel = freshChannel();
   const first = await connect(broker.url, { channel });
-  const second = await connect(broker.url, { channel, clientId: first.clientId });
+  // Without the id's resume secret: refused (not retried), and the first client is undisturbed.
+  await assert.rejects(connect(broker.url, { channel, clientId: first.clientId, reconnect: false }), ClientIdInUse);
+  assert.ok((await first.ping()) >= 0);
+  assert.equal(first.resumeSecret.length, 16);
+  await assert.rejects(connect(broker.url, { channel, clientId: first.clientId, resumeSecret: new Uint8Array(16).fill(7) }), ClientIdInUse);
+  await assert.rejects(connect(broker.url, { channel, resumeSecret: new Uint8Array(3) }), TypeError);
+  const second = await connect(broker.url, { channel, clientId: first.clientId, resumeSecret: first.resumeSecret });
   await within(first.waitConnected().then(
     async () => {
       for (;;) await first.ping({ timeoutMs: 1000 }); // the REPLACED arrives asynchronously

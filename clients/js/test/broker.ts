@@ -7,6 +7,7 @@
 
 import { type ChildProcess, spawn } from "node:child_process";
 import { existsSync } from "node:fs";
+import { type AddressInfo, type Server, type Socket, createConnection, createServer } from "node:net";
 import { dirname, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 
@@ -113,4 +114,73 @@ export function within<T>(promise: Promise<T>, ms: number, what = "operation"): 
       },
     );
   });
+}
+
+/**
+ * A TCP relay in front of a broker, whose connections a test can cut (both sides closed at
+ * once, as a dropped link): the broker sees its client's connection close, the client sees the
+ * broker's. `accepted(n)` resolves once `n` connections in total have been accepted.
+ */
+export class Relay {
+  private readonly sockets = new Set<Socket>();
+  private count = 0;
+  private readonly waiters: { n: number; resolve: () => void }[] = [];
+
+  private constructor(private readonly server: Server, readonly addr: string) {}
+
+  get url(): string {
+    return `tcp://${this.addr}`;
+  }
+
+  static start(target: string): Promise<Relay> {
+    const colon = target.lastIndexOf(":");
+    const host = target.slice(0, colon);
+    const port = Number(target.slice(colon + 1));
+    return new Promise<Relay>((resolveStart, reject) => {
+      let relay: Relay | undefined;
+      const server = createServer((client) => {
+        const upstream = createConnection({ host, port });
+        const pair = [client, upstream];
+        for (const s of pair) {
+          relay?.sockets.add(s);
+          s.on("error", () => undefined);
+          s.on("close", () => {
+            relay?.sockets.delete(s);
+            for (const other of pair) other.destroy();
+          });
+        }
+        client.pipe(upstream);
+        upstream.pipe(client);
+        if (relay) {
+          relay.count++;
+          for (const w of relay.waiters.filter((w) => relay !== undefined && relay.count >= w.n)) {
+            relay.waiters.splice(relay.waiters.indexOf(w), 1);
+            w.resolve();
+          }
+        }
+      });
+      server.once("error", reject);
+      server.listen(0, "127.0.0.1", () => {
+        const { port: bound } = server.address() as AddressInfo;
+        relay = new Relay(server, `127.0.0.1:${bound}`);
+        resolveStart(relay);
+      });
+    });
+  }
+
+  /** Resolves once `n` connections in total have been accepted. */
+  accepted(n: number): Promise<void> {
+    if (this.count >= n) return Promise.resolve();
+    return new Promise<void>((resolve) => this.waiters.push({ n, resolve }));
+  }
+
+  /** Cuts every relayed connection (both sides); the relay keeps listening. */
+  cut(): void {
+    for (const s of [...this.sockets]) s.destroy();
+  }
+
+  async close(): Promise<void> {
+    this.cut();
+    await new Promise<void>((resolve) => this.server.close(() => resolve()));
+  }
 }

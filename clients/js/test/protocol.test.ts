@@ -360,3 +360,114 @@ test("session: an out-of-order response frame is a protocol error (U15)", () => 
   const [event] = session.receive(brokerFrame({ type: FrameType.CHUNK, flags: Flags.RESPONSE, requestId: id, sequence: 1 }));
   assert.ok(event?.kind === "connection-failed" && event.error instanceof ProtocolError);
 });
+
+test("session: PRESENCE_OVERFLOW is a notice; the session re-asks PEERS and reports the difference (U17)", () => {
+  const session = welcomedSession(); // peers: [B]
+  const D = "dddddddd-dddd-dddd-dddd-dddddddddddd";
+  const E = "eeeeeeee-eeee-eeee-eeee-eeeeeeeeeeee";
+  assert.deepEqual(session.receive(brokerFrame({ type: FrameType.PEER_JOINED, clientId: C, final: true })), [
+    { kind: "presence", peer: C, joined: true },
+  ]);
+  assert.deepEqual(session.peers, [B, C]);
+  // The broker dropped presence frames (C left, D joined) and then sent the marker: not fatal.
+  const notice = brokerFrame({ type: FrameType.ERROR, final: true, payload: encodeError(0x0200, "presence events dropped") });
+  assert.deepEqual(session.receive(notice), [{ kind: "presence-resync" }]);
+  const [question] = decodeAll(session.output.splice(0));
+  assert.ok(question);
+  assert.equal(question.type, FrameType.PEERS);
+  assert.equal(question.flags, 0);
+  assert.equal(question.payload.length, 0);
+  assert.equal(question.channelId, CH);
+  // A caller's PEERS question sent after the session's own: answers come in question order.
+  const callers = decodeAll([session.peersFrame()]);
+  assert.equal(callers[0]?.payload.length, 0);
+  const peersAnswer = (ids: string[]): Uint8Array => {
+    const payload = new Uint8Array(4 + 16 * ids.length);
+    new DataView(payload.buffer).setUint32(0, ids.length);
+    ids.forEach((id, i) => payload.set(uuidToBytes(id), 4 + 16 * i));
+    return brokerFrame({ type: FrameType.PEERS, final: true, payload });
+  };
+  // The answer to the session's question: the difference as events, no `peers` event (nobody asked).
+  assert.deepEqual(session.receive(peersAnswer([B, D])), [
+    { kind: "presence", peer: C, joined: false },
+    { kind: "presence", peer: D, joined: true },
+  ]);
+  assert.deepEqual(session.peers, [B, D]);
+  // Presence frames after the marker are complete again; the caller's answer matches: no difference.
+  assert.deepEqual(session.receive(brokerFrame({ type: FrameType.PEER_JOINED, clientId: E, final: true })), [
+    { kind: "presence", peer: E, joined: true },
+  ]);
+  assert.deepEqual(session.receive(peersAnswer([B, D, E])), [{ kind: "peers", peers: [B, D, E] }]);
+  // Another notice this client does not know (≥ 0x0200, nil request id) is ignored, not fatal.
+  assert.deepEqual(session.receive(brokerFrame({ type: FrameType.ERROR, final: true, payload: encodeError(0x0201, "?") })), []);
+  assert.ok((session.receive(brokerFrame({ type: FrameType.PING, sequence: 3, final: true })), session.output.length === 1));
+  assert.equal(session.tracked(), 0);
+});
+
+test("session: the resume secret, frames without flags or payloads, FINAL on every broker frame (U18)", () => {
+  const secret = "5b5b5b5b-5b5b-5b5b-5b5b-5b5b5b5b5b5b";
+  const session = new Session(CH, A);
+  const [hello] = decodeAll([session.helloFrame(utf8.encode("tok"), secret)]);
+  assert.ok(hello && hello.type === FrameType.HELLO && hello.flags === 0);
+  assert.equal(hello.requestId, secret);
+  assert.deepEqual(hello.payload, utf8.encode("tok"));
+  assert.equal(decodeAll([new Session(CH).helloFrame(new Uint8Array(0))])[0]?.requestId, "00000000-0000-0000-0000-000000000000");
+  // The WELCOME (FINAL, as the broker sends it) carries the secret in its request id field.
+  const [welcome] = session.receive(
+    brokerFrame({
+      type: FrameType.WELCOME,
+      clientId: A,
+      requestId: secret,
+      final: true,
+      payload: encodeWelcome({ maxPayload: 1024, defaultTimeoutMs: 1000, maxTimeoutMs: 10_000, heartbeatMs: 0 }, []),
+    }),
+  );
+  assert.ok(welcome?.kind === "welcome" && welcome.resume === secret);
+  // Every broker-originated frame has FINAL set (§13.3): all accepted.
+  const bid = session.startBroadcast(0);
+  const rid = session.startRequest(0);
+  const inbound = [
+    brokerFrame({ type: FrameType.PEER_JOINED, clientId: B, final: true }),
+    brokerFrame({ type: FrameType.PEER_LEFT, clientId: B, final: true }),
+    brokerFrame({ type: FrameType.PING, sequence: 0, final: true }), // the half-close probe (§1)
+    brokerFrame({ type: FrameType.PONG, sequence: 1, final: true }),
+    brokerFrame({ type: FrameType.PEERS, final: true, payload: new Uint8Array(4) }),
+    brokerFrame({ type: FrameType.ACK, flags: Flags.BROADCAST, requestId: bid, final: true, payload: new Uint8Array([0, 0, 0, 2]) }),
+    brokerFrame({ type: FrameType.CANCEL, flags: Flags.RESPONSE, clientId: B, requestId: rid, final: true }),
+    brokerFrame({ type: FrameType.ERROR, final: true, requestId: C, payload: encodeError(0x0106, "unknown") }),
+  ];
+  const events = inbound.flatMap((raw) => session.receive(raw));
+  assert.ok(!events.some((e) => e.kind === "connection-failed"), JSON.stringify(events));
+  assert.deepEqual(
+    events.map((e) => e.kind),
+    ["presence", "presence", "pong", "peers", "broadcast-done", "response-failed"],
+  );
+  // Frames we send: HELLO, PING, PONG, PEERS, RECEIVE without flags; PING, PONG, CANCEL, PEERS, a peer's ACK without payload.
+  session.receive(
+    brokerFrame({ type: FrameType.START, flags: Flags.REQUEST | Flags.BROADCAST, clientId: B, requestId: C, final: true, payload: utf8.encode("b") }),
+  );
+  const rid2 = session.startRequest(0);
+  session.receive(brokerFrame({ type: FrameType.START, flags: Flags.REQUEST, clientId: B, requestId: B, payload: utf8.encode("x") }));
+  const sent = decodeAll([
+    ...session.output.splice(0), // the PONG
+    session.pingFrame().frame,
+    session.peersFrame(),
+    session.receiveFrame(3),
+    session.ackFrame(C) as Uint8Array,
+    ...session.bodyFrames(rid2, utf8.encode("q"), false),
+    session.cancelRequestFrame(rid2) as Uint8Array,
+    session.cancelIncomingFrame(B) as Uint8Array,
+  ]);
+  const byType = (t: number): Frame[] => sent.filter((f) => f.type === t);
+  for (const t of [FrameType.PING, FrameType.PONG, FrameType.PEERS, FrameType.RECEIVE]) {
+    assert.equal(byType(t).length, 1, `one ${t}`);
+    assert.equal(byType(t)[0]?.flags, 0, `no flags on ${t}`);
+  }
+  for (const t of [FrameType.PING, FrameType.PONG, FrameType.PEERS, FrameType.ACK, FrameType.CANCEL]) {
+    assert.ok(byType(t).length >= 1, `a ${t} was sent`);
+    for (const f of byType(t)) assert.equal(f.payload.length, 0, `no payload on ${t}`);
+  }
+  assert.equal(byType(FrameType.PONG)[0]?.sequence, 0);
+  assert.equal(byType(FrameType.ACK)[0]?.flags, Flags.BROADCAST);
+  assert.deepEqual(byType(FrameType.CANCEL).map((f) => f.flags), [Flags.REQUEST, Flags.RESPONSE]);
+});

@@ -217,6 +217,97 @@ def test_presence_with_grace_period(broker: Broker, channel: uuid.UUID) -> None:
     run(body)
 
 
+class Relay:
+    """A TCP relay in front of the broker whose connections the test can cut (both sides closed
+    at once, as a dropped link): the broker sees its client's connection close, the client sees
+    the broker's. :meth:`accepted` waits for the n-th accepted connection."""
+
+    def __init__(self, target: str) -> None:
+        host, _, port = target.rpartition(":")
+        self._target = (host, int(port))
+        self._writers: List[asyncio.StreamWriter] = []
+        self._count = 0
+        self._changed = asyncio.Event()
+
+    async def start(self) -> str:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        host, port = self._server.sockets[0].getsockname()[:2]
+        return f"tcp://{host}:{port}"
+
+    async def _serve(self, cr: asyncio.StreamReader, cw: asyncio.StreamWriter) -> None:
+        ur, uw = await asyncio.open_connection(*self._target)
+        self._writers += [cw, uw]
+        self._count += 1
+        self._changed.set()
+
+        async def pipe(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+            try:
+                while data := await r.read(65536):
+                    w.write(data)
+                    await w.drain()
+            except (ConnectionError, OSError):
+                pass
+            finally:
+                for writer in (cw, uw):
+                    writer.close()
+
+        await asyncio.gather(pipe(cr, uw), pipe(ur, cw))
+
+    async def accepted(self, n: int) -> None:
+        while self._count < n:
+            self._changed.clear()
+            await self._changed.wait()
+
+    def cut(self) -> None:
+        """Closes every relayed connection (both sides, with a reset); keeps listening."""
+        for writer in self._writers:
+            transport = writer.transport
+            if isinstance(transport, asyncio.Transport):
+                transport.abort()
+        self._writers.clear()
+
+    async def close(self) -> None:
+        self.cut()
+        self._server.close()
+        await self._server.wait_closed()
+
+
+def test_reconnect_through_a_cut_link_within_the_grace_period(
+    broker: Broker, channel: uuid.UUID
+) -> None:
+    """The link under a client is cut (relay), not the broker: the client reconnects presenting
+    its first WELCOME's resume secret, keeps its id, and its peers see no PEER_LEFT."""
+
+    async def body() -> None:
+        relay = Relay(broker.addr)
+        url = await relay.start()
+        policy = switchyard.ReconnectPolicy(initial_delay=0.01, max_delay=0.05)
+        try:
+            async with await switchyard.connect(broker.url, channel=channel) as a, \
+                    await switchyard.connect(url, channel=channel, reconnect=policy) as b:
+                b_id, secret = b.client_id, b.resume_secret
+                assert await a.next_presence(timeout=5) == switchyard.PresenceEvent(b_id, True)
+                worker = asyncio.create_task(echo_worker(b, 1))
+                assert await a.request(b"abc", timeout=5) == b"cba"
+                relay.cut()  # the broker sees b's connection close: its grace period starts
+                await asyncio.wait_for(relay.accepted(2), 5)  # b's reconnect through the relay
+                await b.wait_connected(timeout=5)
+                assert b.state is switchyard.ConnectionState.CONNECTED
+                assert b.client_id == b_id and b.resume_secret == secret
+                assert await a.peers() == [b_id]
+                # The receive window was re-issued: a's request reaches b over its new link.
+                assert await a.request(b"xyz", timeout=5) == b"zyx"
+                # No PEER_LEFT (nor a second PEER_JOINED) once the 1 s grace period is over.
+                with pytest.raises(switchyard.Timeout):
+                    await a.next_presence(timeout=1.5)
+                assert a.known_peers == [b_id]
+                worker.cancel()
+        finally:
+            await relay.close()
+
+    run(body)
+
+
 def test_unauthorized(token_broker: Broker, channel: uuid.UUID) -> None:
     async def body() -> None:
         for token in (None, "wrong"):

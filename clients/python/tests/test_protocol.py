@@ -260,3 +260,98 @@ def test_session_resume_secret_travels_in_the_request_id_field() -> None:
     )
     (event,) = session.receive_data(welcome)
     assert isinstance(event, s.Welcome) and event.resume == secret
+
+
+def _peers_answer(ids: List[uuid.UUID]) -> bytes:
+    payload = len(ids).to_bytes(4, "big") + b"".join(i.bytes for i in ids)
+    return _broker_frame(frame_type=p.PEERS, final=True, payload=payload)
+
+
+def test_session_presence_overflow_resyncs_the_peer_list() -> None:
+    """PROTOCOL.md §8: ERROR PRESENCE_OVERFLOW (nil request id) is a notice, not fatal; the
+    session reports PresenceResync, queues a PEERS question of its own, and turns the answer into
+    Presence events for the difference (no PeersAnswer: no caller asked)."""
+    D = uuid.UUID("dddddddd-dddd-dddd-dddd-dddddddddddd")
+    E = uuid.UUID("eeeeeeee-eeee-eeee-eeee-eeeeeeeeeeee")
+    session = welcomed_session()  # peers: [B]
+    joined = _broker_frame(frame_type=p.PEER_JOINED, client_id=C, final=True)
+    assert session.receive_data(joined) == [s.Presence(C, True)]
+    assert session.peers == [B, C]
+    # The broker dropped frames (C left, D joined), then sent the marker.
+    notice = _broker_frame(
+        frame_type=p.ERROR, final=True, payload=p.encode_error(0x0200, "presence events dropped")
+    )
+    assert session.receive_data(notice) == [s.PresenceResync()]
+    d = p.Decoder()
+    for raw in session.output:
+        d.feed(raw)
+    session.output.clear()
+    question = d.next_frame()
+    assert question is not None and d.next_frame() is None
+    assert question.frame_type == p.PEERS and question.flags == 0 and question.payload == b""
+    assert question.channel_id == CH and question.request_id == p.NIL
+    # A caller's question after the session's own: the answers come in question order.
+    session.peers_frame()
+    assert session.receive_data(_peers_answer([B, D])) == [s.Presence(C, False), s.Presence(D, True)]
+    assert session.peers == [B, D]
+    # Presence frames after the marker are complete again; the caller's answer adds nothing.
+    later = _broker_frame(frame_type=p.PEER_JOINED, client_id=E, final=True)
+    assert session.receive_data(later) == [s.Presence(E, True)]
+    assert session.receive_data(_peers_answer([B, D, E])) == [s.PeersAnswer([B, D, E])]
+    # A notice this client does not know (>= 0x0200, nil id) is ignored; the session lives on.
+    unknown = _broker_frame(frame_type=p.ERROR, final=True, payload=p.encode_error(0x0201, "?"))
+    assert session.receive_data(unknown) == []
+    assert session.receive_data(_broker_frame(frame_type=p.PONG, sequence=5, final=True)) == [
+        s.Pong(5)
+    ]
+    assert session.tracked() == 0
+
+
+def test_session_sends_no_flags_or_payloads_where_forbidden_and_takes_final() -> None:
+    """PROTOCOL.md §3, §11, §13.3: HELLO/PING/PONG/PEERS/RECEIVE without flags; PING, PONG,
+    CANCEL, PEERS and a peer's ACK without payload; FINAL accepted on every broker frame."""
+    session = welcomed_session()
+    bid = session.start_broadcast(0)
+    rid = session.start_request(0)
+    inbound = [
+        _broker_frame(frame_type=p.PEER_JOINED, client_id=C, final=True),
+        _broker_frame(frame_type=p.PEER_LEFT, client_id=C, final=True),
+        _broker_frame(frame_type=p.PING, sequence=0, final=True),  # the half-close probe (§1)
+        _broker_frame(frame_type=p.PEERS, final=True, payload=p.encode_u32(0)),
+        _broker_frame(frame_type=p.ACK, flags=p.F_BROADCAST, request_id=bid, final=True,
+                      payload=p.encode_u32(1)),
+        _broker_frame(frame_type=p.CANCEL, flags=p.F_RESPONSE, client_id=B, request_id=rid,
+                      final=True),
+        _broker_frame(frame_type=p.START, flags=p.F_REQUEST | p.F_BROADCAST, client_id=B,
+                      request_id=C, final=True, payload=b"b"),
+        _broker_frame(frame_type=p.START, flags=p.F_REQUEST, client_id=B, request_id=B,
+                      payload=b"x"),
+    ]
+    events = [e for raw in inbound for e in session.receive_data(raw)]
+    assert not any(isinstance(e, s.ConnectionFailed) for e in events), events
+    rid2 = session.start_request(0)
+    sent_raw = [
+        *session.output,  # the PONG
+        session.hello_frame(b"", uuid.uuid4()),
+        session.ping_frame()[1],
+        session.peers_frame(),
+        session.receive_frame(3),
+        session.ack_frame(C),
+        *session.body_frames(rid2, b"q", False),
+        session.cancel_request_frame(rid2),
+        session.cancel_incoming_frame(B),
+    ]
+    d = p.Decoder()
+    for raw in sent_raw:
+        assert raw is not None
+        d.feed(raw)
+    sent = []
+    while (f := d.next_frame()) is not None:
+        sent.append(f)
+    by_type = {t: [f for f in sent if f.frame_type == t] for t in {f.frame_type for f in sent}}
+    for t in (p.HELLO, p.PING, p.PONG, p.PEERS, p.RECEIVE):
+        assert [f.flags for f in by_type[t]] == [0], t
+    for t in (p.PING, p.PONG, p.PEERS, p.ACK, p.CANCEL):
+        assert by_type[t] and all(f.payload == b"" for f in by_type[t]), t
+    assert by_type[p.ACK][0].flags == p.F_BROADCAST
+    assert [f.flags for f in by_type[p.CANCEL]] == [p.F_REQUEST, p.F_RESPONSE]

@@ -110,6 +110,18 @@ class PresenceEvent:
 
 
 @dataclass(frozen=True)
+class PresenceResync:
+    """The broker dropped presence events while this client was behind (PRESENCE_OVERFLOW,
+    PROTOCOL.md §8): the events so far may miss some. The client has asked for the peer list
+    again; when the answer arrives, :class:`PresenceEvent` s follow for the difference, so the
+    events still add up to :attr:`Client.known_peers`."""
+
+
+#: What :meth:`Client.next_presence` and :meth:`Client.presence` yield.
+PresenceChange = Union[PresenceEvent, PresenceResync]
+
+
+@dataclass(frozen=True)
 class _Chunk:
     data: bytes
     end: bool
@@ -525,7 +537,7 @@ class Client:
         self._reconnector: Optional["asyncio.Task[None]"] = None
         self._requests: Inbox[IncomingRequest] = Inbox()
         self._broadcasts: Inbox[Broadcast] = Inbox(options.broadcast_queue)
-        self._presence: Inbox[PresenceEvent] = Inbox(options.presence_queue, drop_oldest=True)
+        self._presence: Inbox[PresenceChange] = Inbox(options.presence_queue, drop_oldest=True)
         self._peers: List[uuid.UUID] = []
         self._ssl: Optional[_ssl.SSLContext] = options.ssl
         if address.tls and self._ssl is None:
@@ -779,6 +791,9 @@ class Client:
             elif not event.joined and event.peer in self._peers:
                 self._peers.remove(event.peer)
             self._presence.put(PresenceEvent(event.peer, event.joined))
+        elif isinstance(event, s.PresenceResync):
+            # The session asked PEERS again; the difference follows as Presence events.
+            self._presence.put(PresenceResync())
         elif isinstance(event, s.PeersAnswer):
             self._peers = list(event.peers)
             if link.peer_waiters:
@@ -929,12 +944,13 @@ class Client:
 
     # ----- presence, peers, ping -------------------------------------------------------------
 
-    async def next_presence(self, timeout: Optional[float] = None) -> PresenceEvent:
-        """The next presence change (the oldest is dropped beyond ``presence_queue``)."""
+    async def next_presence(self, timeout: Optional[float] = None) -> PresenceChange:
+        """The next presence change (the oldest is dropped beyond ``presence_queue``): a
+        :class:`PresenceEvent`, or a :class:`PresenceResync` after the broker dropped some."""
         loop = asyncio.get_running_loop()
         return await self._presence.get(None if timeout is None else loop.time() + timeout)
 
-    def presence(self) -> AsyncIterator[PresenceEvent]:
+    def presence(self) -> AsyncIterator[PresenceChange]:
         """``async for ev in client.presence()``; ends when the client is closed."""
         return _Iter(self, self.next_presence, None)
 
@@ -1070,6 +1086,8 @@ __all__ = [
     "ConnectionState",
     "IncomingRequest",
     "PresenceEvent",
+    "PresenceResync",
+    "PresenceChange",
     "ReconnectPolicy",
     "Response",
     "connect",

@@ -70,6 +70,8 @@ class ErrorCode:
     STREAM_ORDER = 0x0108
     LIMIT_EXCEEDED = 0x0109
     SHUTTING_DOWN = 0x010A
+    #: A notice (request id nil, not fatal): presence frames were dropped (PROTOCOL.md §8).
+    PRESENCE_OVERFLOW = 0x0200
 
 
 class SwitchyardError(Exception):

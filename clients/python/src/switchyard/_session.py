@@ -21,10 +21,29 @@ CANCEL           REQUEST / none         :class:`RequestFailed`, or a broadcast d
 ACK                                     :class:`BroadcastDone` (acked count)
 ERROR  code < 0x0100 / nil LIMIT        :class:`ConnectionFailed` (then nothing more)
 ERROR  GOING_AWAY, nil id               :class:`GoingAwayNotice`
+ERROR  PRESENCE_OVERFLOW, nil id        :class:`PresenceResync`, PEERS queued in ``output``
+ERROR  other code >= 0x0200, nil id     ignored (a notice this client predates)
 ERROR  other                            outgoing op, else incoming request
 PING / PONG                             PONG queued in :attr:`Session.output` / :class:`Pong`
-PEER_JOINED / PEER_LEFT / PEERS         :class:`Presence` / :class:`PeersAnswer`
+PEER_JOINED / PEER_LEFT                 :class:`Presence`
+PEERS answer                            :class:`Presence` for the difference, then
+                                        :class:`PeersAnswer` (if a caller asked)
 ======================================  ===========================================
+
+Presence (PROTOCOL.md §8): the session keeps the peer list the events add up to
+(:attr:`Session.peers`: the WELCOME's, then every PEER_JOINED / PEER_LEFT). Every PEERS answer
+is compared with it and the difference is reported as :class:`Presence` events before the answer,
+so the events always add up to the last answer. After ERROR PRESENCE_OVERFLOW (the broker dropped
+presence frames while we were behind; a notice, not fatal) the session reports
+:class:`PresenceResync` and queues a PEERS question of its own in :attr:`Session.output`; its
+answer yields the difference (what was missed) but no :class:`PeersAnswer`, since no caller
+asked — the owner's FIFO of PEERS waiters stays aligned with the questions it sent through
+:meth:`Session.peers_frame`.
+
+Frames we send (PROTOCOL.md §3, §11): HELLO, PING, PONG, PEERS and RECEIVE carry no flags; PING,
+PONG, CANCEL, PEERS and a peer's ACK carry no payload (the broker closes with MALFORMED_FRAME
+otherwise). FINAL is accepted on every broker frame (§13.3: the broker sets it on all it
+originates).
 
 Invariants:
 
@@ -40,7 +59,8 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Set, Union
+from collections import deque
+from typing import Deque, Dict, List, Optional, Set, Union
 
 from . import _protocol as p
 from ._errors import (
@@ -144,6 +164,13 @@ class Presence:
 
 
 @dataclass(frozen=True)
+class PresenceResync:
+    """ERROR PRESENCE_OVERFLOW: the broker dropped presence events while we were behind. A PEERS
+    question is queued in :attr:`Session.output`; its answer brings :class:`Presence` events for
+    the difference."""
+
+
+@dataclass(frozen=True)
 class PeersAnswer:
     """The broker's answer to the oldest PEERS question."""
 
@@ -181,6 +208,7 @@ Event = Union[
     BroadcastCancelled,
     BroadcastDone,
     Presence,
+    PresenceResync,
     PeersAnswer,
     Pong,
     GoingAwayNotice,
@@ -239,6 +267,8 @@ class Session:
         self._unacked: Set[uuid.UUID] = set()  # broadcasts received in full, ACK owed
         self._sending: Dict[uuid.UUID, _Outbound] = {}  # key: id; REQUEST/BROADCAST bodies
         self._responding: Dict[uuid.UUID, _Outbound] = {}  # our responses being sent
+        self._peers: List[uuid.UUID] = []  # the other peers, as the presence events add up
+        self._peers_questions: Deque[bool] = deque()  # PEERS in flight; True: our own (resync)
 
     # ----- frames we send -------------------------------------------------------------------
 
@@ -281,8 +311,15 @@ class Session:
         return self._ping_seq, self._frame(p.PING, sequence=self._ping_seq)
 
     def peers_frame(self) -> bytes:
-        """A PEERS question (answers come in the order of the questions)."""
+        """A PEERS question (answers come in the order of the questions; each yields one
+        :class:`PeersAnswer`)."""
+        self._peers_questions.append(False)
         return self._frame(p.PEERS)
+
+    @property
+    def peers(self) -> List[uuid.UUID]:
+        """The other peers, as the WELCOME, the presence events and the PEERS answers add up."""
+        return list(self._peers)
 
     def start_request(self, timeout_ms: int, no_wait: bool = False) -> uuid.UUID:
         """Registers an outgoing request before its first frame is written; returns its id."""
@@ -446,13 +483,27 @@ class Session:
         elif ftype == p.CANCEL:
             self._handle_cancel(frame, events)
         elif ftype in (p.PEER_JOINED, p.PEER_LEFT):
-            events.append(Presence(frame.client_id, ftype == p.PEER_JOINED))
+            joined, peer = ftype == p.PEER_JOINED, frame.client_id
+            if joined and peer not in self._peers:
+                self._peers.append(peer)
+            elif not joined and peer in self._peers:
+                self._peers.remove(peer)
+            events.append(Presence(peer, joined))
         elif ftype == p.PING:
             self.output.append(self._frame(p.PONG, sequence=frame.sequence, final=frame.final))
         elif ftype == p.PONG:
             events.append(Pong(frame.sequence))
         elif ftype == p.PEERS:
-            events.append(PeersAnswer(p.decode_peers(frame.payload)))
+            peers = p.decode_peers(frame.payload)
+            # The difference from the list the events add up to: after a PRESENCE_OVERFLOW, what
+            # was missed.
+            now, before = set(peers), set(self._peers)
+            events.extend(Presence(gone, False) for gone in self._peers if gone not in now)
+            events.extend(Presence(peer, True) for peer in peers if peer not in before)
+            self._peers = list(peers)
+            ours = self._peers_questions.popleft() if self._peers_questions else False
+            if not ours:
+                events.append(PeersAnswer(peers))
         else:
             raise ProtocolError(f"the broker sent {frame.name}, which only clients send")
 
@@ -471,6 +522,7 @@ class Session:
             self.limits = limits
             self.client_id = frame.client_id
             self.welcomed = True
+            self._peers = list(peers)
             events.append(Welcome(frame.client_id, limits, peers, frame.request_id))
         else:
             raise NotASwitchyardBroker(f"{frame.name} before the WELCOME")
@@ -556,9 +608,16 @@ class Session:
                 self.going_away = True
                 events.append(GoingAwayNotice(text))
                 return
+            if code == ErrorCode.PRESENCE_OVERFLOW:
+                # A notice (§8): presence frames were dropped while we were behind. Re-ask.
+                events.append(PresenceResync())
+                self._peers_questions.append(True)
+                self.output.append(self._frame(p.PEERS))
+                return
             if code < 0x0100 or code == ErrorCode.LIMIT_EXCEEDED:
                 raise error_from_code(code, text, peers)
-            return  # a per-request code without a request: nothing to route it to
+            # A per-request code without a request, or a notice (>= 0x0200) we do not know.
+            return
         error = error_from_code(code, text, peers)
         if self._outgoing.pop(rid, None) is not None:
             self._sending.pop(rid, None)

@@ -21,7 +21,7 @@ import uuid
 from typing import Any, Awaitable, Callable, Iterable, Iterator, List, Optional, TypeVar, Union
 
 from . import _aio
-from ._aio import Body, ConnectionState, PresenceEvent, ReconnectPolicy
+from ._aio import Body, ConnectionState, PresenceChange, PresenceEvent, PresenceResync, ReconnectPolicy
 from ._errors import Closed
 from ._protocol import Limits
 
@@ -296,11 +296,11 @@ class Client:
         """``for msg in client.broadcasts()``; ends when the client is closed."""
         return self._iterate(lambda: self.next_broadcast(auto_ack=auto_ack))
 
-    def next_presence(self, timeout: Optional[float] = None) -> PresenceEvent:
+    def next_presence(self, timeout: Optional[float] = None) -> PresenceChange:
         """The next presence change."""
         return self._loop.run(lambda: self._inner.next_presence(timeout))
 
-    def presence(self) -> Iterator[PresenceEvent]:
+    def presence(self) -> Iterator[PresenceChange]:
         """``for ev in client.presence()``; ends when the client is closed."""
         return self._iterate(self.next_presence)
 
@@ -336,4 +336,4 @@ def connect(
 
 
 # Re-exported for annotations in user code.
-__all__ += ["ReconnectPolicy", "ConnectionState", "PresenceEvent"]
+__all__ += ["ReconnectPolicy", "ConnectionState", "PresenceEvent", "PresenceResync", "PresenceChange"]
