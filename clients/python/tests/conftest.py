@@ -20,6 +20,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[3]
 T = TypeVar("T")
 _LISTENING = re.compile(r"switchyard listening on (\S+)")
+_LISTENING_TLS = re.compile(r"switchyard listening for TLS on (\S+)")
 
 
 def broker_binary() -> Path:
@@ -31,7 +32,8 @@ def broker_binary() -> Path:
 
 
 class Broker:
-    """One broker process. ``url`` is ``tcp://ADDR`` as read from its stderr."""
+    """One broker process. ``url`` is ``tcp://ADDR`` as read from its stderr (``tls_url`` too,
+    ``tls://ADDR``, when ``args`` has ``--tls-listen``)."""
 
     def __init__(self, args: List[str], listen: str = "127.0.0.1:0") -> None:
         self.args = args
@@ -43,6 +45,15 @@ class Broker:
         self.log: List[str] = []
         threading.Thread(target=self._drain, daemon=True).start()
         deadline = time.monotonic() + 10
+        self.addr = self._await_line(_LISTENING, deadline)
+        self.url = f"tcp://{self.addr}"
+        #: ``tls://ADDR`` of the TLS listener when started with ``--tls-listen``, else None.
+        self.tls_url: Optional[str] = None
+        if "--tls-listen" in args:
+            self.tls_url = f"tls://{self._await_line(_LISTENING_TLS, deadline)}"
+
+    def _await_line(self, pattern: "re.Pattern[str]", deadline: float) -> str:
+        """The first group of the first stderr line matching ``pattern`` (before ``deadline``)."""
         while True:
             try:
                 line = self._lines.get(timeout=max(0.0, deadline - time.monotonic()))
@@ -51,11 +62,9 @@ class Broker:
                 raise RuntimeError(f"broker did not report its address: {self.log}") from None
             if line is None:
                 raise RuntimeError(f"broker exited: {self.log}")
-            found = _LISTENING.search(line)
+            found = pattern.search(line)
             if found:
-                self.addr = found.group(1)
-                break
-        self.url = f"tcp://{self.addr}"
+                return found.group(1)
 
     def _drain(self) -> None:
         assert self.proc.stderr is not None
