@@ -22,49 +22,9 @@ const PER_SENDER: usize = 2_000;
 #[test]
 fn senders_leaving_together_do_not_stall_a_bystander() {
     let handle = start();
-    let addr = handle.local_addr();
-    let channel = ChannelId::random();
-    let mut receiver = RawPeer::named(addr, "receiver");
-    receiver.hello(channel, ClientId::random());
-    receiver.receive((SENDERS * PER_SENDER) as u32);
-    receiver.barrier();
-    // The receiver reads everything (its queue never backs up) and answers nothing.
-    let mut drain = receiver.try_clone_stream();
-    let drainer = std::thread::spawn(move || {
-        let _ = std::io::copy(&mut drain, &mut std::io::sink());
-    });
-    let mut senders: Vec<RawPeer> = (0..SENDERS)
-        .map(|_| {
-            let mut s = RawPeer::named(addr, "sender");
-            s.hello(channel, ClientId::random());
-            s
-        })
-        .collect();
-    for s in &mut senders {
-        for _ in 0..PER_SENDER {
-            s.request(RequestId::random(), 3_600_000, b"x");
-        }
-    }
-    let total = SENDERS * PER_SENDER;
-    wait_for(&handle, "every request assigned", move |s| {
-        s.router.assignments == total
-    });
-
-    let bystander_channel = ChannelId::random();
-    let mut echo = RawPeer::named(addr, "bystander receiver");
-    echo.hello(bystander_channel, ClientId::random());
-    echo.receive(1);
-    let echo_stream = echo.try_clone_stream();
-    let echoer = std::thread::spawn(move || {
-        while let Ok(frame) = echo.try_recv() {
-            let h = frame.header;
-            if h.frame_type == FrameType::Start && h.flags.contains(Flags::REQUEST) {
-                echo.respond(h.request_id, &frame.payload);
-            }
-        }
-    });
-    let mut bystander = RawPeer::named(addr, "bystander sender");
-    bystander.hello(bystander_channel, ClientId::random());
+    let mut scene = Scene::load(&handle, PER_SENDER);
+    let senders = &mut scene.senders;
+    let bystander = &mut scene.bystander;
     let round_trip = |bystander: &mut RawPeer| -> Duration {
         let start = now();
         let id = RequestId::random();
@@ -73,7 +33,7 @@ fn senders_leaving_together_do_not_stall_a_bystander() {
         assert_eq!(answer.header.request_id, id);
         now() - start
     };
-    round_trip(&mut bystander);
+    round_trip(bystander);
 
     // Everyone leaves at once (RST: no lingering, the broker sees all of them in a turn or two).
     for s in senders.drain(..) {
@@ -84,7 +44,7 @@ fn senders_leaving_together_do_not_stall_a_bystander() {
     let mut slowest = Duration::ZERO;
     let deadline = now() + switchyard_testkit::DEADLINE;
     loop {
-        let rtt = round_trip(&mut bystander);
+        let rtt = round_trip(bystander);
         let stats = handle.stats().expect("stats");
         if stats.router.assignments == 0 && stats.router.pending_cleanup == 0 {
             break;
@@ -104,11 +64,7 @@ fn senders_leaving_together_do_not_stall_a_bystander() {
         slowest < Duration::from_millis(250),
         "slowest round trip during the cleanup: {slowest:?}"
     );
-    drop(bystander);
-    receiver.stream().shutdown(std::net::Shutdown::Both).ok();
-    echo_stream.shutdown(std::net::Shutdown::Both).ok();
-    drainer.join().unwrap();
-    echoer.join().unwrap();
+    scene.finish();
     wait_idle(&handle);
 }
 
@@ -125,47 +81,10 @@ fn mass_cleanup_stall_figures() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(4_990);
     let handle = start();
-    let addr = handle.local_addr();
-    let channel = ChannelId::random();
-    let mut receiver = RawPeer::named(addr, "receiver");
-    receiver.hello(channel, ClientId::random());
-    receiver.receive((SENDERS * per_sender) as u32);
-    receiver.barrier();
-    let mut drain = receiver.try_clone_stream();
-    let drainer = std::thread::spawn(move || {
-        let _ = std::io::copy(&mut drain, &mut std::io::sink());
-    });
-    let mut senders: Vec<RawPeer> = (0..SENDERS)
-        .map(|_| {
-            let mut s = RawPeer::named(addr, "sender");
-            s.hello(channel, ClientId::random());
-            s
-        })
-        .collect();
-    for s in &mut senders {
-        for _ in 0..per_sender {
-            s.request(RequestId::random(), 3_600_000, b"x");
-        }
-    }
+    let mut scene = Scene::load(&handle, per_sender);
     let total = SENDERS * per_sender;
-    wait_for(&handle, "every request assigned", move |s| {
-        s.router.assignments == total
-    });
-    let bystander_channel = ChannelId::random();
-    let mut echo = RawPeer::named(addr, "bystander receiver");
-    echo.hello(bystander_channel, ClientId::random());
-    echo.receive(1);
-    let echo_stream = echo.try_clone_stream();
-    let echoer = std::thread::spawn(move || {
-        while let Ok(frame) = echo.try_recv() {
-            let h = frame.header;
-            if h.frame_type == FrameType::Start && h.flags.contains(Flags::REQUEST) {
-                echo.respond(h.request_id, &frame.payload);
-            }
-        }
-    });
-    let mut bystander = RawPeer::named(addr, "bystander sender");
-    bystander.hello(bystander_channel, ClientId::random());
+    let senders = &mut scene.senders;
+    let bystander = &mut scene.bystander;
     let mut round_trip = || {
         let start = now();
         let id = RequestId::random();
@@ -196,8 +115,85 @@ fn mass_cleanup_stall_figures() {
         "{total} requests: cleanup {cleanup:?}; bystander slowest round trip {slowest:?} over \
          {trips} during it (slowest of 100 before: {before:?})"
     );
-    receiver.stream().shutdown(std::net::Shutdown::Both).ok();
-    echo_stream.shutdown(std::net::Shutdown::Both).ok();
-    drainer.join().unwrap();
-    echoer.join().unwrap();
+    scene.finish();
+}
+
+/// The scene of both tests: one receiver holding every request of `SENDERS` senders with
+/// `per_sender` requests each (it reads everything and answers nothing), and a bystander pair
+/// on another channel (an echo receiver on its own thread, and the sender the tests time).
+struct Scene {
+    senders: Vec<RawPeer>,
+    bystander: RawPeer,
+    receiver: RawPeer,
+    drainer: std::thread::JoinHandle<()>,
+    echo_stream: std::net::TcpStream,
+    echoer: std::thread::JoinHandle<()>,
+}
+
+impl Scene {
+    fn load(handle: &switchyard::server::ServerHandle, per_sender: usize) -> Scene {
+        let addr = handle.local_addr();
+        let channel = ChannelId::random();
+        let mut receiver = RawPeer::named(addr, "receiver");
+        receiver.hello(channel, ClientId::random());
+        receiver.receive((SENDERS * per_sender) as u32);
+        receiver.barrier();
+        // The receiver reads everything (its queue never backs up) and answers nothing.
+        let mut drain = receiver.try_clone_stream();
+        let drainer = std::thread::spawn(move || {
+            let _ = std::io::copy(&mut drain, &mut std::io::sink());
+        });
+        let mut senders: Vec<RawPeer> = (0..SENDERS)
+            .map(|_| {
+                let mut s = RawPeer::named(addr, "sender");
+                s.hello(channel, ClientId::random());
+                s
+            })
+            .collect();
+        for s in &mut senders {
+            for _ in 0..per_sender {
+                s.request(RequestId::random(), 3_600_000, b"x");
+            }
+        }
+        let total = SENDERS * per_sender;
+        wait_for(handle, "every request assigned", move |s| {
+            s.router.assignments == total
+        });
+
+        let bystander_channel = ChannelId::random();
+        let mut echo = RawPeer::named(addr, "bystander receiver");
+        echo.hello(bystander_channel, ClientId::random());
+        echo.receive(1);
+        let echo_stream = echo.try_clone_stream();
+        let echoer = std::thread::spawn(move || {
+            while let Ok(frame) = echo.try_recv() {
+                let h = frame.header;
+                if h.frame_type == FrameType::Start && h.flags.contains(Flags::REQUEST) {
+                    echo.respond(h.request_id, &frame.payload);
+                }
+            }
+        });
+        let mut bystander = RawPeer::named(addr, "bystander sender");
+        bystander.hello(bystander_channel, ClientId::random());
+        Scene {
+            senders,
+            bystander,
+            receiver,
+            drainer,
+            echo_stream,
+            echoer,
+        }
+    }
+
+    /// Closes what is left and joins the helper threads.
+    fn finish(self) {
+        drop(self.bystander);
+        self.receiver
+            .stream()
+            .shutdown(std::net::Shutdown::Both)
+            .ok();
+        self.echo_stream.shutdown(std::net::Shutdown::Both).ok();
+        self.drainer.join().unwrap();
+        self.echoer.join().unwrap();
+    }
 }
