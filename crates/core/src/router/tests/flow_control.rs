@@ -16,10 +16,7 @@ fn small_marks() -> RouterConfig {
 #[test]
 fn a_consumer_over_the_high_mark_pauses_its_producer_until_below_the_low_mark() {
     let mut h = Harness::with_config(small_marks());
-    let s = h.join_quietly(channel(1), client(0), &[]);
-    let r = h.join_quietly(channel(1), client(1), &[s]);
-    h.receive(r, 1);
-    h.stall(r);
+    let (s, r) = h.stalled_pair();
     h.stream(
         s,
         FrameType::Start,
@@ -88,10 +85,7 @@ fn held_bytes_of_waiting_requests_pause_the_sender_until_assigned() {
 #[test]
 fn a_departing_consumer_releases_its_waiting_producers() {
     let mut h = Harness::with_config(small_marks());
-    let s = h.join_quietly(channel(1), client(0), &[]);
-    let r = h.join_quietly(channel(1), client(1), &[s]);
-    h.receive(r, 1);
-    h.stall(r);
+    let (s, r) = h.stalled_pair();
     h.stream(
         s,
         FrameType::Start,
@@ -161,10 +155,7 @@ fn a_client_that_never_reads_its_answers_is_paused_at_the_high_mark() {
 #[test]
 fn bytes_written_before_a_write_error_leave_the_buffered_count() {
     let mut h = Harness::new();
-    let s = h.join_quietly(channel(1), client(0), &[]);
-    let r = h.join_quietly(channel(1), client(1), &[s]);
-    h.receive(r, 1);
-    h.stall(r);
+    let (s, r) = h.stalled_pair();
     h.request(s, req(1), 10_000, &[7; 4_000]);
     let queued = h.router.queued_bytes(r);
     assert!(queued > 2_000, "the request is queued to the receiver");

@@ -230,6 +230,16 @@ impl Harness {
         self.poll_outputs();
     }
 
+    /// A sender and a receiver of channel 1 (clients 0 and 1), the receiver with a window of 1
+    /// and stalled: the start of the flow-control and budget scenarios.
+    pub(super) fn stalled_pair(&mut self) -> (ConnId, ConnId) {
+        let s = self.join_quietly(channel(1), client(0), &[]);
+        let r = self.join_quietly(channel(1), client(1), &[s]);
+        self.receive(r, 1);
+        self.stall(r);
+        (s, r)
+    }
+
     /// Makes the connection's socket "stop reading": bytes stay queued in the router.
     pub(super) fn stall(&mut self, conn: ConnId) {
         self.stalled.insert(conn);
